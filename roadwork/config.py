@@ -102,9 +102,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save_resolved(config: Any, path: str | Path) -> None:
     """Write the resolved config beside an output, so every artefact says how it was made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    save_json(to_dict(config), path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,3 +127,10 @@ class Paths:
 def load_paths(params: dict[str, Any]) -> Paths:
     """The `paths` section."""
     return section(Paths, params, "paths")
+
+
+def save_json(data: Any, path: str | Path) -> None:
+    """Write a metrics / manifest JSON file (parents created, keys sorted, trailing newline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,23 @@
+"""Heads that train on cached view features. Models take tensors, never paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from roadwork.models.baseline import BaselineMLP
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """A model from its spec (saved in every checkpoint, so a head can be rebuilt without params.yaml).
+
+    spec: {"model": "mlp", "view_dim": D, "n_views": V, "vocab_sizes": {...}, "hidden": H,
+           "dropout": p, "metadata": bool}
+    """
+    if spec["model"] == "mlp":
+        return BaselineMLP(
+            view_dim=spec["view_dim"], vocab_sizes=spec["vocab_sizes"], hidden=spec["hidden"],
+            dropout=spec["dropout"], metadata=spec["metadata"],
+        )
+    raise ValueError(f"unknown model {spec['model']!r}; expected one of ['mlp']")

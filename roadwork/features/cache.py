@@ -1,0 +1,186 @@
+"""The zarr feature cache: `[N, C, V, D]` float16 arrays keyed by image id, with fingerprint attrs.
+
+Layout of `features/backbone.zarr`:
+    cls, patch_mean, patch_max   [N, C, V, D] float16  (C = 1 + aug copies; copy 0 is the clean view)
+    image_id                     [N] str               (sha256 of the image bytes; row -> image)
+    copies                       [N] int8              (valid copies of the row: 1 + aug for train rows)
+    done                         [N] bool              (written last: a row is usable only when True)
+    attrs                        fingerprints of everything the features depend on
+
+Rows are appended in the order images are first seen, so adding images never moves existing rows, and
+readers look rows up by image id, so images removed from the index are simply never read.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+TOKENS = ("cls", "patch_mean", "patch_max")
+# Bump when the meaning of the stored features changes (pooling, preprocessing): old caches go stale.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How views become cached features."""
+
+    side: int  # view side in pixels; a multiple of the patch size (DINOv3 drops the remainder)
+    mean: tuple[float, ...]  # per-channel normalisation
+    std: tuple[float, ...]
+    aug_copies: int  # augmented copies per training image, besides the clean copy 0
+    seed: int  # augmentation seed
+    batch_images: int  # images per forward pass (x views x copies)
+    chunk_rows: int  # cache chunk along images: the unit of writing and of resuming
+    workers: int  # DataLoader worker processes decoding images (0 = in the main process)
+    device: str  # auto | cpu | cuda
+    splits: tuple[str, ...]  # index splits to extract; only "train" rows get augmented copies
+
+
+def expected_attrs(config: ExtractConfig, *, backbone: dict[str, Any], plan_meta: dict[str, Any]) -> dict:
+    """Everything the cached features depend on; readers compare this with the cache's attrs."""
+    if config.side % backbone["patch_size"]:
+        raise ValueError(
+            f"extract.side={config.side} is not a multiple of the patch size {backbone['patch_size']}: "
+            "DINOv3 would silently drop the remainder"
+        )
+    return {
+        "backbone_fingerprint": backbone["fingerprint"],
+        "plan_fingerprint": plan_meta["fingerprint"],
+        "side": config.side,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "aug_seed": config.seed,
+        "tokens": ["cls", "patch_mean", "patch_max"],
+    }
+
+
+class StaleCacheError(RuntimeError):
+    """A cache built with other weights, views or preprocessing than the reader's config."""
+
+
+def check_attrs(path: Path, attrs: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Raise StaleCacheError naming every key whose stored value differs from the expected one."""
+    diffs = [
+        f"{key}: cache has {attrs.get(key)!r}, config wants {value!r}"
+        for key, value in expected.items()
+        if attrs.get(key) != value
+    ]
+    if diffs:
+        raise StaleCacheError(f"{path}: stale cache, rebuild it (`dvc repro`):\n  " + "\n  ".join(diffs))
+
+
+class FeatureCache:
+    """Read/write access to a backbone feature cache."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = Path(path)
+        self.group = group
+        ids = group["image_id"][:]
+        self.row_of = {str(i): r for r, i in enumerate(ids)}
+
+    # --- creation / opening -------------------------------------------------------------------------
+    @classmethod
+    def create_or_open(
+        cls, path: Path, *, copies: int, views: int, dim: int, chunk_rows: int, attrs: dict[str, Any]
+    ) -> FeatureCache:
+        """Open a cache for writing; a cache with other attrs (or shapes) is deleted and started anew."""
+        path = Path(path)
+        wanted = {**attrs, "copies": copies, "views": views, "dim": dim, "format": FORMAT_VERSION}
+        if path.exists():
+            group = zarr.open_group(path, mode="r+")
+            if dict(group.attrs) == wanted:
+                return cls(path, group)
+            print(f"{path}: cache attrs differ from the config, rebuilding from scratch")
+            shutil.rmtree(path)
+        group = zarr.open_group(path, mode="w")
+        codec = [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+        for name in TOKENS:
+            group.create_array(
+                name,
+                shape=(0, copies, views, dim),
+                chunks=(chunk_rows, copies, views, dim),
+                dtype="float16",
+                compressors=codec,
+                fill_value=0,
+            )
+        group.create_array("image_id", shape=(0,), chunks=(chunk_rows,), dtype=str)
+        group.create_array("copies", shape=(0,), chunks=(chunk_rows,), dtype="int8", fill_value=0)
+        group.create_array("done", shape=(0,), chunks=(chunk_rows,), dtype=bool, fill_value=False)
+        group.attrs.update(wanted)
+        return cls(path, group)
+
+    @classmethod
+    def open_checked(cls, path: Path, expected: dict[str, Any]) -> FeatureCache:
+        """Open for reading; refuse a cache whose attrs do not match `expected`."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no feature cache; run `dvc repro extract` first")
+        group = zarr.open_group(path, mode="r")
+        check_attrs(path, dict(group.attrs), {**expected, "format": FORMAT_VERSION})
+        return cls(path, group)
+
+    # --- rows ---------------------------------------------------------------------------------------
+    @property
+    def chunk_rows(self) -> int:
+        return self.group["done"].chunks[0]
+
+    def ensure_rows(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Rows of `image_ids`, appending rows for ids not in the cache yet (incremental extraction)."""
+        new = [i for i in dict.fromkeys(image_ids) if i not in self.row_of]
+        if new:
+            start = len(self.row_of)
+            n = start + len(new)
+            for name in (*TOKENS, "image_id", "copies", "done"):
+                array = self.group[name]
+                array.resize((n, *array.shape[1:]))
+            self.group["image_id"][start:n] = np.array(new, dtype=object)
+            self.row_of.update({i: start + k for k, i in enumerate(new)})
+        return np.array([self.row_of[i] for i in image_ids], dtype=np.int64)
+
+    def done_mask(self, rows: np.ndarray) -> np.ndarray:
+        return self.group["done"].oindex[rows] if len(rows) else np.zeros(0, dtype=bool)
+
+    def write(self, rows: np.ndarray, features: np.ndarray, copies: np.ndarray) -> None:
+        """Write `[n, C, V, 3, D]` features for `rows`, then mark them done (done is written last)."""
+        for k, name in enumerate(TOKENS):
+            self.group[name].oindex[rows] = features[:, :, :, k].astype(np.float16)
+        self.group["copies"].oindex[rows] = copies.astype(np.int8)
+        self.group["done"].oindex[rows] = True
+
+    # --- reading ------------------------------------------------------------------------------------
+    def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Rows of `image_ids`; every one must be present and done."""
+        missing = [i for i in image_ids if i not in self.row_of]
+        if missing:
+            raise StaleCacheError(f"{self.path}: {len(missing)} image(s) not extracted, e.g. {missing[0]}")
+        rows = np.array([self.row_of[i] for i in image_ids], dtype=np.int64)
+        not_done = rows[~self.done_mask(rows)]
+        if len(not_done):
+            raise StaleCacheError(f"{self.path}: {len(not_done)} row(s) unfinished; re-run extraction")
+        return rows
+
+    def read(
+        self, image_ids: Sequence[str], tokens: Sequence[str], views: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features `[n, C, V', T*D]` float16 (tokens concatenated) and valid copies `[n]` for `image_ids`."""
+        unknown = [t for t in tokens if t not in TOKENS]
+        if unknown:
+            raise ValueError(f"unknown token(s) {unknown}; expected some of {TOKENS}")
+        rows = self.rows_for(image_ids)
+        order = np.argsort(rows)  # zarr reads fastest in row order; undo the sort afterwards
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        parts = []
+        for name in tokens:
+            block = self.group[name].oindex[rows[order]][inverse]
+            parts.append(block if views is None else block[:, :, list(views)])
+        copies = self.group["copies"].oindex[rows[order]][inverse]
+        return np.concatenate(parts, axis=-1), copies.astype(np.int64)

@@ -1,0 +1,150 @@
+"""Cached features + metadata as in-memory arrays, the grouped validation split, and batches.
+
+Everything a head needs for a row lives in a `Table` of numpy arrays (features stay float16 until a
+batch is drawn), so an epoch is pure indexing: no file I/O, no backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from sklearn.model_selection import StratifiedGroupKFold
+
+from roadwork.features.cache import FeatureCache
+from roadwork.features.text import read_text
+from roadwork.train.config import TOKEN_SETS, TrainConfig
+
+CATEGORICAL = ("weather", "daytime", "scene_environment")
+NULL = "<null>"  # index 0 of every vocabulary: a learnable "unknown", never a zero vector
+
+
+@dataclass
+class Vocab:
+    """Category -> index per categorical field; index 0 is NULL. Built on training rows only."""
+
+    values: dict[str, list[str]]
+
+    @classmethod
+    def fit(cls, rows: pl.DataFrame) -> Vocab:
+        return cls({name: [NULL, *sorted({v for v in _first(rows[name]) if v is not None})] for name in CATEGORICAL})
+
+    def encode(self, name: str, column: pl.Series) -> np.ndarray:
+        """Indices; values unseen in training map to NULL."""
+        position = {v: k for k, v in enumerate(self.values[name])}
+        return np.array([position.get(v, 0) if v is not None else 0 for v in _first(column)], dtype=np.int64)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(v) for name, v in self.values.items()}
+
+
+def _first(column: pl.Series) -> list[str | None]:
+    """List columns (weather) use their first tag; string columns pass through."""
+    if column.dtype == pl.List(pl.String):
+        return [v[0] if v else None for v in column.to_list()]
+    return column.to_list()
+
+
+@dataclass
+class Table:
+    """Rows of one split part (train / val / test), aligned arrays."""
+
+    image_id: list[str]
+    features: np.ndarray  # [n, C, V, D] float16
+    copies: np.ndarray  # [n] valid augmentation copies per row
+    label: np.ndarray  # [n] int64, -1 where unlabelled
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # per-row metadata arrays
+    group: list[str] = field(default_factory=list)
+    weight: np.ndarray | None = None  # [n] GPS sampling weight (train rows)
+    near: np.ndarray | None = None  # [n] bool: within near_km of a test cluster
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Tensors for rows `idx`; with `rng`, one augmentation copy drawn per row and view, else copy 0."""
+        n_views = self.features.shape[2]
+        if rng is None:
+            views = self.features[idx, 0]
+        else:
+            choice = (rng.random((len(idx), n_views)) * self.copies[idx, None]).astype(np.int64)
+            views = self.features[idx[:, None], choice, np.arange(n_views)[None, :]]
+        out = {"views": torch.from_numpy(views.astype(np.float32)), "label": torch.from_numpy(self.label[idx])}
+        out.update({k: torch.from_numpy(v[idx]) for k, v in self.meta.items()})
+        return out
+
+
+def split_train_val(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Hold out about `fraction` of the rows, whole groups (videos / GPS cells) at a time, stratified."""
+    folds = max(2, round(1.0 / fraction))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), rows["group"].to_numpy()))
+    return rows[np.sort(train_idx)], rows[np.sort(val_idx)]
+
+
+def metadata_arrays(rows: pl.DataFrame, vocab: Vocab, text: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """Model inputs besides the views: GPS (+ mask), categorical indices, text embedding (+ mask)."""
+    lat = rows["lat"].to_numpy().astype(np.float32)
+    lon = rows["lon"].to_numpy().astype(np.float32)
+    has_gps = ~(np.isnan(lat) | np.isnan(lon))
+    embedding, mask = text
+    return {
+        "lat": np.where(has_gps, lat, 0.0).astype(np.float32),
+        "lon": np.where(has_gps, lon, 0.0).astype(np.float32),
+        "gps_mask": has_gps,
+        "weather": vocab.encode("weather", rows["weather"]),
+        "daytime": vocab.encode("daytime", rows["daytime"]),
+        "scene": vocab.encode("scene_environment", rows["scene_environment"]),
+        "text": embedding.astype(np.float32),
+        "text_mask": mask.astype(bool),
+    }
+
+
+def load_table(
+    rows: pl.DataFrame, *, cache: FeatureCache, text: tuple[np.ndarray, np.ndarray], vocab: Vocab,
+    config: TrainConfig, gps: pl.DataFrame | None = None, near_km: float = 100.0,
+) -> Table:
+    """Assemble a Table for `rows` (index rows) from the caches."""
+    ids = rows["image_id"].to_list()
+    views = [0] if config.views == "global" else None
+    features, copies = cache.read(ids, TOKEN_SETS[config.tokens], views)
+    if not config.aug:
+        copies = np.ones_like(copies)
+    label = rows["label"].fill_null(-1).to_numpy().astype(np.int64)
+    table = Table(ids, features, copies, label, metadata_arrays(rows, vocab, text), rows["group"].to_list())
+    if gps is not None:
+        joined = rows.select("image_id").join(gps, on="image_id", how="left", maintain_order="left")
+        table.weight = joined["weight"].fill_null(1.0).to_numpy().astype(np.float64)
+        table.near = (joined["dist_km"].fill_nan(None).fill_null(np.inf).to_numpy() < near_km)
+    return table
+
+
+def describe(table: Table) -> dict[str, Any]:
+    """Counts for logs."""
+    labelled = table.label >= 0
+    return {"rows": len(table), "positives": int((table.label[labelled] == 1).sum()), "shape": list(table.features.shape)}
+
+
+def prepare_tables(
+    index: pl.DataFrame, *, cache: FeatureCache, text_path: Path, gps: pl.DataFrame, config: TrainConfig,
+    near_km: float,
+) -> tuple[dict[str, Table], Vocab]:
+    """train / val (from the labelled train split, grouped) and test Tables, and the training vocabulary."""
+    labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
+    if labelled.is_empty():
+        raise ValueError("the index has no labelled train rows")
+    fit, val = split_train_val(labelled, config.val_fraction, config.split_seed)
+    parts = {"train": fit, "val": val, "test": index.filter(pl.col("split") == "test")}
+    vocab = Vocab.fit(fit)
+    tables = {
+        name: load_table(
+            rows, cache=cache, text=read_text(text_path, rows["image_id"].to_list()), vocab=vocab, config=config,
+            gps=gps if name == "train" else None, near_km=near_km,
+        )
+        for name, rows in parts.items()
+    }
+    return tables, vocab

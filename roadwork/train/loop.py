@@ -1,0 +1,139 @@
+"""The training loop on cached features, shared by every head.
+
+AdamW, linear warmup (capped at a fraction of the run) then cosine, gradient accumulation, clipping,
+bf16 autocast, GPS-weighted sampling, one augmentation copy per view per epoch, early stopping on
+validation MCC. The best state is kept in memory and returned; the caller saves it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from roadwork.device import resolve_device
+from roadwork.report.metrics import binary_metrics
+from roadwork.train.config import TrainConfig
+from roadwork.train.data import Table
+
+LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+def classification_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Plain cross-entropy on the image logits (the baseline's loss)."""
+    loss = F.cross_entropy(outputs["logits"].float(), batch["label"])
+    return loss, {"ce": float(loss.detach())}
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    state: dict[str, torch.Tensor]  # the best epoch's weights
+    best_epoch: int
+    best_val_mcc: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warmup for min(warmup_steps, warmup_cap * total) steps, then cosine decay to 0."""
+    warmup = max(1, min(config.warmup_steps, int(config.warmup_cap * total)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(table: Table, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Row indices for one epoch: GPS-weighted draws with replacement, or a plain permutation."""
+    n = len(table)
+    if config.gps_weighting and table.weight is not None:
+        return rng.choice(n, size=n, replace=True, p=table.weight / table.weight.sum())
+    return rng.permutation(n)
+
+
+def _autocast(device: torch.device, config: TrainConfig):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp == "bf16")
+
+
+@torch.no_grad()
+def predict_with_model(*, model: nn.Module, table: Table, config: TrainConfig, batch_size: int = 512) -> np.ndarray:
+    """Roadwork log-odds (logit 1 - logit 0) for every row, on the clean copy of each view."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(table), batch_size):
+        batch = table.batch(np.arange(start, min(start + batch_size, len(table))))
+        with _autocast(device, config):
+            logits = model({k: v.to(device) for k, v in batch.items()})["logits"].float()
+        out.append((logits[:, 1] - logits[:, 0]).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(model: nn.Module, table: Table, config: TrainConfig) -> dict[str, float]:
+    """Validation metrics at threshold 0.5."""
+    logit = predict_with_model(model=model, table=table, config=config)
+    return binary_metrics(table.label, 1.0 / (1.0 + np.exp(-logit)), threshold=0.5)
+
+
+def train_with_model(
+    *, model: nn.Module, train: Table, val: Table, config: TrainConfig,
+    loss_fn: LossFn = classification_loss, log: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `train`, early-stop on `val` MCC; returns the best state and the history."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model.to(device)
+    step_model = torch.compile(model) if config.compile else model
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    micro = math.ceil(len(train) / config.batch_size)
+    total = config.epochs * math.ceil(micro / config.accumulation)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, total, config))
+    best = TrainResult(copy.deepcopy(model.state_dict()), -1, -math.inf, 0)
+    stale = 0
+    for epoch in range(config.epochs):
+        model.train()
+        order = epoch_order(train, config, rng)
+        terms: dict[str, float] = {}
+        for k in range(micro):
+            idx = order[k * config.batch_size : (k + 1) * config.batch_size]
+            batch = {key: v.to(device) for key, v in train.batch(idx, rng if config.aug else None).items()}
+            with _autocast(device, config):
+                outputs = step_model(batch)
+            loss, parts = loss_fn(outputs, batch)
+            (loss / config.accumulation).backward()
+            for name, value in parts.items():
+                terms[name] = terms.get(name, 0.0) + value / micro
+            if (k + 1) % config.accumulation == 0 or k + 1 == micro:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+                optimiser.step()
+                optimiser.zero_grad(set_to_none=True)
+                scheduler.step()
+        metrics = evaluate(model, val, config)
+        record = {
+            "epoch": epoch, **{f"train/{k}": v for k, v in terms.items()},
+            "val/mcc": metrics["mcc"], "val/roc_auc": metrics["roc_auc"] or 0.0, "val/accuracy": metrics["accuracy"],
+            "lr": optimiser.param_groups[0]["lr"],
+        }
+        if train.near is not None:
+            record["sampled_near_share"] = float(train.near[order].mean())
+        best.history.append(record)
+        if log:
+            log(record)
+        if metrics["mcc"] > best.best_val_mcc:
+            best.state, best.best_epoch, best.best_val_mcc, stale = copy.deepcopy(model.state_dict()), epoch, metrics["mcc"], 0
+        else:
+            stale += 1
+        best.epochs_run = epoch + 1
+        if stale >= config.patience:
+            break
+    model.load_state_dict(best.state)
+    return best

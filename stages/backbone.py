@@ -1,0 +1,25 @@
+"""Stage `backbone`: materialise the configured DINOv3 (tiny or real) and fingerprint its weights."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.features.backbone import BackboneConfig, materialise
+
+
+def main() -> None:
+    params = load_params()
+    paths = load_paths(params)
+    config = section(BackboneConfig, params, "backbone")
+    out = Path(paths.backbone)
+    shutil.rmtree(out, ignore_errors=True)
+    manifest = materialise(config, out)
+    save_resolved(config, out / "backbone_config.json")
+    print(f"backbone: {manifest['source']} ({manifest['parameters']:,} params) -> {out}, "
+          f"fingerprint {manifest['fingerprint'][:12]}")
+
+
+if __name__ == "__main__":
+    main()

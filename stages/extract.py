@@ -1,0 +1,51 @@
+"""Stage `extract`: every image's views through the backbone once, into the zarr feature cache.
+
+Resumable (a killed run continues at the first unfinished chunk) and incremental (new images only):
+dvc.yaml keeps the cache with `persist: true`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.data.ingest import read_index
+from roadwork.device import resolve_device
+from roadwork.features.backbone import BackboneConfig, load_backbone, read_manifest
+from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
+from roadwork.features.extract import extract_with_model, plan_jobs
+from roadwork.views.plan import boxes_by_image, read_plan
+
+
+def main() -> None:
+    params = load_params()
+    paths = load_paths(params)
+    config = section(ExtractConfig, params, "extract")
+    backbone_config = section(BackboneConfig, params, "backbone")
+    index = read_index(Path(paths.prepared))
+    plan, plan_meta = read_plan(Path(paths.views))
+    manifest = read_manifest(Path(paths.backbone))
+    cache = FeatureCache.create_or_open(
+        Path(paths.features),
+        copies=1 + config.aug_copies,
+        views=plan_meta["n_views"],
+        dim=manifest["hidden_size"],
+        chunk_rows=config.chunk_rows,
+        attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta),
+    )
+    jobs = plan_jobs(index, cache, config)
+    print(f"extract: {len(jobs)} image(s) to do, {len(cache.row_of) - len(jobs)} already cached")
+    if len(jobs):
+        model = load_backbone(Path(paths.backbone), backbone_config.dtype, resolve_device(config.device))
+        counts = extract_with_model(
+            model=model, cache=cache, jobs=jobs, raw_root=Path(paths.raw), boxes=boxes_by_image(plan),
+            config=config, dim=manifest["hidden_size"], views=plan_meta["n_views"],
+        )
+        rate = counts["images"] / max(counts["seconds"], 1e-9)
+        print(f"extract: {counts['images']} images, {counts['views']} views in {counts['seconds']} s "
+              f"({rate:.1f} images/s)")
+    save_resolved(config, Path(paths.features) / "extract_config.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Stage `text`: MiniLM embeddings of every image's scene description."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.data.ingest import read_index
+from roadwork.features.text import TextConfig, build_text_cache
+
+
+def main() -> None:
+    params = load_params()
+    paths = load_paths(params)
+    config = section(TextConfig, params, "text")
+    out = Path(paths.text)
+    shutil.rmtree(out, ignore_errors=True)
+    counts = build_text_cache(read_index(Path(paths.prepared)), out, config)
+    save_resolved(config, out / "text_config.json")
+    print(f"text: {counts['with_text']}/{counts['rows']} rows with a description "
+          f"({counts['distinct']} distinct) -> {out}")
+
+
+if __name__ == "__main__":
+    main()

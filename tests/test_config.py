@@ -1,0 +1,65 @@
+from dataclasses import dataclass
+
+import pytest
+
+from roadwork.config import ConfigError, from_dict, load_params, load_paths, section, to_dict
+from roadwork.train.config import TrainConfig, member_config
+
+
+@dataclass(frozen=True)
+class Inner:
+    a: int  # an int
+    b: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    inner: Inner
+    ratio: float
+
+
+def test_from_dict_nested_and_coerced():
+    cfg = from_dict(Outer, {"name": "x", "inner": {"a": 3, "b": [1, 2]}, "ratio": 1})
+    assert cfg == Outer("x", Inner(3, (1.0, 2.0)), 1.0)
+    assert isinstance(cfg.ratio, float)
+    assert to_dict(cfg) == {"name": "x", "inner": {"a": 3, "b": [1.0, 2.0]}, "ratio": 1.0}
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match=r"outer.inner: unknown key\(s\) \['c'\]"):
+        from_dict(Outer, {"name": "x", "inner": {"a": 1, "c": 2}, "ratio": 1.0}, "outer")
+
+
+def test_missing_and_wrong_type():
+    with pytest.raises(ConfigError, match="ratio: missing required key"):
+        from_dict(Outer, {"name": "x", "inner": {"a": 1}})
+    with pytest.raises(ConfigError, match="inner.a: expected int"):
+        from_dict(Outer, {"name": "x", "inner": {"a": "1"}, "ratio": 1.0})
+    with pytest.raises(ConfigError, match="inner.a: expected int"):
+        from_dict(Outer, {"name": "x", "inner": {"a": True}, "ratio": 1.0})
+
+
+def test_project_params_parse():
+    params = load_params("params.yaml")
+    paths = load_paths(params)
+    assert paths.features.endswith(".zarr")
+    for member in params["ensemble"]["members"]:
+        assert isinstance(member_config(params, member), TrainConfig)
+    with pytest.raises(ConfigError, match="no member 'nope'"):
+        member_config(params, "nope")
+
+
+def test_member_overrides_are_strict():
+    params = load_params("params.yaml")
+    params["ensemble"]["members"] = {"m": {"lr": 1e-3, "layerz": 4}}
+    with pytest.raises(ConfigError, match=r"ensemble.members.m: unknown key\(s\) \['layerz'\]"):
+        member_config(params, "m")
+    params["ensemble"]["members"] = {"m": {"lr": 1e-3}}
+    assert member_config(params, "m").lr == 1e-3
+
+
+def test_bad_token_choice():
+    params = load_params("params.yaml")
+    with pytest.raises(ConfigError, match="train.tokens"):
+        section(TrainConfig, {"train": {**params["train"], "tokens": "max"}}, "train")
