@@ -53,7 +53,8 @@ def write_text_cache(path: Path, image_ids: list[str], embedding: np.ndarray, ma
     group = zarr.open_group(Path(path), mode="w")
     group.create_array("embedding", data=embedding.astype(np.float32), chunks=(4096, DIM))
     group.create_array("mask", data=mask, chunks=(4096,))
-    group.create_array("image_id", data=np.array(image_ids, dtype=object), chunks=(4096,), dtype=str)
+    ids = group.create_array("image_id", shape=(len(image_ids),), chunks=(4096,), dtype=str)
+    ids[:] = np.array(image_ids, dtype=object)
     group.attrs.update({"model": MODEL_NAME, "dim": DIM, "rows": len(image_ids), "with_text": int(mask.sum())})
 
 

@@ -1,0 +1,31 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from roadwork.ensemble import average_logits, rank_members
+
+
+def frame(ids, logits, labels):
+    logits = np.asarray(logits, dtype=float)
+    return pl.DataFrame({"image_id": ids, "split": ["val"] * len(ids), "label": labels, "group": ids,
+                         "logit": logits, "prob": 1 / (1 + np.exp(-logits))})
+
+
+def test_rank_by_validation_mcc():
+    labels = [0, 1, 0, 1]
+    val = {"good": frame(list("abcd"), [-2, 2, -2, 2], labels), "bad": frame(list("abcd"), [2, -2, 2, -2], labels),
+           "meh": frame(list("abcd"), [-2, 2, 2, 2], labels)}
+    ranking = rank_members(val, 0.5)
+    assert [name for name, _ in ranking] == ["good", "meh", "bad"]
+    assert ranking[0][1] == pytest.approx(1.0) and ranking[2][1] == pytest.approx(-1.0)
+
+
+def test_average_aligns_rows_by_id():
+    a = frame(["x", "y"], [1.0, -3.0], [1, 0])
+    b = frame(["y", "x"], [1.0, 3.0], [0, 1])
+    mean = average_logits([a, b])
+    assert mean["image_id"].to_list() == ["x", "y"]
+    np.testing.assert_allclose(mean["logit"].to_numpy(), [2.0, -1.0])
+    np.testing.assert_allclose(mean["prob"].to_numpy(), 1 / (1 + np.exp(-np.array([2.0, -1.0]))))
+    with pytest.raises(ValueError, match="different rows"):
+        average_logits([a, frame(["x", "z"], [0.0, 0.0], [1, 0])])
