@@ -1,0 +1,446 @@
+"""Ingest: validate and normalise the raw NATIX parquet shards into the prepared index.
+
+One index row per unique image (`schema.INDEX_SCHEMA`); the bytes stay in the raw shard, the index
+points at (shard, row). Unusable rows go to quarantine, one entry per fault (field, reason, detail).
+Memory stays bounded by one shard's metadata plus one row group of images per header worker.
+
+Duplicates (identical bytes) collapse to the copy in the highest-ranked split: splits listed in
+`labelled_splits` rank in list order, last wins (with `[train, test]` the test copy is kept: never
+train on an evaluation image); splits not listed (unlabelled, e.g. `challenge`) rank above them all,
+as they are evaluation data too. Ties keep the first (shard, row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import multiprocessing
+from collections import Counter
+from collections.abc import Generator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from roadwork.data import schema
+from roadwork.data.parse import ParseError, clean_text, parse_gps, parse_list
+
+INDEX_FILE = "index.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+_TAGS = {"scene_level_tags.travel_alteration": "travel_alteration", "scene_level_tags.weather": "weather"}
+_TEXTS = {
+    "city_name": "city",
+    "scene_description": "scene_description",
+    "video_info.vid_id": "vid_id",
+    "video_info.frame_id": "frame_id",
+    "scene_level_tags.daytime": "daytime",
+    "scene_level_tags.scene_environment": "scene_environment",
+}
+_META_COLUMNS = [name for name in schema.RAW_SCHEMA.names if name != "image"]
+_EXIF_ORIENTATION = 0x0112
+_HEADER_BATCH = 32  # rows per arrow batch inside a row group: bounds the Python copies of image bytes
+_READ_BUFFER = 4 << 20  # bytes per buffered parquet read
+_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """The `ingest` section of params.yaml."""
+
+    labelled_splits: tuple[str, ...]  # splits whose rows must carry a 0/1 label; the order ranks duplicates
+    gps_cell_deg: float  # side of the GPS grouping cell in degrees, for rows without a video id
+    workers: int  # processes decoding image headers (1 = inline); results do not depend on it
+
+    def __post_init__(self) -> None:
+        if not self.gps_cell_deg > 0:
+            raise ValueError(f"ingest.gps_cell_deg: must be > 0, got {self.gps_cell_deg}")
+        if self.workers < 1:
+            raise ValueError(f"ingest.workers: must be >= 1, got {self.workers}")
+
+
+class IngestError(ValueError):
+    """Input that cannot be ingested at all (a root or a file, not a row)."""
+
+
+@dataclasses.dataclass
+class IngestResult:
+    """The prepared index, the quarantined rows and the metrics of one ingest run."""
+
+    index: pl.DataFrame  # exactly INDEX_SCHEMA, sorted by (split, shard, row)
+    quarantine: pl.DataFrame  # QUARANTINE_SCHEMA, one entry per (row, fault)
+    metrics: dict[str, Any]  # JSON-ready
+
+
+@dataclasses.dataclass
+class _Shard:
+    """One shard whose columns have been checked: where it is, its split, row groups, missing columns."""
+
+    path: Path
+    rel: str  # relative to the dataset root, posix
+    split: str
+    rows: int
+    row_groups: list[tuple[int, int]]  # (row group index, its first row)
+    missing: list[str]  # optional RAW_SCHEMA columns the file lacks
+
+
+class Header(NamedTuple):
+    """What ingest keeps of one image: its hash and header, or why it is unusable. No pixels."""
+
+    row: int
+    image_id: str | None  # sha256 hex of the bytes; None when there are none
+    reason: str | None  # quarantine reason code; None when the image is usable
+    detail: str | None
+    width: int | None = None  # displayed size: EXIF orientation applied
+    height: int | None = None
+    orientation: int | None = None
+    mode: str | None = None
+    format: str | None = None
+
+
+def find_shards(root: Path) -> list[tuple[Path, str]]:
+    """All `*.parquet` under `root` (recursive, sorted by relative path) with the split from the name.
+
+    Hidden folders (a hub download's `.cache/`) are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise IngestError(f"{root}: dataset root not found")
+    paths = [p for p in root.rglob("*.parquet") if not any(s[0] == "." for s in p.relative_to(root).parts)]
+    if not paths:
+        raise IngestError(f"{root}: no *.parquet shards found")
+    shards = []
+    for path in sorted(paths, key=lambda p: p.relative_to(root).as_posix()):
+        match = schema.SHARD_RE.match(path.name)
+        if match is None:
+            raise IngestError(f"{path}: shard name does not follow '<split>-NNNNN-of-NNNNN.parquet'")
+        shards.append((path, match.group("split")))
+    return shards
+
+
+def _bytes_type(dtype: pa.DataType) -> pa.DataType | None:
+    """The binary type holding the image bytes: the `bytes` field of the HF Image struct (or the column)."""
+    if pa.types.is_struct(dtype):
+        index = dtype.get_field_index("bytes")
+        return None if index < 0 else _bytes_type(dtype.field(index).type)
+    return dtype if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) else None
+
+
+def _open_shard(path: Path, root: Path, split: str) -> _Shard:
+    """Check a shard's columns (required ones present, image holds bytes) from its footer alone."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise IngestError(f"{path}: not a readable parquet file ({e})") from e
+    columns = pf.schema_arrow
+    for name in schema.REQUIRED_COLUMNS:
+        if name not in columns.names:
+            raise IngestError(f"{path}: required column {name!r} is missing (columns: {columns.names})")
+    if _bytes_type(image_type := columns.field("image").type) is None:
+        raise IngestError(f"{path}: column 'image' has type {image_type}, expected {schema.IMAGE_STRUCT}")
+    row_groups, first = [], 0
+    for i in range(pf.metadata.num_row_groups):
+        row_groups.append((i, first))
+        first += pf.metadata.row_group(i).num_rows
+    missing = [name for name in schema.RAW_SCHEMA.names if name not in columns.names]
+    return _Shard(path, path.relative_to(root).as_posix(), split, pf.metadata.num_rows, row_groups, missing)
+
+
+def _decode(data: bytes) -> tuple[int, int, int, str, str]:
+    """(width, height, orientation, mode, format) of the stored image, after decoding all of it."""
+    with Image.open(io.BytesIO(data)) as im:
+        width, height, mode, fmt = *im.size, im.mode, im.format or ""
+        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+        # JPEG decodes at 1/8 scale (DCT scaling): every entropy-coded byte is still read, so truncation
+        # is caught for a fraction of a full decode. Other formats ignore draft and decode fully.
+        im.draft(None, (max(1, width // 8), max(1, height // 8)))
+        im.load()
+    return width, height, orientation if 1 <= orientation <= 8 else 1, mode, fmt
+
+
+def image_header(row: int, data: bytes | None) -> Header:
+    """Hash and decode one image; an unusable one gets its quarantine reason instead of a header."""
+    if not data:
+        return Header(row, None, "image_missing", "null image or empty bytes")
+    image_id = hashlib.sha256(data).hexdigest()
+    truncated_ok = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated image must fail here, whatever the caller set
+    try:
+        width, height, orientation, mode, fmt = _decode(data)
+    except UnidentifiedImageError:  # its message holds an object address: not reproducible
+        return Header(row, image_id, "image_undecodable", f"{len(data)} bytes, not an image: {data[:8]!r}...")
+    except Exception as e:  # arbitrary bytes can fail anywhere inside PIL: all of it means undecodable
+        return Header(row, image_id, "image_undecodable", f"{len(data)} bytes: {type(e).__name__}: {e}")
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: the displayed width is the stored height
+        width, height = height, width
+    return Header(row, image_id, None, None, width, height, orientation, mode, fmt)
+
+
+def _row_group_headers(task: tuple[str, int, int]) -> list[Header]:
+    """Headers of one row group of a shard (runs in a worker process, which reads the bytes itself)."""
+    path, row_group, first_row = task
+    headers: list[Header] = []
+    # Buffered page reads keep the peak near 3x the row group's image bytes instead of 4x.
+    pf = pq.ParquetFile(path, buffer_size=_READ_BUFFER, pre_buffer=False)
+    batches = pf.iter_batches(_HEADER_BATCH, row_groups=[row_group], columns=["image"], use_threads=False)
+    try:
+        for batch in batches:
+            for value in batch.column(0).to_pylist():
+                data = value.get("bytes") if isinstance(value, dict) else value
+                headers.append(image_header(first_row + len(headers), data))
+    except (OSError, pa.ArrowException) as e:  # a corrupt page: the file is broken, not one row
+        raise IngestError(f"{path}: row group {row_group} (rows from {first_row}) unreadable: {e}") from e
+    return headers
+
+
+def _decode_headers(shards: list[_Shard], workers: int) -> Generator[list[Header], None, None]:
+    """Headers per row group, in shard then row-group order, decoded by `workers` processes."""
+    tasks = [(str(s.path), rg, first) for s in shards for rg, first in s.row_groups]
+    if workers == 1 or len(tasks) <= 1:
+        yield from map(_row_group_headers, tasks)
+        return
+    # spawn, not fork: forking a process whose arrow/polars thread pools are running can deadlock.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    try:
+        yield from pool.map(_row_group_headers, tasks)
+    finally:  # on an error downstream, drop the queued row groups instead of decoding them all first
+        pool.shutdown(cancel_futures=True)
+
+
+def _conform(column: pa.ChunkedArray, target: pa.DataType) -> tuple[list[Any], dict[int, str]]:
+    """Cast a column to its RAW_SCHEMA type losslessly; values that do not cast become faults."""
+    if column.type == target:
+        return column.to_pylist(), {}
+    try:
+        return column.cast(target, safe=True).to_pylist(), {}
+    except _CAST_ERRORS:
+        pass  # some values do not convert: find which, one at a time
+    values: list[Any] = []
+    faults: dict[int, str] = {}
+    for row, value in enumerate(column.to_pylist()):
+        try:
+            values.append(pa.array([value], type=column.type).cast(target, safe=True)[0].as_py())
+        except _CAST_ERRORS:
+            values.append(None)
+            text = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            faults[row] = f"{text} ({column.type}) does not convert to {target}"
+    return values, faults
+
+
+def _read_metadata(shard: _Shard) -> tuple[dict[str, list[Any]], dict[int, dict[str, str]]]:
+    """The non-image columns as RAW_SCHEMA-typed lists (all null for a missing optional column),
+    and the wrong_type faults per row as {row: {column: detail}}."""
+    table = pq.ParquetFile(shard.path).read(columns=[c for c in _META_COLUMNS if c not in shard.missing])
+    columns: dict[str, list[Any]] = {}
+    wrong: dict[int, dict[str, str]] = {}
+    for name in _META_COLUMNS:
+        if name in shard.missing:
+            columns[name] = [None] * shard.rows
+            continue
+        columns[name], faults = _conform(table.column(name), schema.RAW_SCHEMA.field(name).type)
+        for row, detail in faults.items():
+            wrong.setdefault(row, {})[name] = detail
+    return columns, wrong
+
+
+def _group(vid_id: str | None, gps: tuple[float, float] | None, image_id: str, cell: float) -> str:
+    """Grouping key: frames of one video stay together, else images of one GPS cell, else the image."""
+    if vid_id is not None:
+        return f"vid:{vid_id}"
+    if gps is not None:
+        # The epsilon keeps a coordinate on a cell edge in its cell despite float division
+        # (39.77 / 0.01 = 3976.9999...).
+        lat_cell, lon_cell = (math.floor(v / cell + 1e-9) for v in gps)
+        return f"gps:{lat_cell},{lon_cell}"
+    return f"img:{image_id}"
+
+
+def _check_row(
+    meta: dict[str, list[Any]], row: int, wrong: dict[str, str], header: Header, split: str, labelled: bool
+) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
+    """Validate and parse one raw row: its faults as (field, reason, detail), and the parsed values."""
+    faults = [(name, "wrong_type", detail) for name, detail in wrong.items()]
+    if header.reason is not None:
+        faults.append(("image", header.reason, header.detail or ""))
+    label = meta["label"][row]
+    if "label" not in wrong and label is None and labelled:
+        faults.append(("label", "label_missing", f"split {split!r} requires a 0/1 label"))
+    elif label is not None and label not in (0, 1):
+        faults.append(("label", "label_invalid", f"label {label!r} is not 0 or 1"))
+    parsed: dict[str, Any] = {"gps": None}
+    try:
+        parsed["gps"] = parse_gps(meta["gps"][row])
+    except ParseError as e:
+        faults.append(("gps", "gps_invalid", str(e)))
+    for name, key in _TAGS.items():
+        try:
+            parsed[key] = parse_list(meta[name][row])
+        except ParseError as e:
+            faults.append((name, "tags_invalid", str(e)))
+    return faults, parsed
+
+
+def _record(
+    shard: _Shard, row: int, meta: dict[str, list[Any]], parsed: dict[str, Any], header: Header, cell: float
+) -> dict[str, Any]:
+    """The index row of a valid raw row (duplicates not yet collapsed)."""
+    texts = {key: clean_text(meta[name][row]) for name, key in _TEXTS.items()}
+    gps = parsed["gps"]
+    return {
+        "image_id": header.image_id, "split": shard.split, "shard": shard.rel, "row": row,
+        "source_id": meta["id"][row], "width": header.width, "height": header.height,
+        "orientation": header.orientation, "mode": header.mode, "format": header.format,
+        "label": meta["label"][row], "lat": gps[0] if gps else None, "lon": gps[1] if gps else None,
+        **texts, "seq_id": meta["video_info.seq_id"][row],
+        "travel_alteration": parsed["travel_alteration"], "weather": parsed["weather"],
+        "group": _group(texts["vid_id"], gps, header.image_id or "", cell), "duplicates": 1,
+    }  # fmt: skip
+
+
+def _size_mismatch(meta: dict[str, list[Any]], row: int, header: Header) -> bool:
+    """The dataset's width/height disagree with the decoded size (either way round when rotated 90°)."""
+    size = (meta["width"][row], meta["height"][row])
+    if header.reason is not None or None in size:
+        return False
+    allowed = {(header.width, header.height)}
+    if header.orientation in (5, 6, 7, 8):
+        allowed.add((header.height, header.width))
+    return size not in allowed
+
+
+def _ingest_shard(shard: _Shard, headers: list[Header], config: IngestConfig) -> tuple[list, list, int]:
+    """(index records, quarantine entries, size mismatches) of one shard."""
+    meta, wrong = _read_metadata(shard)
+    labelled = shard.split in config.labelled_splits
+    records, quarantine, mismatches = [], [], 0
+    for row, header in enumerate(headers):
+        faults, parsed = _check_row(meta, row, wrong.get(row, {}), header, shard.split, labelled)
+        mismatches += _size_mismatch(meta, row, header)
+        if faults:
+            where = {"shard": shard.rel, "row": row, "split": shard.split, "source_id": meta["id"][row]}
+            quarantine += [{**where, "field": f, "reason": r, "detail": d} for f, r, d in faults]
+        else:
+            records.append(_record(shard, row, meta, parsed, header, config.gps_cell_deg))
+    return records, quarantine, mismatches
+
+
+def ingest(root: Path, config: IngestConfig) -> IngestResult:
+    """Validate, parse and deduplicate every shard under `root` into the prepared index."""
+    root = Path(root)
+    shards = [_open_shard(path, root, split) for path, split in find_shards(root)]  # fail before decoding
+    if sum(s.rows for s in shards) == 0:
+        raise IngestError(f"{root}: the shards hold zero rows in total")
+    records: list[dict[str, Any]] = []
+    quarantine: list[dict[str, Any]] = []
+    mismatches = 0
+    with closing(_decode_headers(shards, config.workers)) as headers:  # closing stops the workers on error
+        for shard in shards:
+            shard_headers = [h for _ in shard.row_groups for h in next(headers)]
+            shard_records, shard_quarantine, shard_mismatches = _ingest_shard(shard, shard_headers, config)
+            records += shard_records
+            quarantine += shard_quarantine
+            mismatches += shard_mismatches
+    if not records:
+        raise IngestError(f"{root}: no valid rows ({len(quarantine)} quarantine entries)")
+    kept, dup_stats = _collapse_duplicates(records, config.labelled_splits)
+    kept.sort(key=lambda r: (r["split"], r["shard"], r["row"]))
+    index = pl.from_arrow(pa.Table.from_pylist(kept, schema=schema.INDEX_SCHEMA))
+    quarantined = pl.from_arrow(pa.Table.from_pylist(quarantine, schema=schema.QUARANTINE_SCHEMA))
+    assert isinstance(index, pl.DataFrame) and isinstance(quarantined, pl.DataFrame)
+    metrics = _metrics(shards, len(records), index, quarantined, dup_stats, mismatches)
+    return IngestResult(index=index, quarantine=quarantined, metrics=metrics)
+
+
+def _split_rank(split: str, labelled_splits: tuple[str, ...]) -> int:
+    """Higher wins a duplicate: labelled splits by list position, unlabelled ones above them all."""
+    return labelled_splits.index(split) if split in labelled_splits else len(labelled_splits)
+
+
+def _collapse_duplicates(
+    records: list[dict[str, Any]], labelled_splits: tuple[str, ...]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One record per image_id (the copy in the highest-ranked split), and what collapsed."""
+    rank = {split: _split_rank(split, labelled_splits) for split in {r["split"] for r in records}}
+    copies: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        copies.setdefault(record["image_id"], []).append(record)
+    kept, cross, conflicts = [], [], 0
+    for image_id, group in copies.items():
+        best = min(group, key=lambda r: (-rank[r["split"]], r["split"], r["shard"], r["row"]))
+        kept.append({**best, "duplicates": len(group)})
+        cross += [image_id] if len({r["split"] for r in group}) > 1 else []
+        conflicts += len({r["label"] for r in group}) > 1
+    return kept, {
+        "duplicates_collapsed": len(records) - len(kept),
+        "duplicate_label_conflicts": conflicts,  # copies of one image carrying different labels
+        "cross_split_duplicates": {"count": len(cross), "image_ids": sorted(cross)},
+    }
+
+
+def _metrics(shards: list[_Shard], valid: int, index: pl.DataFrame, quarantine: pl.DataFrame,
+             dup_stats: dict[str, Any], size_mismatch: int) -> dict[str, Any]:  # fmt: skip
+    """JSON-ready ingest metrics."""
+    splits: dict[str, dict[str, int]] = {}
+    for shard in shards:
+        splits.setdefault(shard.split, {"rows_read": 0})["rows_read"] += shard.rows
+    for split, stats in splits.items():
+        labels = index.filter(pl.col("split") == split)["label"]
+        stats.update(rows_indexed=labels.len(), label_0=int((labels == 0).sum()),
+                     label_1=int((labels == 1).sum()), label_null=labels.null_count())  # fmt: skip
+    missing = Counter(name for shard in shards for name in shard.missing)
+    return {
+        "shards": len(shards),
+        "rows_read": sum(s.rows for s in shards),
+        "rows_valid": valid,
+        "rows_indexed": index.height,
+        "splits": splits,
+        "quarantined": quarantine.select("shard", "row").unique().height,  # rows (one may have many faults)
+        "quarantined_by_reason": dict(sorted(Counter(quarantine["reason"].to_list()).items())),
+        **dup_stats,
+        "size_mismatch": size_mismatch,
+        "missing_optional_columns": dict(sorted(missing.items())),  # column -> shards without it
+        "nulls": {key: index[col].null_count() for key, col in
+                  (("gps", "lat"), ("scene_description", "scene_description"), ("vid_id", "vid_id"))},
+        "formats": dict(sorted(Counter(index["format"].to_list()).items())),
+    }  # fmt: skip
+
+
+def write_prepared(result: IngestResult, out_dir: Path) -> None:
+    """Write `index.parquet` and `quarantine.parquet` into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.index.write_parquet(out_dir / INDEX_FILE)
+    result.quarantine.write_parquet(out_dir / QUARANTINE_FILE)
+
+
+def read_index(prepared_dir: Path) -> pl.DataFrame:
+    """Read `<prepared_dir>/index.parquet`, checking every INDEX_SCHEMA column and its type."""
+    path = Path(prepared_dir) / INDEX_FILE
+    if not path.is_file():
+        raise IngestError(f"{path}: index not found (run the ingest stage)")
+    index = pl.read_parquet(path)
+    expected = pl.from_arrow(schema.INDEX_SCHEMA.empty_table())
+    assert isinstance(expected, pl.DataFrame)
+    for name, dtype in expected.schema.items():
+        if name not in index.columns:
+            raise IngestError(f"{path}: column {name!r} is missing (a stale index? re-run ingest)")
+        if index.schema[name] != dtype:
+            raise IngestError(f"{path}: column {name!r} has type {index.schema[name]}, expected {dtype}")
+    return index.select(schema.INDEX_SCHEMA.names)
+
+
+def index_fingerprint(index: pl.DataFrame) -> str:
+    """sha256 of (image_id, split) in row order: caches record it to notice a changed index."""
+    digest = hashlib.sha256()
+    for image_id, split in zip(index["image_id"].to_list(), index["split"].to_list(), strict=True):
+        digest.update(f"{image_id}\t{split}\n".encode())
+    return digest.hexdigest()

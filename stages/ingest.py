@@ -1,0 +1,33 @@
+"""Stage `ingest`: raw NATIX shards -> prepared index + quarantine, and `<metrics>/ingest.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.data.ingest import IngestConfig, ingest, write_prepared
+
+
+def main() -> None:
+    params = load_params()
+    paths = load_paths(params)
+    config = section(IngestConfig, params, "ingest")
+    result = ingest(Path(paths.raw), config)
+    prepared = Path(paths.prepared)
+    write_prepared(result, prepared)
+    save_resolved(config, prepared / "ingest_config.json")
+    metrics_file = Path(paths.metrics) / "ingest.json"
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    m = result.metrics
+    reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantined_by_reason"].items()) or "none"
+    print(
+        f"ingest: {m['rows_read']} rows in {m['shards']} shards -> {m['rows_indexed']} indexed, "
+        f"{m['quarantined']} quarantined ({reasons}), {m['duplicates_collapsed']} duplicates collapsed "
+        f"({m['cross_split_duplicates']['count']} across splits)"
+    )
+
+
+if __name__ == "__main__":
+    main()
