@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from roadwork.config import load_params, load_paths, save_resolved, section
-from roadwork.data.ingest import read_index
+from roadwork.data.index import read_index
 from roadwork.device import resolve_device
 from roadwork.features.backbone import BackboneConfig, load_backbone, read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs

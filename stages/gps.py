@@ -11,7 +11,7 @@ from pathlib import Path
 
 from roadwork.config import load_params, load_paths, save_resolved, section
 from roadwork.data.gps import GpsConfig, build_gps, write_gps
-from roadwork.data.ingest import INDEX_FILE, read_index
+from roadwork.data.index import INDEX_FILE, read_index
 
 
 def main() -> None:

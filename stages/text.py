@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from roadwork.config import load_params, load_paths, save_resolved, section
-from roadwork.data.ingest import read_index
+from roadwork.data.index import read_index
 from roadwork.features.text import TextConfig, build_text_cache
 
 

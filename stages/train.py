@@ -15,7 +15,7 @@ from dvclive import Live
 
 from roadwork.config import load_params, load_paths, section
 from roadwork.data.gps import GpsConfig, read_weights
-from roadwork.data.ingest import read_index
+from roadwork.data.index import read_index
 from roadwork.features.backbone import read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
 from roadwork.models import build_model

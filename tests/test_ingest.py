@@ -14,13 +14,12 @@ import pytest
 import yaml
 from PIL import Image
 
+from roadwork.data.index import IndexFileError, index_fingerprint, read_index
 from roadwork.data.ingest import (
     IngestConfig,
     IngestError,
     find_shards,
-    index_fingerprint,
     ingest,
-    read_index,
     write_prepared,
 )
 from roadwork.data.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA
@@ -361,9 +360,9 @@ def test_write_and_read_prepared(tmp_path: Path) -> None:
     assert index.equals(result.index)
     assert pl.read_parquet(tmp_path / "prepared" / "quarantine.parquet").equals(result.quarantine)
     result.index.drop("group").write_parquet(tmp_path / "prepared" / "index.parquet")
-    with pytest.raises(IngestError, match=r"prepared/index\.parquet: column 'group' is missing"):
+    with pytest.raises(IndexFileError, match=r"prepared/index\.parquet: column 'group' is missing"):
         read_index(tmp_path / "prepared")
-    with pytest.raises(IngestError, match="index not found"):
+    with pytest.raises(IndexFileError, match="index not found"):
         read_index(tmp_path / "elsewhere")
 
 

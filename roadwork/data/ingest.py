@@ -30,10 +30,9 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from roadwork.data import schema
+from roadwork.data.index import INDEX_FILE, QUARANTINE_FILE
 from roadwork.data.parse import ParseError, clean_text, parse_gps, parse_list
 
-INDEX_FILE = "index.parquet"
-QUARANTINE_FILE = "quarantine.parquet"
 _TAGS = {"scene_level_tags.travel_alteration": "travel_alteration", "scene_level_tags.weather": "weather"}
 _TEXTS = {
     "city_name": "city",
@@ -420,27 +419,3 @@ def write_prepared(result: IngestResult, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     result.index.write_parquet(out_dir / INDEX_FILE)
     result.quarantine.write_parquet(out_dir / QUARANTINE_FILE)
-
-
-def read_index(prepared_dir: Path) -> pl.DataFrame:
-    """Read `<prepared_dir>/index.parquet`, checking every INDEX_SCHEMA column and its type."""
-    path = Path(prepared_dir) / INDEX_FILE
-    if not path.is_file():
-        raise IngestError(f"{path}: index not found (run the ingest stage)")
-    index = pl.read_parquet(path)
-    expected = pl.from_arrow(schema.INDEX_SCHEMA.empty_table())
-    assert isinstance(expected, pl.DataFrame)
-    for name, dtype in expected.schema.items():
-        if name not in index.columns:
-            raise IngestError(f"{path}: column {name!r} is missing (a stale index? re-run ingest)")
-        if index.schema[name] != dtype:
-            raise IngestError(f"{path}: column {name!r} has type {index.schema[name]}, expected {dtype}")
-    return index.select(schema.INDEX_SCHEMA.names)
-
-
-def index_fingerprint(index: pl.DataFrame) -> str:
-    """sha256 of (image_id, split) in row order: caches record it to notice a changed index."""
-    digest = hashlib.sha256()
-    for image_id, split in zip(index["image_id"].to_list(), index["split"].to_list(), strict=True):
-        digest.update(f"{image_id}\t{split}\n".encode())
-    return digest.hexdigest()

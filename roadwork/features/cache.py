@@ -53,7 +53,8 @@ def expected_attrs(config: ExtractConfig, *, backbone: dict[str, Any], plan_meta
         )
     return {
         "backbone_fingerprint": backbone["fingerprint"],
-        "plan_fingerprint": plan_meta["fingerprint"],
+        # The view rule, not the per-image plan: adding images must not invalidate the cache.
+        "view_rule_fingerprint": plan_meta["rule_fingerprint"],
         "side": config.side,
         "mean": list(config.mean),
         "std": list(config.std),

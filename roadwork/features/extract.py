@@ -29,7 +29,7 @@ class ViewDataset(Dataset):
 
     def __init__(self, raw_root: Path, jobs: pl.DataFrame, boxes: dict[str, np.ndarray], config: ExtractConfig):
         self.reader = ShardReader(raw_root)
-        self.jobs = jobs.select("image_id", "shard", "row", "cache_row", "copies").to_dicts()
+        self.jobs = jobs.select("image_id", "shard", "row", "width", "height", "cache_row", "copies").to_dicts()
         self.boxes = boxes
         self.config = config
         self.augment = build_augment(config.side) if config.aug_copies else None
@@ -40,7 +40,8 @@ class ViewDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
         job = self.jobs[i]
         data = self.reader.read(job["shard"], job["row"])
-        clean = load_views(data, self.boxes[job["image_id"]], self.config.side)
+        size = (job["width"], job["height"])  # the plan's size: a mismatching image fails loudly
+        clean = load_views(data, self.boxes[job["image_id"]], self.config.side, size=size)
         out = np.empty((job["copies"], *clean.shape), dtype=np.uint8)
         out[0] = clean
         for copy in range(1, job["copies"]):

@@ -1,0 +1,45 @@
+"""The prepared index: one row per unique image, in `roadwork.data.schema.INDEX_SCHEMA`.
+
+Written by `ingest`; read by every stage after it. Kept apart from the ingest logic so that readers
+depend only on this small module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+
+from roadwork.data import schema
+
+INDEX_FILE = "index.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+
+
+class IndexFileError(ValueError):
+    """A missing or malformed prepared index."""
+
+
+def read_index(prepared_dir: Path) -> pl.DataFrame:
+    """Read `<prepared_dir>/index.parquet`, checking every INDEX_SCHEMA column and its type."""
+    path = Path(prepared_dir) / INDEX_FILE
+    if not path.is_file():
+        raise IndexFileError(f"{path}: index not found (run the ingest stage)")
+    index = pl.read_parquet(path)
+    expected = pl.from_arrow(schema.INDEX_SCHEMA.empty_table())
+    assert isinstance(expected, pl.DataFrame)
+    for name, dtype in expected.schema.items():
+        if name not in index.columns:
+            raise IndexFileError(f"{path}: column {name!r} is missing (a stale index? re-run ingest)")
+        if index.schema[name] != dtype:
+            raise IndexFileError(f"{path}: column {name!r} has type {index.schema[name]}, expected {dtype}")
+    return index.select(schema.INDEX_SCHEMA.names)
+
+
+def index_fingerprint(index: pl.DataFrame) -> str:
+    """sha256 of (image_id, split) in row order: caches record it to notice a changed index."""
+    digest = hashlib.sha256()
+    for image_id, split in zip(index["image_id"].to_list(), index["split"].to_list(), strict=True):
+        digest.update(f"{image_id}\t{split}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,49 @@
+"""Stage `synth`: write the synthetic NATIX-schema dataset (the embedded default's raw data).
+
+Reads params `synth` and `paths.synthetic`; deletes and rewrites `<paths.synthetic>` (shards under
+`data/`) and saves the resolved config as `<paths.synthetic>/synth_config.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.data.synth import DATA_DIR, SynthConfig, write_dataset
+
+CONFIG_FILE = "synth_config.json"
+
+
+def _clear(root: Path) -> None:
+    """Remove a previous output; refuse a folder holding anything this stage does not write."""
+    if not root.exists():
+        return
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in (DATA_DIR, CONFIG_FILE))
+    if foreign or not root.is_dir():
+        raise FileExistsError(f"{root}: not a synth output (holds {foreign}); refusing to delete it")
+    shutil.rmtree(root)
+
+
+def main() -> None:
+    params = load_params()
+    paths = load_paths(params)
+    config = section(SynthConfig, params, "synth")
+    root = Path(paths.synthetic)
+    _clear(root)
+    start = time.perf_counter()
+    shards = write_dataset(config, root, workers=min(2, os.cpu_count() or 1))
+    save_resolved(config, root / CONFIG_FILE)
+    for split, files in shards.items():
+        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        size = sum(f.stat().st_size for f in files) / 1e6
+        print(f"synth: {split}: {rows} rows in {len(files)} shards, {size:.1f} MB")
+    print(f"synth: wrote {root} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
