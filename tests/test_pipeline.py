@@ -1,0 +1,98 @@
+"""End to end: `dvc repro` of the real dvc.yaml on a tiny params file, in a fresh repository.
+
+Also checks DVC's bookkeeping: a second repro runs nothing, and a `train.*` change (through
+`dvc exp run -S`) re-runs only `train` and `submit`, with `dvc metrics diff` showing the change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def tiny_params() -> dict:
+    """The project's params.yaml shrunk to seconds: few small images, a small view side, few epochs."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["synth"].update(rows={"train": 48, "test": 16}, shards={"train": 2, "test": 1}, scale=0.1)
+    params["extract"].update(side=32, batch_images=16, chunk_rows=8, workers=0)
+    params["train"].update(epochs=3, patience=3)
+    params["ingest"].update(workers=1)
+    params["submit"].update(bootstrap=100)
+    return params
+
+
+def run(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh git + DVC repository holding the project's code, dvc.yaml and a tiny params.yaml."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("roadwork", "stages"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(root, "git", "init", "-q")
+    run(root, "dvc", "init", "-q")
+    run(root, "dvc", "config", "core.analytics", "false")
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "init")
+    return root
+
+
+@pytest.mark.e2e
+def test_repro_end_to_end(project: Path) -> None:
+    out = run(project, "dvc", "repro")
+    for stage in ("synth", "ingest", "backbone", "gps", "views", "text", "extract", "train@baseline", "submit"):
+        assert f"Running stage '{stage}'" in out
+
+    ingest = json.loads((project / "metrics/ingest.json").read_text())
+    assert ingest["quarantined"] == 2 * tiny_params()["synth"]["bad_rows"]
+    assert ingest["duplicates_collapsed"] == tiny_params()["synth"]["duplicates"]
+
+    index = pl.read_parquet(project / "data/prepared/index.parquet")
+    submission = pl.read_csv(project / "submission/submission.csv")
+    assert submission.columns == ["image_id", "probability", "label"]
+    assert sorted(submission["image_id"]) == sorted(index.filter(pl.col("split") == "test")["image_id"])
+    assert submission["probability"].is_between(0, 1).all()
+    assert ((submission["probability"] > 0.5).cast(pl.Int64) == submission["label"]).all()
+
+    final = json.loads((project / "metrics/final.json").read_text())
+    assert final["chosen"] == ["baseline"]
+    assert -1 <= final["test"]["mcc"] <= 1 and final["test"]["n"] == len(submission)
+    lo, hi = final["test"]["mcc_ci"]
+    assert lo <= final["test"]["mcc"] <= hi
+    for path in ("models/heads/baseline/model.pt", "predictions/baseline/val.parquet", "live/baseline/metrics.json"):
+        assert (project / path).is_file(), path
+
+    # Nothing changed: nothing runs.
+    again = run(project, "dvc", "repro")
+    assert "Running stage" not in again
+
+
+@pytest.mark.e2e
+def test_train_param_reruns_only_train_and_submit(project: Path) -> None:
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "baseline run")
+    out = run(project, "dvc", "exp", "run", "-S", "train.seed=7")
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train@baseline", "submit"}
+    diff = json.loads(run(project, "dvc", "metrics", "diff", "--json"))
+    changed = diff.get("metrics/final.json", {})
+    assert "test.brier" in changed and changed["test.brier"]["diff"] != 0
