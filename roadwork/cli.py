@@ -22,8 +22,11 @@ def summary(args: argparse.Namespace) -> int:
         scores = final.get(part)
         if scores:
             lo, hi = scores["mcc_ci"]
-            print(f"{part:>5} MCC {scores['mcc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), accuracy {scores['accuracy']:.3f}, "
-                  f"ROC-AUC {scores['roc_auc'] if scores['roc_auc'] is None else round(scores['roc_auc'], 3)}")
+            auc = "n/a" if scores["roc_auc"] is None else f"{scores['roc_auc']:.3f}"
+            print(
+                f"{part:>5} MCC {scores['mcc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
+                f"accuracy {scores['accuracy']:.3f}, ROC-AUC {auc}"
+            )
     print(f"members chosen: {', '.join(final['chosen'])}")
     print("outputs:")
     for label, path in (
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roadwork", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("summary", help="print the final metrics and the output locations").set_defaults(func=summary)
+    commands.add_parser("summary", help="print the final metrics and the output locations").set_defaults(
+        func=summary
+    )
     args = parser.parse_args(argv)
     return args.func(args)
 

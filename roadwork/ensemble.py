@@ -16,7 +16,9 @@ def read_predictions(pred_dir: Path, member: str, part: str) -> pl.DataFrame:
     """`<pred_dir>/<member>/<part>.parquet` (part: val | test), checked for the expected columns."""
     path = Path(pred_dir) / member / f"{part}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no predictions for member {member!r}; run `dvc repro train@{member}`")
+        raise FileNotFoundError(
+            f"{path}: no predictions for member {member!r}; run `dvc repro train@{member}`"
+        )
     frame = pl.read_parquet(path)
     missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
     if missing:

@@ -17,8 +17,10 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     manifest = materialise(config, out)
     save_resolved(config, out / "backbone_config.json")
-    print(f"backbone: {manifest['source']} ({manifest['parameters']:,} params) -> {out}, "
-          f"fingerprint {manifest['fingerprint'][:12]}")
+    print(
+        f"backbone: {manifest['source']} ({manifest['parameters']:,} params) -> {out}, "
+        f"fingerprint {manifest['fingerprint'][:12]}"
+    )
 
 
 if __name__ == "__main__":

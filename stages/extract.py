@@ -38,12 +38,20 @@ def main() -> None:
     if len(jobs):
         model = load_backbone(Path(paths.backbone), backbone_config.dtype, resolve_device(config.device))
         counts = extract_with_model(
-            model=model, cache=cache, jobs=jobs, raw_root=Path(paths.raw), boxes=boxes_by_image(plan),
-            config=config, dim=manifest["hidden_size"], views=plan_meta["n_views"],
+            model=model,
+            cache=cache,
+            jobs=jobs,
+            raw_root=Path(paths.raw),
+            boxes=boxes_by_image(plan),
+            config=config,
+            dim=manifest["hidden_size"],
+            views=plan_meta["n_views"],
         )
         rate = counts["images"] / max(counts["seconds"], 1e-9)
-        print(f"extract: {counts['images']} images, {counts['views']} views in {counts['seconds']} s "
-              f"({rate:.1f} images/s)")
+        print(
+            f"extract: {counts['images']} images, {counts['views']} views in {counts['seconds']} s "
+            f"({rate:.1f} images/s)"
+        )
     save_resolved(config, Path(paths.features) / "extract_config.json")
 
 

@@ -16,8 +16,14 @@ def score(frame: pl.DataFrame, threshold: float, n: int) -> dict | None:
     labelled = frame.filter(pl.col("label").is_not_null())
     if labelled.is_empty():
         return None
-    return metrics_with_ci(labelled["label"].to_numpy(), labelled["prob"].to_numpy(), threshold=threshold,
-                           n=n, seed=0, groups=labelled["group"].to_numpy())
+    return metrics_with_ci(
+        labelled["label"].to_numpy(),
+        labelled["prob"].to_numpy(),
+        threshold=threshold,
+        n=n,
+        seed=0,
+        groups=labelled["group"].to_numpy(),
+    )
 
 
 def main() -> None:
@@ -46,8 +52,10 @@ def main() -> None:
     }
     save_json(final, Path(paths.metrics) / "final.json")
     headline = final["test"] or final["val"]
-    print(f"submit: members {chosen}, test MCC {headline['mcc']:.3f} "
-          f"[{headline['mcc_ci'][0]:.3f}, {headline['mcc_ci'][1]:.3f}] -> {out / 'submission.csv'}")
+    print(
+        f"submit: members {chosen}, test MCC {headline['mcc']:.3f} "
+        f"[{headline['mcc_ci'][0]:.3f}, {headline['mcc_ci'][1]:.3f}] -> {out / 'submission.csv'}"
+    )
 
 
 if __name__ == "__main__":

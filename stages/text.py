@@ -18,8 +18,10 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     counts = build_text_cache(read_index(Path(paths.prepared)), out, config)
     save_resolved(config, out / "text_config.json")
-    print(f"text: {counts['with_text']}/{counts['rows']} rows with a description "
-          f"({counts['distinct']} distinct) -> {out}")
+    print(
+        f"text: {counts['with_text']}/{counts['rows']} rows with a description "
+        f"({counts['distinct']} distinct) -> {out}"
+    )
 
 
 if __name__ == "__main__":

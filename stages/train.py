@@ -29,10 +29,16 @@ from roadwork.views.plan import read_plan
 
 def predictions_frame(table: Table, split: str, logit: np.ndarray) -> pl.DataFrame:
     label = pl.Series("label", table.label, dtype=pl.Int64)
-    return pl.DataFrame({
-        "image_id": table.image_id, "split": [split] * len(table), "label": label.set(label < 0, None),
-        "group": table.group, "logit": logit.astype(np.float64), "prob": 1.0 / (1.0 + np.exp(-logit.astype(np.float64))),
-    })
+    return pl.DataFrame(
+        {
+            "image_id": table.image_id,
+            "split": [split] * len(table),
+            "label": label.set(label < 0, None),
+            "group": table.group,
+            "logit": logit.astype(np.float64),
+            "prob": 1.0 / (1.0 + np.exp(-logit.astype(np.float64))),
+        }
+    )
 
 
 def main(member: str) -> None:
@@ -41,17 +47,30 @@ def main(member: str) -> None:
     config = member_config(params, member)
     near_km = section(GpsConfig, params, "gps").near_km
     _, plan_meta = read_plan(Path(paths.views))
-    expected = expected_attrs(section(ExtractConfig, params, "extract"), backbone=read_manifest(Path(paths.backbone)),
-                              plan_meta=plan_meta)
+    expected = expected_attrs(
+        section(ExtractConfig, params, "extract"),
+        backbone=read_manifest(Path(paths.backbone)),
+        plan_meta=plan_meta,
+    )
     cache = FeatureCache.open_checked(Path(paths.features), expected)
     tables, vocab = prepare_tables(
-        read_index(Path(paths.prepared)), cache=cache, text_path=Path(paths.text),
-        gps=read_weights(Path(paths.gps)), config=config, near_km=near_km,
+        read_index(Path(paths.prepared)),
+        cache=cache,
+        text_path=Path(paths.text),
+        gps=read_weights(Path(paths.gps)),
+        config=config,
+        near_km=near_km,
     )
     print(f"train@{member}: " + ", ".join(f"{k} {describe(t)['rows']}" for k, t in tables.items()))
-    spec = {"model": config.model, "view_dim": tables["train"].features.shape[-1],
-            "n_views": tables["train"].features.shape[2], "vocab_sizes": vocab.sizes(),
-            "hidden": config.hidden, "dropout": config.dropout, "metadata": config.metadata}
+    spec = {
+        "model": config.model,
+        "view_dim": tables["train"].features.shape[-1],
+        "n_views": tables["train"].features.shape[2],
+        "vocab_sizes": vocab.sizes(),
+        "hidden": config.hidden,
+        "dropout": config.dropout,
+        "metadata": config.metadata,
+    }
     model = build_model(spec)
     with Live(str(Path(paths.live) / member), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         live.log_params({"member": member, **spec["vocab_sizes"], "rows_train": len(tables["train"])})
@@ -62,7 +81,9 @@ def main(member: str) -> None:
                     live.log_metric(key, value)
             live.next_step()
 
-        result = train_with_model(model=model, train=tables["train"], val=tables["val"], config=config, log=log)
+        result = train_with_model(
+            model=model, train=tables["train"], val=tables["val"], config=config, log=log
+        )
         out = Path(paths.predictions) / member
         out.mkdir(parents=True, exist_ok=True)
         summary = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
@@ -76,8 +97,10 @@ def main(member: str) -> None:
                 summary[part] = {k: scores[k] for k in ("mcc", "accuracy", "roc_auc", "f1")}
         live.summary.update(summary)
     save_head(Path(paths.heads) / member, model=model, spec=spec, vocab=vocab, config=config, summary=summary)
-    print(f"train@{member}: best epoch {result.best_epoch}, val MCC {summary['val']['mcc']:.3f}"
-          + (f", test MCC {summary['test']['mcc']:.3f}" if "test" in summary else ""))
+    print(
+        f"train@{member}: best epoch {result.best_epoch}, val MCC {summary['val']['mcc']:.3f}"
+        + (f", test MCC {summary['test']['mcc']:.3f}" if "test" in summary else "")
+    )
 
 
 if __name__ == "__main__":

@@ -120,4 +120,3 @@ def write_shard(
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_size)
     return path
-

@@ -15,8 +15,15 @@ from roadwork.features.backbone import (
     weights_fingerprint,
 )
 
-TINY = TinyBackboneConfig(seed=0, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, num_register_tokens=4, patch_size=16)
+TINY = TinyBackboneConfig(
+    seed=0,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_register_tokens=4,
+    patch_size=16,
+)
 
 
 def test_tiny_is_seeded():
@@ -55,11 +62,11 @@ def test_pooled_tokens_skip_registers():
 
 
 def test_unreachable_model_names_the_param(tmp_path):
-    with pytest.raises(OSError, match="backbone.model="):
+    with pytest.raises(OSError, match=r"backbone.model="):
         resolve(BackboneConfig(model=str(tmp_path / "missing"), dtype="float32", tiny=TINY))
 
 
 def test_bad_dtype(tmp_path):
     materialise(BackboneConfig(model="tiny", dtype="float32", tiny=TINY), tmp_path)
-    with pytest.raises(ValueError, match="backbone.dtype"):
+    with pytest.raises(ValueError, match=r"backbone.dtype"):
         load_backbone(tmp_path, dtype="int8")

@@ -37,8 +37,9 @@ def test_incremental_rows_keep_their_place(tmp_path):
     cache.ensure_rows(["a", "b"])
     rows = cache.ensure_rows(["c", "a", "d"])
     assert rows.tolist() == [2, 0, 3]
-    assert FeatureCache.create_or_open(tmp_path / "c.zarr", copies=2, views=3, dim=5, chunk_rows=4,
-                                       attrs=ATTRS).row_of == {"a": 0, "b": 1, "c": 2, "d": 3}
+    assert FeatureCache.create_or_open(
+        tmp_path / "c.zarr", copies=2, views=3, dim=5, chunk_rows=4, attrs=ATTRS
+    ).row_of == {"a": 0, "b": 1, "c": 2, "d": 3}
 
 
 def test_unfinished_rows_are_refused(tmp_path):
@@ -46,17 +47,17 @@ def test_unfinished_rows_are_refused(tmp_path):
     rows = cache.ensure_rows(["a", "b"])
     cache.write(rows[:1], features(1), np.array([1]))
     assert cache.done_mask(rows).tolist() == [True, False]
-    with pytest.raises(StaleCacheError, match="1 row\\(s\\) unfinished"):
+    with pytest.raises(StaleCacheError, match=r"1 row\(s\) unfinished"):
         cache.read(["a", "b"], ["cls"])
-    with pytest.raises(StaleCacheError, match="not extracted, e.g. zz"):
+    with pytest.raises(StaleCacheError, match=r"not extracted, e.g. zz"):
         cache.read(["zz"], ["cls"])
 
 
 def test_stale_attrs_refused_and_named(tmp_path):
     make(tmp_path / "c.zarr")
-    with pytest.raises(StaleCacheError, match="backbone_fingerprint: cache has 'abc', config wants 'xyz'"):
+    with pytest.raises(StaleCacheError, match=r"backbone_fingerprint: cache has 'abc', config wants 'xyz'"):
         FeatureCache.open_checked(tmp_path / "c.zarr", {**ATTRS, "backbone_fingerprint": "xyz"})
-    with pytest.raises(FileNotFoundError, match="run `dvc repro extract`"):
+    with pytest.raises(FileNotFoundError, match=r"run `dvc repro extract`"):
         FeatureCache.open_checked(tmp_path / "missing.zarr", ATTRS)
 
 
@@ -74,5 +75,5 @@ def test_writer_with_new_attrs_starts_over(tmp_path):
 def test_unknown_token(tmp_path):
     cache = make(tmp_path / "c.zarr")
     cache.write(cache.ensure_rows(["a"]), features(1), np.array([1]))
-    with pytest.raises(ValueError, match="unknown token"):
+    with pytest.raises(ValueError, match=r"unknown token"):
         cache.read(["a"], ["max"])

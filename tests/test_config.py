@@ -32,11 +32,11 @@ def test_unknown_key_is_an_error_naming_it():
 
 
 def test_missing_and_wrong_type():
-    with pytest.raises(ConfigError, match="ratio: missing required key"):
+    with pytest.raises(ConfigError, match=r"ratio: missing required key"):
         from_dict(Outer, {"name": "x", "inner": {"a": 1}})
-    with pytest.raises(ConfigError, match="inner.a: expected int"):
+    with pytest.raises(ConfigError, match=r"inner.a: expected int"):
         from_dict(Outer, {"name": "x", "inner": {"a": "1"}, "ratio": 1.0})
-    with pytest.raises(ConfigError, match="inner.a: expected int"):
+    with pytest.raises(ConfigError, match=r"inner.a: expected int"):
         from_dict(Outer, {"name": "x", "inner": {"a": True}, "ratio": 1.0})
 
 
@@ -46,7 +46,7 @@ def test_project_params_parse():
     assert paths.features.endswith(".zarr")
     for member in params["ensemble"]["members"]:
         assert isinstance(member_config(params, member), TrainConfig)
-    with pytest.raises(ConfigError, match="no member 'nope'"):
+    with pytest.raises(ConfigError, match=r"no member 'nope'"):
         member_config(params, "nope")
 
 
@@ -61,5 +61,5 @@ def test_member_overrides_are_strict():
 
 def test_bad_token_choice():
     params = load_params("params.yaml")
-    with pytest.raises(ConfigError, match="train.tokens"):
+    with pytest.raises(ConfigError, match=r"train.tokens"):
         section(TrainConfig, {"train": {**params["train"], "tokens": "max"}}, "train")

@@ -7,14 +7,25 @@ from roadwork.ensemble import average_logits, rank_members
 
 def frame(ids, logits, labels):
     logits = np.asarray(logits, dtype=float)
-    return pl.DataFrame({"image_id": ids, "split": ["val"] * len(ids), "label": labels, "group": ids,
-                         "logit": logits, "prob": 1 / (1 + np.exp(-logits))})
+    return pl.DataFrame(
+        {
+            "image_id": ids,
+            "split": ["val"] * len(ids),
+            "label": labels,
+            "group": ids,
+            "logit": logits,
+            "prob": 1 / (1 + np.exp(-logits)),
+        }
+    )
 
 
 def test_rank_by_validation_mcc():
     labels = [0, 1, 0, 1]
-    val = {"good": frame(list("abcd"), [-2, 2, -2, 2], labels), "bad": frame(list("abcd"), [2, -2, 2, -2], labels),
-           "meh": frame(list("abcd"), [-2, 2, 2, 2], labels)}
+    val = {
+        "good": frame(list("abcd"), [-2, 2, -2, 2], labels),
+        "bad": frame(list("abcd"), [2, -2, 2, -2], labels),
+        "meh": frame(list("abcd"), [-2, 2, 2, 2], labels),
+    }
     ranking = rank_members(val, 0.5)
     assert [name for name, _ in ranking] == ["good", "meh", "bad"]
     assert ranking[0][1] == pytest.approx(1.0) and ranking[2][1] == pytest.approx(-1.0)

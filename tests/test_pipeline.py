@@ -18,7 +18,12 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 
 def tiny_params() -> dict:
@@ -59,7 +64,17 @@ def project(tmp_path_factory) -> Path:
 @pytest.mark.e2e
 def test_repro_end_to_end(project: Path) -> None:
     out = run(project, "dvc", "repro")
-    for stage in ("synth", "ingest", "backbone", "gps", "views", "text", "extract", "train@baseline", "submit"):
+    for stage in (
+        "synth",
+        "ingest",
+        "backbone",
+        "gps",
+        "views",
+        "text",
+        "extract",
+        "train@baseline",
+        "submit",
+    ):
         assert f"Running stage '{stage}'" in out
 
     ingest = json.loads((project / "metrics/ingest.json").read_text())
@@ -78,7 +93,11 @@ def test_repro_end_to_end(project: Path) -> None:
     assert -1 <= final["test"]["mcc"] <= 1 and final["test"]["n"] == len(submission)
     lo, hi = final["test"]["mcc_ci"]
     assert lo <= final["test"]["mcc"] <= hi
-    for path in ("models/heads/baseline/model.pt", "predictions/baseline/val.parquet", "live/baseline/metrics.json"):
+    for path in (
+        "models/heads/baseline/model.pt",
+        "predictions/baseline/val.parquet",
+        "live/baseline/metrics.json",
+    ):
         assert (project / path).is_file(), path
 
     # Nothing changed: nothing runs.

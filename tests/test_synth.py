@@ -41,10 +41,25 @@ from roadwork.data.synth import (
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = SynthConfig(
-    seed=7, rows={"train": 12, "test": 6}, shards={"train": 2, "test": 1}, scale=0.1, phone_share=0.3,
-    positive_rate=0.5, video_share=0.6, frames_per_video=(2, 4), objects_per_image=(1, 3),
-    object_scale=0.05, distractor_rate=0.6, test_cities=2, gps_null_rate=0.15, bad_rows=3, duplicates=2,
-    description_rate=(0.9, 0.3), informative_text=0.5, alteration_rate=(0.7, 0.1), jpeg_quality=90,
+    seed=7,
+    rows={"train": 12, "test": 6},
+    shards={"train": 2, "test": 1},
+    scale=0.1,
+    phone_share=0.3,
+    positive_rate=0.5,
+    video_share=0.6,
+    frames_per_video=(2, 4),
+    objects_per_image=(1, 3),
+    object_scale=0.05,
+    distractor_rate=0.6,
+    test_cities=2,
+    gps_null_rate=0.15,
+    bad_rows=3,
+    duplicates=2,
+    description_rate=(0.9, 0.3),
+    informative_text=0.5,
+    alteration_rate=(0.7, 0.1),
+    jpeg_quality=90,
 )
 ROADWORK_WORDS = ("cone", "barrier", "road work", "worker", "construction")
 
@@ -99,7 +114,9 @@ def test_schema_metadata_and_shard_names(dataset) -> None:
     root, _ = dataset
     names = sorted(p.name for p in (root / "data").iterdir())
     assert names == [
-        "test-00000-of-00001.parquet", "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
     ]
     assert all(SHARD_RE.match(n) for n in names)
     for name in names:
@@ -192,8 +209,13 @@ def test_labels_and_descriptions(dataset) -> None:
 
 
 def test_informative_descriptions_name_what_is_drawn(generated) -> None:
-    names = {"cone": "traffic cones", "barrier": "barrier", "sign": "road work sign", "worker": "worker",
-             "vehicle": "construction vehicle"}
+    names = {
+        "cone": "traffic cones",
+        "barrier": "barrier",
+        "sign": "road work sign",
+        "worker": "worker",
+        "vehicle": "construction vehicle",
+    }
     informative = 0
     for r in (r for split, rows in generated.items() for r in rows[: TINY.rows[split]]):
         text = (r.row["scene_description"] or "").lower()
@@ -246,8 +268,9 @@ def test_same_params_give_identical_bytes_with_any_worker_count(dataset, tmp_pat
 
 
 def test_growing_rows_keeps_the_first_units(tmp_path) -> None:
-    small = dataclasses.replace(TINY, rows={"train": 4, "test": 2}, shards={"train": 1, "test": 1},
-                                bad_rows=0, duplicates=0)
+    small = dataclasses.replace(
+        TINY, rows={"train": 4, "test": 2}, shards={"train": 1, "test": 1}, bad_rows=0, duplicates=0
+    )
     big = dataclasses.replace(small, rows={"train": 12, "test": 2})
     a = pq.read_table(write_dataset(small, tmp_path / "a")["train"][0]).to_pylist()
     b = pq.read_table(write_dataset(big, tmp_path / "b")["train"][0]).to_pylist()
@@ -305,8 +328,11 @@ def test_stage_rewrites_its_output_and_refuses_foreign_folders(tmp_path, monkeyp
 
     params = load_params(ROOT / "params.yaml")
     params["paths"]["synthetic"] = "out/synthetic"
-    params["synth"] = {**json.loads(json.dumps(dataclasses.asdict(TINY))), "rows": {"train": 4, "test": 2},
-                       "shards": {"train": 1, "test": 1}}
+    params["synth"] = {
+        **json.loads(json.dumps(dataclasses.asdict(TINY))),
+        "rows": {"train": 4, "test": 2},
+        "shards": {"train": 1, "test": 1},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     stale = tmp_path / "out/synthetic/data/train-00000-of-00009.parquet"
@@ -315,7 +341,9 @@ def test_stage_rewrites_its_output_and_refuses_foreign_folders(tmp_path, monkeyp
     stage.main()
     out = tmp_path / "out/synthetic"
     assert sorted(p.name for p in (out / "data").iterdir()) == [
-        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+        "test-00000-of-00001.parquet",
+        "train-00000-of-00001.parquet",
+    ]
     saved = json.loads((out / "synth_config.json").read_text())
     assert saved["rows"] == {"train": 4, "test": 2} and saved["frames_per_video"] == [2, 4]
     (out / "notes.txt").write_text("not ours")

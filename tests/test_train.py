@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import polars as pl
 import pytest
@@ -12,8 +14,15 @@ from roadwork.train.loop import epoch_order, lr_factor, predict_with_model, trai
 
 def config(**overrides):
     params = load_params("params.yaml")
-    params["train"] = {**params["train"], "epochs": 8, "patience": 3, "batch_size": 16, "device": "cpu",
-                       "warmup_steps": 5, **overrides}
+    params["train"] = {
+        **params["train"],
+        "epochs": 8,
+        "patience": 3,
+        "batch_size": 16,
+        "device": "cpu",
+        "warmup_steps": 5,
+        **overrides,
+    }
     params["ensemble"]["members"] = {"m": {}}
     return member_config(params, "m")
 
@@ -25,12 +34,23 @@ def toy_table(n, seed, signal=1.5, copies=2):
     feats = rng.normal(size=(n, copies, 4, 8)).astype(np.float16)
     feats[:, :, 2, :3] += (signal * label[:, None, None]).astype(np.float16)
     meta = {
-        "lat": rng.uniform(30, 45, n).astype(np.float32), "lon": rng.uniform(-100, -75, n).astype(np.float32),
-        "gps_mask": rng.random(n) > 0.1, "weather": rng.integers(0, 3, n), "daytime": rng.integers(0, 2, n),
-        "scene": rng.integers(0, 4, n), "text": np.zeros((n, 384), np.float32), "text_mask": np.zeros(n, bool),
+        "lat": rng.uniform(30, 45, n).astype(np.float32),
+        "lon": rng.uniform(-100, -75, n).astype(np.float32),
+        "gps_mask": rng.random(n) > 0.1,
+        "weather": rng.integers(0, 3, n),
+        "daytime": rng.integers(0, 2, n),
+        "scene": rng.integers(0, 4, n),
+        "text": np.zeros((n, 384), np.float32),
+        "text_mask": np.zeros(n, bool),
     }
-    table = Table([f"i{i}" for i in range(n)], feats, np.full(n, copies), label.astype(np.int64), meta,
-                  [f"g{i // 3}" for i in range(n)])
+    table = Table(
+        [f"i{i}" for i in range(n)],
+        feats,
+        np.full(n, copies),
+        label.astype(np.int64),
+        meta,
+        [f"g{i // 3}" for i in range(n)],
+    )
     table.weight = np.where(np.arange(n) % 2 == 0, 5.0, 0.3)
     table.near = np.arange(n) % 2 == 0
     return table
@@ -41,16 +61,24 @@ def seeded_model(seed=0):
     return build_model(SPEC)
 
 
-SPEC = {"model": "mlp", "view_dim": 8, "n_views": 4, "hidden": 32, "dropout": 0.1, "metadata": True,
-        "vocab_sizes": {"weather": 3, "daytime": 2, "scene_environment": 4}}
+SPEC = {
+    "model": "mlp",
+    "view_dim": 8,
+    "n_views": 4,
+    "hidden": 32,
+    "dropout": 0.1,
+    "metadata": True,
+    "vocab_sizes": {"weather": 3, "daytime": 2, "scene_environment": 4},
+}
 
 
 def test_baseline_learns_the_signal():
     cfg = config(lr=1e-3, epochs=12, patience=12)
     model = seeded_model()
     records = []
-    result = train_with_model(model=model, train=toy_table(256, 0), val=toy_table(96, 1), config=cfg,
-                              log=records.append)
+    result = train_with_model(
+        model=model, train=toy_table(256, 0), val=toy_table(96, 1), config=cfg, log=records.append
+    )
     assert result.best_val_mcc > 0.35  # chance is 0; measured 0.5 with these settings
     assert len(records) == result.epochs_run and result.epochs_run <= cfg.epochs
     assert all(r["sampled_near_share"] > 0.8 for r in records)  # 5.0 vs 0.3 weights: ~94 % near
@@ -69,8 +97,9 @@ def test_training_is_reproducible():
 
 def test_early_stopping_on_noise():
     cfg = config(epochs=30, patience=2)
-    result = train_with_model(model=seeded_model(), train=toy_table(64, 0, signal=0.0),
-                              val=toy_table(64, 1, signal=0.0), config=cfg)
+    result = train_with_model(
+        model=seeded_model(), train=toy_table(64, 0, signal=0.0), val=toy_table(64, 1, signal=0.0), config=cfg
+    )
     assert result.epochs_run < 30
     assert result.epochs_run == result.best_epoch + 1 + cfg.patience
 
@@ -81,7 +110,7 @@ def test_lr_schedule_warmup_capped_then_cosine():
     factors = [lr_factor(s, total, cfg) for s in range(total)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.01
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
 
 
 def test_gps_weighting_switch():
@@ -104,8 +133,13 @@ def test_batch_draws_copies_per_view():
 
 
 def test_grouped_split_keeps_groups_apart():
-    rows = pl.DataFrame({"image_id": [f"i{i}" for i in range(100)], "label": [i % 2 for i in range(100)],
-                         "group": [f"vid:{i // 4}" for i in range(100)]})
+    rows = pl.DataFrame(
+        {
+            "image_id": [f"i{i}" for i in range(100)],
+            "label": [i % 2 for i in range(100)],
+            "group": [f"vid:{i // 4}" for i in range(100)],
+        }
+    )
     train, val = split_train_val(rows, 0.2, seed=0)
     assert set(train["group"]).isdisjoint(set(val["group"]))
     assert len(train) + len(val) == 100 and 10 <= len(val) <= 30
@@ -113,8 +147,13 @@ def test_grouped_split_keeps_groups_apart():
 
 
 def test_vocab_null_first_and_unseen_to_null():
-    rows = pl.DataFrame({"weather": [["Rain"], [], ["Sunny", "Fog"]], "daytime": ["Light", None, "Dark"],
-                         "scene_environment": ["Urban", "Urban", None]})
+    rows = pl.DataFrame(
+        {
+            "weather": [["Rain"], [], ["Sunny", "Fog"]],
+            "daytime": ["Light", None, "Dark"],
+            "scene_environment": ["Urban", "Urban", None],
+        }
+    )
     vocab = Vocab.fit(rows)
     assert vocab.values["weather"] == [NULL, "Rain", "Sunny"]
     assert vocab.encode("daytime", pl.Series(["Dark", None, "Dusk"])).tolist() == [1, 0, 0]

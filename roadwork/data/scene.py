@@ -11,13 +11,27 @@ so ground-truth masks per class can be rasterised from the same render.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from functools import partial
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from roadwork.data.sprites import (
+    DrawnObject,
+    Painter,
+    barrier,
+    building,
+    car,
+    cone,
+    construction_vehicle,
+    sign,
+    streetlight,
+    tree,
+    vary,
+    worker,
+)
 
 WEATHERS = ("sunny", "cloudy", "rain", "fog", "snow")
 DAYTIMES = ("Light", "Dusk", "Dark")
@@ -29,22 +43,38 @@ DISTRACTOR_KINDS = ("orange_car", "stop_sign", "yellow_line", "orange_building")
 _KIND_HEIGHT = {"cone": 0.8, "barrier": 0.8, "sign": 1.3, "worker": 1.2, "vehicle": 1.5, "stop_sign": 1.3}
 # Lane-fraction ranges (0 = left road edge, 1 = right edge): [on the road, beside it].
 _PLACEMENT = {
-    "cone": ((0.55, 0.95), (0.02, 0.2)), "barrier": ((0.5, 0.9), (1.02, 1.15)),
-    "sign": ((1.05, 1.25), (-0.25, -0.05)), "worker": ((0.6, 0.95), (1.02, 1.2)),
-    "vehicle": ((0.7, 0.95), (1.1, 1.35)), "stop_sign": ((1.05, 1.25), (-0.25, -0.05)),
+    "cone": ((0.55, 0.95), (0.02, 0.2)),
+    "barrier": ((0.5, 0.9), (1.02, 1.15)),
+    "sign": ((1.05, 1.25), (-0.25, -0.05)),
+    "worker": ((0.6, 0.95), (1.02, 1.2)),
+    "vehicle": ((0.7, 0.95), (1.1, 1.35)),
+    "stop_sign": ((1.05, 1.25), (-0.25, -0.05)),
 }
 # Half the drawn width over the height (the excavator's arm reaches out to one side).
 _HALF_WIDTH = {"cone": 0.35, "barrier": 1.35, "sign": 0.35, "worker": 0.25, "vehicle": 1.4, "stop_sign": 0.35}
 _SKY = {  # (top, horizon) colours
-    "sunny": ((70, 130, 210), (175, 205, 235)), "cloudy": ((140, 146, 156), (196, 199, 206)),
-    "rain": ((100, 105, 115), (156, 160, 168)), "fog": ((190, 192, 196), (210, 212, 215)),
+    "sunny": ((70, 130, 210), (175, 205, 235)),
+    "cloudy": ((140, 146, 156), (196, 199, 206)),
+    "rain": ((100, 105, 115), (156, 160, 168)),
+    "fog": ((190, 192, 196), (210, 212, 215)),
     "snow": ((175, 180, 190), (218, 221, 228)),
 }
-_GROUND = {"Urban": (150, 148, 142), "Suburban": (92, 130, 62), "Rural": (118, 138, 72),
-           "Highway": (104, 124, 72), "Industrial": (136, 130, 118)}
-_CAR_COLOURS = ((235, 235, 235), (170, 172, 176), (30, 30, 34), (40, 60, 120), (150, 25, 30),
-                (95, 98, 104), (35, 80, 50))
-_ORANGE = (255, 110, 0)
+_GROUND = {
+    "Urban": (150, 148, 142),
+    "Suburban": (92, 130, 62),
+    "Rural": (118, 138, 72),
+    "Highway": (104, 124, 72),
+    "Industrial": (136, 130, 118),
+}
+_CAR_COLOURS = (
+    (235, 235, 235),
+    (170, 172, 176),
+    (30, 30, 34),
+    (40, 60, 120),
+    (150, 25, 30),
+    (95, 98, 104),
+    (35, 80, 50),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +89,6 @@ class SceneSpec:
     objects: tuple[str, ...] = ()  # roadwork objects to draw (ROADWORK_KINDS); empty for a negative
     distractors: tuple[str, ...] = ()  # look-alikes to draw (DISTRACTOR_KINDS)
     object_scale: float = 0.05  # object height as a fraction of the frame height
-
-
-@dataclasses.dataclass(frozen=True)
-class DrawnObject:
-    """One drawn object: its class, whether it stands on the road, its box and polygons (frame px)."""
-
-    kind: str
-    on_road: bool
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1, clipped to the frame
-    polygons: tuple[tuple[tuple[float, float], ...], ...]
 
 
 @dataclasses.dataclass
@@ -100,194 +120,15 @@ class _Road:
         return (self.xr - self.xl) * u
 
     def quad(self, s0: float, s1: float, u0: float, u1: float) -> list[tuple[float, float]]:
-        return [(self.x(s0, u0), self.y(u0)), (self.x(s1, u0), self.y(u0)),
-                (self.x(s1, u1), self.y(u1)), (self.x(s0, u1), self.y(u1))]
+        return [
+            (self.x(s0, u0), self.y(u0)),
+            (self.x(s1, u0), self.y(u0)),
+            (self.x(s1, u1), self.y(u1)),
+            (self.x(s0, u1), self.y(u1)),
+        ]
 
 
-class _Painter:
-    """PIL drawing that records the polygons of the object being drawn, its lights and glowing parts."""
-
-    def __init__(self, img: Image.Image) -> None:
-        self.img, self.draw = img, ImageDraw.Draw(img)
-        self.emissive = Image.new("L", img.size, 0)  # how much of its brightness a pixel keeps at night
-        self._edraw = ImageDraw.Draw(self.emissive)
-        self.lights: list[tuple[float, float, float, tuple[int, int, int]]] = []  # x, y, radius, colour
-        self._parts: list[tuple[tuple[float, float], ...]] | None = None
-        self.drawn: list[DrawnObject] = []  # every recorded object and distractor, in drawing order
-
-    def poly(self, pts, fill, outline=None, width: int = 1, emissive: float = 0.0) -> None:
-        """A filled polygon; `emissive` 1 for lights, ~0.6 for retroreflective parts caught by headlights."""
-        pts = [(float(x), float(y)) for x, y in pts]
-        self.draw.polygon(pts, fill=fill, outline=outline, width=width)
-        if emissive:
-            self._edraw.polygon(pts, fill=round(255 * emissive))
-        if self._parts is not None:
-            self._parts.append(tuple(pts))
-
-    def rect(self, x0, y0, x1, y1, fill, **kw) -> None:
-        self.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], fill, **kw)
-
-    def ellipse(self, cx, cy, rx, ry, fill, **kw) -> None:
-        t = np.linspace(0, 2 * math.pi, 16, endpoint=False)
-        self.poly(list(zip(cx + rx * np.cos(t), cy + ry * np.sin(t), strict=True)), fill, **kw)
-
-    def bar(self, p0, p1, thick, fill) -> None:
-        """A thick straight segment as a quad."""
-        dx, dy = p1[0] - p0[0], p1[1] - p0[1]
-        n = math.hypot(dx, dy) or 1.0
-        ox, oy = -dy / n * thick / 2, dx / n * thick / 2
-        self.poly([(p0[0] + ox, p0[1] + oy), (p1[0] + ox, p1[1] + oy),
-                   (p1[0] - ox, p1[1] - oy), (p0[0] - ox, p0[1] - oy)], fill)
-
-    def paste(self, arr: np.ndarray, x0: float, y0: float, emissive: float = 0.0) -> None:
-        x0, y0 = round(x0), round(y0)
-        self.img.paste(Image.fromarray(arr), (x0, y0))
-        h, w = arr.shape[:2]
-        box = ((x0, y0), (x0 + w, y0), (x0 + w, y0 + h), (x0, y0 + h))
-        if emissive:
-            self._edraw.polygon(box, fill=round(255 * emissive))
-        if self._parts is not None:
-            self._parts.append(box)
-
-    def record(self, kind: str, on_road: bool, draw) -> DrawnObject:
-        self._parts = []
-        draw()
-        parts, self._parts = tuple(self._parts), None
-        xs = [x for p in parts for x, _ in p]
-        ys = [y for p in parts for _, y in p]
-        box = (int(min(xs)), int(min(ys)), math.ceil(max(xs)), math.ceil(max(ys)))
-        self.drawn.append(DrawnObject(kind, on_road, box, parts))
-        return self.drawn[-1]
-
-
-def _vary(colour, rng: np.random.Generator, amount: int = 12) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
-
-
-def _cone(p: _Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
-    w, top, base = 0.6 * h, yb - h, yb - 0.12 * h
-
-    def half(y: float) -> float:  # half-width of the cone body at row y
-        return 0.05 * w + 0.33 * w * (y - top) / (base - top)
-
-    p.rect(x - w / 2, base, x + w / 2, yb, (35, 35, 35))
-    p.poly([(x - half(top), top), (x + half(top), top), (x + half(base), base), (x - half(base), base)],
-           _vary(_ORANGE, rng, 15))
-    y1, y2 = top + 0.35 * (base - top), top + 0.55 * (base - top)
-    p.poly([(x - half(y1), y1), (x + half(y1), y1), (x + half(y2), y2), (x - half(y2), y2)], (245, 245, 245),
-           emissive=0.6)
-
-
-def _barrier(p: _Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
-    w, bh = h * rng.uniform(1.8, 2.6), max(2.0, 0.26 * h)
-    for lx in (x - 0.38 * w, x + 0.38 * w):
-        p.rect(lx - 0.03 * w, yb - h, lx + 0.03 * w, yb, (225, 225, 225))
-    period = max(2, round(bh))
-    yy, xx = np.mgrid[0 : round(bh), 0 : round(w)]
-    stripes = ((xx + yy) // period) % 2 == 0
-    board = np.where(stripes[..., None], np.uint8(_ORANGE), np.uint8([250, 250, 250])).astype(np.uint8)
-    for y0 in (yb - h, yb - 0.55 * h):
-        p.paste(board, x - w / 2, y0, emissive=0.5)
-
-
-def _sign(p: _Painter, x: float, yb: float, h: float, rng: np.random.Generator, stop: bool = False) -> None:
-    """A diamond road-work sign (orange, black border and worker symbol) or a red octagonal stop sign."""
-    d = 0.3 * h
-    cy = yb - h + d
-    p.rect(x - 0.03 * h, cy, x + 0.03 * h, yb, (120, 120, 125))
-    t = np.linspace(0, 2 * math.pi, 8 if stop else 4, endpoint=False) + (math.pi / 8 if stop else 0.0)
-    colour, border = ((200, 20, 30), (240, 240, 240)) if stop else ((255, 140, 0), (20, 20, 20))
-    p.poly(list(zip(x + d * np.cos(t), cy + d * np.sin(t), strict=True)), _vary(colour, rng, 10),
-           outline=border, width=max(1, round(0.1 * d)), emissive=0.5)
-    if not stop:
-        p.ellipse(x - 0.1 * d, cy - 0.35 * d, 0.1 * d, 0.1 * d, (20, 20, 20))
-        p.bar((x - 0.15 * d, cy - 0.2 * d), (x + 0.2 * d, cy + 0.4 * d), max(1.0, 0.12 * d), (20, 20, 20))
-
-
-def _worker(p: _Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
-    w = 0.3 * h
-    vest = ((205, 255, 40), _ORANGE)[int(rng.integers(2))]
-    for lx in (x - 0.3 * w, x + 0.05 * w):
-        p.rect(lx, yb - 0.47 * h, lx + 0.25 * w, yb, (35, 40, 60))
-    for x0, x1, y0, y1 in ((-0.7, -0.45, 0.8, 0.5), (0.45, 0.7, 0.8, 0.5), (-0.5, 0.5, 0.82, 0.45)):
-        p.rect(x + x0 * w, yb - y0 * h, x + x1 * w, yb - y1 * h, vest)  # arms and torso in the vest
-    for sy in (0.72, 0.58):  # retroreflective stripes
-        p.rect(x - 0.5 * w, yb - sy * h, x + 0.5 * w, yb - sy * h + max(1.0, 0.04 * h), (230, 230, 230),
-               emissive=0.7)
-    p.ellipse(x, yb - 0.89 * h, 0.26 * w, 0.07 * h, (200, 160, 130))
-    hat = ((255, 215, 0), (245, 245, 245), _ORANGE)[int(rng.integers(3))]
-    p.ellipse(x, yb - 0.94 * h, 0.32 * w, 0.045 * h, hat)
-
-
-def _construction_vehicle(p: _Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
-    yellow = _vary((250, 190, 0), rng, 15)
-    if rng.random() < 0.5:  # excavator: tracks, body, cab, arm and bucket
-        w = 1.6 * h
-        p.rect(x - w / 2, yb - 0.22 * h, x + w / 2, yb, (50, 50, 50))
-        p.rect(x - 0.42 * w, yb - 0.55 * h, x + 0.35 * w, yb - 0.22 * h, yellow)
-        p.rect(x - 0.42 * w, yb - 0.95 * h, x - 0.05 * w, yb - 0.55 * h, yellow)
-        p.rect(x - 0.36 * w, yb - 0.88 * h, x - 0.12 * w, yb - 0.62 * h, (60, 80, 100))
-        elbow, tip = (x + 0.45 * w, yb - 1.0 * h), (x + 0.75 * w, yb - 0.4 * h)
-        p.bar((x + 0.15 * w, yb - 0.5 * h), elbow, 0.1 * h, yellow)
-        p.bar(elbow, tip, 0.08 * h, yellow)
-        tx, ty = tip
-        p.poly([(tx - 0.08 * w, ty), (tx + 0.06 * w, ty), (tx + 0.02 * w, ty + 0.3 * h)], (70, 60, 40))
-        beacon = (x - 0.24 * w, yb - 0.98 * h)
-    else:  # dump truck seen from the side
-        w = 2.0 * h
-        p.rect(x - 0.5 * w, yb - 0.75 * h, x + 0.18 * w, yb - 0.22 * h, _vary((235, 150, 0), rng, 15))
-        p.rect(x + 0.2 * w, yb - 0.85 * h, x + 0.5 * w, yb - 0.22 * h, yellow)
-        p.rect(x + 0.3 * w, yb - 0.78 * h, x + 0.46 * w, yb - 0.55 * h, (60, 80, 100))
-        for wx in (x - 0.35 * w, x - 0.15 * w, x + 0.35 * w):
-            p.ellipse(wx, yb - 0.13 * h, 0.09 * w, 0.13 * h, (30, 30, 30))
-        beacon = (x + 0.35 * w, yb - 0.88 * h)
-    p.ellipse(beacon[0], beacon[1], 0.05 * h, 0.04 * h, (255, 170, 0), emissive=1.0)
-    p.lights.append((beacon[0], beacon[1], 0.06 * h, (255, 160, 20)))
-
-
-def _car(p: _Painter, x: float, yb: float, w: float, colour) -> None:
-    """A car seen from behind (or the side, for parked ones it does not matter at this size)."""
-    h = 0.78 * w
-    p.ellipse(x, yb, 0.55 * w, 0.06 * h, (30, 30, 32))
-    p.rect(x - 0.42 * w, yb - 0.18 * h, x - 0.25 * w, yb, (22, 22, 22))
-    p.rect(x + 0.25 * w, yb - 0.18 * h, x + 0.42 * w, yb, (22, 22, 22))
-    p.rect(x - 0.5 * w, yb - 0.58 * h, x + 0.5 * w, yb - 0.12 * h, colour)
-    p.poly([(x - 0.44 * w, yb - 0.58 * h), (x + 0.44 * w, yb - 0.58 * h),
-            (x + 0.34 * w, yb - h), (x - 0.34 * w, yb - h)], colour)
-    p.poly([(x - 0.38 * w, yb - 0.62 * h), (x + 0.38 * w, yb - 0.62 * h),
-            (x + 0.3 * w, yb - 0.94 * h), (x - 0.3 * w, yb - 0.94 * h)], (40, 50, 62))
-    for tx in (x - 0.46 * w, x + 0.34 * w):
-        p.rect(tx, yb - 0.5 * h, tx + 0.12 * w, yb - 0.4 * h, (190, 15, 20), emissive=1.0)
-        p.lights.append((tx + 0.06 * w, yb - 0.45 * h, 0.05 * w, (255, 30, 20)))
-    p.rect(x - 0.1 * w, yb - 0.3 * h, x + 0.1 * w, yb - 0.2 * h, (235, 235, 225))
-
-
-def _tree(p: _Painter, x: float, yb: float, h: float, rng: np.random.Generator, snow: bool) -> None:
-    p.rect(x - 0.04 * h, yb - 0.45 * h, x + 0.04 * h, yb, (90, 65, 40))
-    crown = (225, 228, 232) if snow and rng.random() < 0.6 else _vary((50, 100, 45), rng, 20)
-    p.ellipse(x, yb - 0.65 * h, 0.28 * h, 0.35 * h, crown)
-
-
-def _streetlight(p: _Painter, x: float, yb: float, h: float, toward: float) -> None:
-    p.rect(x - 0.015 * h, yb - h, x + 0.015 * h, yb, (95, 95, 100))
-    lamp = (x + toward * 0.25 * h, yb - h)
-    p.bar((x, yb - h), lamp, 0.025 * h, (95, 95, 100))
-    p.ellipse(lamp[0], lamp[1] + 0.02 * h, 0.05 * h, 0.02 * h, (255, 235, 190), emissive=1.0)
-    p.lights.append((lamp[0], lamp[1] + 0.03 * h, 0.06 * h, (255, 210, 140)))
-
-
-def _building(p: _Painter, x0: float, x1: float, yb: float, h: float, colour, rng, dark: bool) -> None:
-    p.rect(x0, yb - h, x1, yb, colour)
-    win = max(2.0, 0.06 * (x1 - x0))
-    if x1 - x0 < 4 * win:
-        return
-    for wy in np.arange(yb - h + win, yb - 1.5 * win, 2 * win):
-        for wx in np.arange(x0 + win, x1 - 1.5 * win, 2 * win):
-            lit = dark and rng.random() < 0.35
-            p.rect(wx, wy, wx + win, wy + win, (255, 210, 120) if lit else (55, 65, 80), emissive=float(lit))
-
-
-def _skyline(p: _Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator) -> None:
+def _skyline(p: Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator) -> None:
     """Buildings, houses or trees standing on the horizon; one of them orange if that distractor is asked."""
     env, dark, y_h = spec.environment, spec.daytime != "Light", road.y_h + 1
     orange_at = int(rng.integers(1, 4)) if "orange_building" in spec.distractors else -1
@@ -298,24 +139,29 @@ def _skyline(p: _Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator
             big = env == "Industrial"
             w = road.cw * rng.uniform(0.05, 0.12) * (1.8 if big else 1.0)
             h = road.ch * rng.uniform(0.06, 0.2) * (0.5 + 2.0 * off) * (0.5 if big else 1.0)
-            colour = _vary((120, 118, 115), rng, 35)
+            colour = vary((120, 118, 115), rng, 35)
         elif env == "Suburban" or orange:
             w, h = road.cw * rng.uniform(0.04, 0.08), road.ch * rng.uniform(0.03, 0.06) * (0.6 + off)
-            colour = _vary((200, 190, 170), rng, 30)
-            p.poly([(x - 0.1 * w, y_h - h), (x + 1.1 * w, y_h - h), (x + 0.5 * w, y_h - 1.6 * h)],
-                   _vary((110, 70, 60), rng, 20))
+            colour = vary((200, 190, 170), rng, 30)
+            p.poly(
+                [(x - 0.1 * w, y_h - h), (x + 1.1 * w, y_h - h), (x + 0.5 * w, y_h - 1.6 * h)],
+                vary((110, 70, 60), rng, 20),
+            )
         else:
             w = road.cw * rng.uniform(0.02, 0.06)
             if rng.random() < 0.6:
-                _tree(p, x + w / 2, y_h + 1, road.ch * rng.uniform(0.04, 0.09), rng, spec.weather == "snow")
+                tree(p, x + w / 2, y_h + 1, road.ch * rng.uniform(0.04, 0.09), rng, spec.weather == "snow")
             x, i = x + w, i + 1
             continue
         if orange:
-            colour = _vary((225, 115, 45), rng, 12)
-            p.record("orange_building", False, lambda x=x, w=w, h=h, c=colour: _building(
-                p, x, x + w, y_h, h, c, rng, dark))
+            colour = vary((225, 115, 45), rng, 12)
+            p.record(
+                "orange_building",
+                False,
+                lambda x=x, w=w, h=h, c=colour: building(p, x, x + w, y_h, h, c, rng, dark),
+            )
         else:
-            _building(p, x, x + w, y_h, h, colour, rng, dark)
+            building(p, x, x + w, y_h, h, colour, rng, dark)
         x, i = x + w + (road.cw * rng.uniform(0.0, 0.05) if env == "Suburban" else 0.0), i + 1
 
 
@@ -332,19 +178,24 @@ def _background(spec: SceneSpec, road: _Road) -> Image.Image:
     return Image.fromarray(column).resize((road.cw, road.ch), Image.Resampling.NEAREST)  # fast broadcast
 
 
-def _road_surface(p: _Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator) -> None:
+def _road_surface(p: Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator) -> None:
     """Clouds, the skyline, sidewalks, asphalt and lane markings."""
     if spec.weather in ("sunny", "cloudy"):
         for _ in range(int(rng.integers(1, 5))):
             cx, cy = rng.uniform(0, road.cw), rng.uniform(0.05, 0.7) * road.y_h
-            p.ellipse(cx, cy, road.cw * rng.uniform(0.04, 0.12), road.y_h * rng.uniform(0.03, 0.08),
-                      _vary((235, 237, 240), rng, 10))
+            p.ellipse(
+                cx,
+                cy,
+                road.cw * rng.uniform(0.04, 0.12),
+                road.y_h * rng.uniform(0.03, 0.08),
+                vary((235, 237, 240), rng, 10),
+            )
     _skyline(p, road, spec, rng)
     if spec.environment in ("Urban", "Suburban"):
         for s0, s1 in ((-0.12, 0.0), (1.0, 1.12)):
-            p.poly(road.quad(s0, s1, 0.0, 1.0), _vary((165, 163, 158), rng, 8))
+            p.poly(road.quad(s0, s1, 0.0, 1.0), vary((165, 163, 158), rng, 8))
     snow = spec.weather == "snow"
-    p.poly(road.quad(0.0, 1.0, 0.0, 1.0), _vary((120, 122, 128) if snow else (78, 78, 84), rng, 8))
+    p.poly(road.quad(0.0, 1.0, 0.0, 1.0), vary((120, 122, 128) if snow else (78, 78, 84), rng, 8))
     white, lw = (235, 235, 230), 0.006
     for s in (0.02, 0.98):
         p.poly(road.quad(s - lw, s + lw, 0.0, 1.0), white)
@@ -369,7 +220,7 @@ def _place(road: _Road, kind: str, h: float, m: int, rng: np.random.Generator) -
     return x, road.y(u), on_road and 0.0 <= (x - road.x(0, u)) / max(road.width(u), 1.0) <= 1.0
 
 
-def _items(p: _Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator, m: int) -> None:
+def _items(p: Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator, m: int) -> None:
     """Roadwork objects, distractors, cars and roadside furniture, drawn far to near.
 
     Objects are placed first; a car or tree that would cover one is left out, so the label stays visible.
@@ -377,8 +228,14 @@ def _items(p: _Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator, 
     items: list[tuple[float, Callable[[], object]]] = []  # (bottom y, draw)
     boxes: list[tuple[float, float, float, float]] = []  # what must stay visible
     lanes, snow = road.lanes, spec.weather == "snow"
-    draw_fns = {"cone": _cone, "barrier": _barrier, "sign": _sign, "worker": _worker,
-                "vehicle": _construction_vehicle, "stop_sign": partial(_sign, stop=True)}
+    draw_fns = {
+        "cone": cone,
+        "barrier": barrier,
+        "sign": sign,
+        "worker": worker,
+        "vehicle": construction_vehicle,
+        "stop_sign": partial(sign, stop=True),
+    }
     for kind in (*spec.objects, *(d for d in spec.distractors if d == "stop_sign")):
         h = spec.object_scale * spec.height * _KIND_HEIGHT[kind] * rng.uniform(0.75, 1.3)
         x, y, on_road = _place(road, kind, h, m, rng)
@@ -398,24 +255,24 @@ def _items(p: _Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator, 
         x, y, w = road.x((int(rng.integers(lanes)) + 0.5) / lanes, u), road.y(u), 0.75 * road.width(u) / lanes
         distractor = k == n_cars  # the orange car: always drawn (a negative has no objects to cover)
         colour = _CAR_COLOURS[int(rng.integers(len(_CAR_COLOURS)))]
-        colour = _vary((255, 125, 20), rng, 10) if distractor else colour
+        colour = vary((255, 125, 20), rng, 10) if distractor else colour
         if distractor or free(x - 0.55 * w, y - 0.8 * w, x + 0.55 * w, y):
-            car = partial(_car, p, x, y, w, colour)
-            items.append((y, partial(p.record, "orange_car", True, car) if distractor else car))
+            draw_car = partial(car, p, x, y, w, colour)
+            items.append((y, partial(p.record, "orange_car", True, draw_car) if distractor else draw_car))
     for u in rng.uniform(0.05, 0.4, int(rng.integers(1, 4))):
         side, y, env = int(rng.integers(2)), road.y(u), spec.environment
         if env in ("Urban", "Highway", "Industrial") or (env == "Suburban" and rng.random() < 0.5):
             x = road.x((-0.1, 1.1)[side], u)
-            items.append((y, partial(_streetlight, p, x, y, 0.7 * road.width(u), (1.0, -1.0)[side])))
+            items.append((y, partial(streetlight, p, x, y, 0.7 * road.width(u), (1.0, -1.0)[side])))
         else:
             x, h = road.x(rng.uniform(*((-0.45, -0.15), (1.15, 1.45))[side]), u), 0.5 * road.width(u)
             if free(x - 0.3 * h, y - h, x + 0.3 * h, y):
-                items.append((y, partial(_tree, p, x, y, h, rng.spawn(1)[0], snow)))
+                items.append((y, partial(tree, p, x, y, h, rng.spawn(1)[0], snow)))
     for _, draw in sorted(items, key=lambda item: item[0]):
         draw()
 
 
-def _light(arr: np.ndarray, spec: SceneSpec, p: _Painter, road: _Road) -> np.ndarray:
+def _light(arr: np.ndarray, spec: SceneSpec, p: Painter, road: _Road) -> np.ndarray:
     """Dusk: warm and dimmer. Dark: dim and blue, own headlights on the road, glowing lamps and lights."""
     if spec.daytime == "Light":
         return arr
@@ -484,7 +341,7 @@ def render_frames(spec: SceneSpec, rng: np.random.Generator, n_frames: int = 1) 
     m = max(2, round(0.015 * spec.width))  # camera shake margin on each side
     road = _Road(spec.width + 2 * m, spec.height + 2 * m, layout)
     img = _background(spec, road)
-    p = _Painter(img)
+    p = Painter(img)
     _road_surface(p, road, spec, layout)
     _items(p, road, spec, layout, m)
     arr = _haze(_light(np.asarray(img, dtype=np.float32), spec, p, road), spec, road)
@@ -498,9 +355,13 @@ def render_frames(spec: SceneSpec, rng: np.random.Generator, n_frames: int = 1) 
         f = _particles(f, spec.weather, fx)
         f += np.tile(noise, (spec.height // 64 + 1, spec.width // 64 + 1, 1))[: spec.height, : spec.width]
         objs = [_shift(o, ox, oy, spec.width, spec.height) for o in p.drawn]
-        frames.append(Frame(np.clip(f, 0, 255).astype(np.uint8),
-                            [o for o in objs if o.kind in ROADWORK_KINDS],
-                            [o for o in objs if o.kind in DISTRACTOR_KINDS]))
+        frames.append(
+            Frame(
+                np.clip(f, 0, 255).astype(np.uint8),
+                [o for o in objs if o.kind in ROADWORK_KINDS],
+                [o for o in objs if o.kind in DISTRACTOR_KINDS],
+            )
+        )
     return frames
 
 

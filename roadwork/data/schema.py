@@ -43,7 +43,11 @@ REQUIRED_COLUMNS = ("image", "id", "label")
 
 # Hugging Face `datasets` feature metadata, as the hub's parquet shards carry it.
 _HF_FEATURES = {
-    name: ({"_type": "Image"} if name == "image" else {"dtype": str(RAW_SCHEMA.field(name).type), "_type": "Value"})
+    name: (
+        {"_type": "Image"}
+        if name == "image"
+        else {"dtype": str(RAW_SCHEMA.field(name).type), "_type": "Value"}
+    )
     for name in RAW_SCHEMA.names
 }
 HF_METADATA = {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}).encode()}

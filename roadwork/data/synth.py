@@ -31,10 +31,17 @@ SCHEMA = RAW_SCHEMA.with_metadata(HF_METADATA)
 DATA_DIR = "data"
 # Real cities with their real coordinates (lat, lon); GPS is jittered a few km around the centre.
 CITIES = (
-    ("indianapolis", 39.76838, -86.15804), ("pittsburgh", 40.44062, -79.99589),
-    ("chicago", 41.87811, -87.62980), ("boston", 42.36008, -71.05888), ("denver", 39.73915, -104.99025),
-    ("seattle", 47.60621, -122.33207), ("austin", 30.26715, -97.74306), ("atlanta", 33.74900, -84.38798),
-    ("phoenix", 33.44838, -112.07404), ("columbus", 39.96118, -82.99879), ("detroit", 42.33143, -83.04575),
+    ("indianapolis", 39.76838, -86.15804),
+    ("pittsburgh", 40.44062, -79.99589),
+    ("chicago", 41.87811, -87.62980),
+    ("boston", 42.36008, -71.05888),
+    ("denver", 39.73915, -104.99025),
+    ("seattle", 47.60621, -122.33207),
+    ("austin", 30.26715, -97.74306),
+    ("atlanta", 33.74900, -84.38798),
+    ("phoenix", 33.44838, -112.07404),
+    ("columbus", 39.96118, -82.99879),
+    ("detroit", 42.33143, -83.04575),
     ("nashville", 36.16266, -86.78160),
 )
 TEST_SPLIT = "test"  # the split drawn from only `test_cities` cities
@@ -82,8 +89,14 @@ class SynthConfig:
                 fail(f"shards.{split}", f"{self.shards[split]} shards for {n} rows (need 1..rows)")
             if n + self.bad_rows + self.duplicates >= _ID_STRIDE:
                 fail(f"rows.{split}", f"{n} rows: more than {_ID_STRIDE - 1} per split")
-        for key in ("phone_share", "positive_rate", "video_share", "distractor_rate", "gps_null_rate",
-                    "informative_text"):
+        for key in (
+            "phone_share",
+            "positive_rate",
+            "video_share",
+            "distractor_rate",
+            "gps_null_rate",
+            "informative_text",
+        ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 fail(key, f"{getattr(self, key)} not in [0, 1]")
         if self.phone_share + self.video_share > 1.0:
@@ -169,8 +182,10 @@ _ENVIRONMENT = {"Urban": 0.35, "Suburban": 0.25, "Rural": 0.12, "Highway": 0.18,
 _OBJECT_KIND = {"cone": 0.3, "barrier": 0.2, "sign": 0.2, "worker": 0.15, "vehicle": 0.15}
 _DISTRACTOR_KIND = {"orange_car": 0.3, "stop_sign": 0.25, "yellow_line": 0.25, "orange_building": 0.2}
 _WEATHER_TAGS = {
-    "sunny": (["Sunny"], ["Clear"]), "cloudy": (["Cloudy"], ["Overcast"]),
-    "rain": (["Rainy"], ["Cloudy", "Rainy"]), "fog": (["Foggy"], ["Cloudy", "Foggy"]),
+    "sunny": (["Sunny"], ["Clear"]),
+    "cloudy": (["Cloudy"], ["Overcast"]),
+    "rain": (["Rainy"], ["Cloudy", "Rainy"]),
+    "fog": (["Foggy"], ["Cloudy", "Foggy"]),
     "snow": (["Snowy"], ["Cloudy", "Snowy"]),
 }
 _WEATHER_TAG_MISSING = 0.08  # share of rows whose weather was not tagged (the pixels still show it)
@@ -178,22 +193,29 @@ _ALTER_ROAD = ("Partially Blocked", "Lane Closure", "Lane Shift", "Narrowed Lane
 _ALTER_SIDE = ("Shoulder Closed", "Reduced Speed", "Sidewalk Closed", "Construction Ahead")
 _ALTER_NONE = ("Heavy Traffic", "Slow Traffic", "Parked Vehicles")
 _ENV_TEXT = {
-    "Urban": ("a city street", "a downtown street"), "Suburban": ("a suburban street", "a residential road"),
-    "Rural": ("a rural road", "a country road"), "Highway": ("a highway", "a multi-lane highway"),
+    "Urban": ("a city street", "a downtown street"),
+    "Suburban": ("a suburban street", "a residential road"),
+    "Rural": ("a rural road", "a country road"),
+    "Highway": ("a highway", "a multi-lane highway"),
     "Industrial": ("a road through an industrial area", "an industrial street"),
 }
 _WEATHER_TEXT = {
     "sunny": ("under a clear sky", "in clear weather"),
     "cloudy": ("under an overcast sky", "under grey clouds"),
-    "rain": ("in the rain", "in heavy rain"), "fog": ("in thick fog", "in fog"),
+    "rain": ("in the rain", "in heavy rain"),
+    "fog": ("in thick fog", "in fog"),
     "snow": ("in falling snow", "in the snow"),
 }
 _TIME_TEXT = {
-    "Light": ("", " in daylight"), "Dusk": (" at dusk", " at twilight"), "Dark": (" at night", " after dark"),
+    "Light": ("", " in daylight"),
+    "Dusk": (" at dusk", " at twilight"),
+    "Dark": (" at night", " after dark"),
 }
 _OBJECT_TEXT = {
-    "cone": "orange traffic cones", "barrier": "a striped orange and white barrier",
-    "sign": "a diamond-shaped road work sign", "worker": "a road worker in a hi-vis vest",
+    "cone": "orange traffic cones",
+    "barrier": "a striped orange and white barrier",
+    "sign": "a diamond-shaped road work sign",
+    "worker": "a road worker in a hi-vis vest",
     "vehicle": "a yellow construction vehicle",
 }
 _MAX_TEXT = 385
@@ -210,20 +232,38 @@ def _list_text(items: list[str], rng: np.random.Generator) -> str:
     return str(items) if items else ("[]" if rng.random() < 0.5 else "['None']")
 
 
-def _describe(spec: SceneSpec, objects: list[DrawnObject], informative: bool, rng: np.random.Generator,
-              ) -> str:
+def _describe(
+    spec: SceneSpec,
+    objects: list[DrawnObject],
+    informative: bool,
+    rng: np.random.Generator,
+) -> str:
     """A generic sentence about the scene, or one naming the roadwork objects drawn and where they are."""
-    env, weather, time = (texts[spec_key][int(rng.integers(2))] for texts, spec_key in (
-        (_ENV_TEXT, spec.environment), (_WEATHER_TEXT, spec.weather), (_TIME_TEXT, spec.daytime)))
+    env, weather, time = (
+        texts[spec_key][int(rng.integers(2))]
+        for texts, spec_key in (
+            (_ENV_TEXT, spec.environment),
+            (_WEATHER_TEXT, spec.weather),
+            (_TIME_TEXT, spec.daytime),
+        )
+    )
     where = f"{env} {weather}{time}"
     if not informative:
         text = where
     else:
         on = _join([_OBJECT_TEXT[k] for k in dict.fromkeys(o.kind for o in objects if o.on_road)])
-        off = _join([_OBJECT_TEXT[k] for k in dict.fromkeys(o.kind for o in objects if not o.on_road)
-                     if not any(o.on_road and o.kind == k for o in objects)])
-        text = f"{on} on {where}, with {off} beside the road" if on and off else (
-            f"{on} on {where}" if on else f"{off} beside {where}")
+        off = _join(
+            [
+                _OBJECT_TEXT[k]
+                for k in dict.fromkeys(o.kind for o in objects if not o.on_road)
+                if not any(o.on_road and o.kind == k for o in objects)
+            ]
+        )
+        text = (
+            f"{on} on {where}, with {off} beside the road"
+            if on and off
+            else (f"{on} on {where}" if on else f"{off} beside {where}")
+        )
     text = f"{text[0].upper()}{text[1:]}."
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "."
 
@@ -242,8 +282,16 @@ def _scene_spec(cfg: SynthConfig, unit: Unit, rng: np.random.Generator) -> Scene
     elif rng.random() < cfg.distractor_rate:
         n = int(rng.integers(1, 3))
         distractors = tuple(dict.fromkeys(_pick(rng, _DISTRACTOR_KIND) for _ in range(n)))
-    return SceneSpec(width, height, _pick(rng, _WEATHER), _pick(rng, _DAYTIME), _pick(rng, _ENVIRONMENT),
-                     objects, distractors, cfg.object_scale)
+    return SceneSpec(
+        width,
+        height,
+        _pick(rng, _WEATHER),
+        _pick(rng, _DAYTIME),
+        _pick(rng, _ENVIRONMENT),
+        objects,
+        distractors,
+        cfg.object_scale,
+    )
 
 
 def _gps_track(cfg: SynthConfig, unit: Unit, city, rng: np.random.Generator) -> list[str | None]:
@@ -292,16 +340,24 @@ def render_unit(job: tuple[SynthConfig, Unit, tuple[tuple[str, float, float], ..
     for j, frame in enumerate(frames):
         row = {
             "image": {"bytes": _encode(frame.image, cfg.jpeg_quality), "path": None},
-            "id": None, "width": spec.width, "height": spec.height, "license": licence,
-            "flickr_url": None, "coco_url": None, "date_captured": date + 2 * j, "gps": gps[j],
+            "id": None,
+            "width": spec.width,
+            "height": spec.height,
+            "license": licence,
+            "flickr_url": None,
+            "coco_url": None,
+            "date_captured": date + 2 * j,
+            "gps": gps[j],
             "city_name": city[0],
             "scene_description": text if rng.random() < cfg.description_rate[lab] else None,
             "video_info.frame_id": str(first_frame + 15 * j) if video else None,
-            "video_info.seq_id": j, "video_info.vid_id": vid_id if video else None,
+            "video_info.seq_id": j,
+            "video_info.vid_id": vid_id if video else None,
             "scene_level_tags.daytime": spec.daytime,
             "scene_level_tags.scene_environment": spec.environment,
             "scene_level_tags.travel_alteration": _list_text(alteration, rng),
-            "scene_level_tags.weather": _list_text(weather, rng), "label": unit.label,
+            "scene_level_tags.weather": _list_text(weather, rng),
+            "label": unit.label,
         }
         rows.append(SynthRow(row, frame.objects, frame.distractors))
     return rows

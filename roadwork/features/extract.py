@@ -27,9 +27,13 @@ from roadwork.views.crops import load_views
 class ViewDataset(Dataset):
     """Item i: all copies of image i as uint8 `[copies, V, side, side, 3]` (decoded once)."""
 
-    def __init__(self, raw_root: Path, jobs: pl.DataFrame, boxes: dict[str, np.ndarray], config: ExtractConfig):
+    def __init__(
+        self, raw_root: Path, jobs: pl.DataFrame, boxes: dict[str, np.ndarray], config: ExtractConfig
+    ):
         self.reader = ShardReader(raw_root)
-        self.jobs = jobs.select("image_id", "shard", "row", "width", "height", "cache_row", "copies").to_dicts()
+        self.jobs = jobs.select(
+            "image_id", "shard", "row", "width", "height", "cache_row", "copies"
+        ).to_dicts()
         self.boxes = boxes
         self.config = config
         self.augment = build_augment(config.side) if config.aug_copies else None
@@ -105,8 +109,15 @@ class _ChunkWriter:
 
 
 def extract_with_model(
-    *, model: torch.nn.Module, cache: FeatureCache, jobs: pl.DataFrame, raw_root: Path,
-    boxes: dict[str, np.ndarray], config: ExtractConfig, dim: int, views: int,
+    *,
+    model: torch.nn.Module,
+    cache: FeatureCache,
+    jobs: pl.DataFrame,
+    raw_root: Path,
+    boxes: dict[str, np.ndarray],
+    config: ExtractConfig,
+    dim: int,
+    views: int,
 ) -> dict[str, float]:
     """Fill the cache for `jobs` (sorted by cache row); returns counters for the metrics."""
     writer = _ChunkWriter(cache, jobs, (1 + config.aug_copies, views, 3, dim))

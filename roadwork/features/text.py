@@ -41,7 +41,9 @@ def embed_texts(encoder, texts: list[str | None], batch_size: int) -> tuple[np.n
     out = np.zeros((len(texts), DIM), dtype=np.float32)
     distinct = sorted({t for t in texts if t is not None})
     if distinct:
-        vectors = encoder.encode(distinct, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        vectors = encoder.encode(
+            distinct, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
         position = {t: k for k, t in enumerate(distinct)}
         rows = np.flatnonzero(mask)
         out[rows] = vectors[[position[texts[r]] for r in rows]]
@@ -55,7 +57,9 @@ def write_text_cache(path: Path, image_ids: list[str], embedding: np.ndarray, ma
     group.create_array("mask", data=mask, chunks=(4096,))
     ids = group.create_array("image_id", shape=(len(image_ids),), chunks=(4096,), dtype=str)
     ids[:] = np.array(image_ids, dtype=object)
-    group.attrs.update({"model": MODEL_NAME, "dim": DIM, "rows": len(image_ids), "with_text": int(mask.sum())})
+    group.attrs.update(
+        {"model": MODEL_NAME, "dim": DIM, "rows": len(image_ids), "with_text": int(mask.sum())}
+    )
 
 
 def read_text(path: Path, image_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,10 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """
     if spec["model"] == "mlp":
         return BaselineMLP(
-            view_dim=spec["view_dim"], vocab_sizes=spec["vocab_sizes"], hidden=spec["hidden"],
-            dropout=spec["dropout"], metadata=spec["metadata"],
+            view_dim=spec["view_dim"],
+            vocab_sizes=spec["vocab_sizes"],
+            hidden=spec["hidden"],
+            dropout=spec["dropout"],
+            metadata=spec["metadata"],
         )
     raise ValueError(f"unknown model {spec['model']!r}; expected one of ['mlp']")

@@ -18,7 +18,9 @@ TEXT_DIM = 384
 class BaselineMLP(nn.Module):
     """[B, V, D] view features + metadata -> {"logits": [B, 2]}."""
 
-    def __init__(self, *, view_dim: int, vocab_sizes: dict[str, int], hidden: int, dropout: float, metadata: bool):
+    def __init__(
+        self, *, view_dim: int, vocab_sizes: dict[str, int], hidden: int, dropout: float, metadata: bool
+    ):
         super().__init__()
         self.metadata = metadata
         self.vocab_sizes = dict(vocab_sizes)

@@ -16,7 +16,9 @@ def gps_sinusoidal(lat: torch.Tensor, lon: torch.Tensor, dim: int) -> torch.Tens
     if dim % 4:
         raise ValueError(f"gps encoding dim {dim} must be a multiple of 4")
     n = dim // 4
-    freqs = torch.exp(torch.arange(n, device=lat.device, dtype=torch.float32) * (math.log(1000.0) / max(n - 1, 1)))
+    freqs = torch.exp(
+        torch.arange(n, device=lat.device, dtype=torch.float32) * (math.log(1000.0) / max(n - 1, 1))
+    )
     angles = torch.cat([torch.deg2rad(lat)[:, None] * freqs, torch.deg2rad(lon)[:, None] * freqs], dim=1)
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
@@ -25,4 +27,6 @@ class MLP(nn.Sequential):
     """Linear -> GELU -> Dropout -> Linear."""
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0):
-        super().__init__(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+        super().__init__(
+            nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out)
+        )

@@ -16,8 +16,15 @@ from roadwork.train.data import Vocab
 CHECKPOINT = "model.pt"
 
 
-def save_head(out_dir: Path, *, model: nn.Module, spec: dict[str, Any], vocab: Vocab, config: TrainConfig,
-              summary: dict[str, Any]) -> None:
+def save_head(
+    out_dir: Path,
+    *,
+    model: nn.Module,
+    spec: dict[str, Any],
+    vocab: Vocab,
+    config: TrainConfig,
+    summary: dict[str, Any],
+) -> None:
     """`model.pt` (weights + spec + vocab + config) and a readable `config.json` beside it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

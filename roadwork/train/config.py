@@ -58,4 +58,6 @@ def member_config(params: dict[str, Any], member: str) -> TrainConfig:
     members = params.get("ensemble", {}).get("members", {})
     if member not in members:
         raise ConfigError(f"ensemble.members has no member {member!r}; known: {sorted(members)}")
-    return from_dict(TrainConfig, {**params["train"], **(members[member] or {})}, f"ensemble.members.{member}")
+    return from_dict(
+        TrainConfig, {**params["train"], **(members[member] or {})}, f"ensemble.members.{member}"
+    )

@@ -31,7 +31,9 @@ class Vocab:
 
     @classmethod
     def fit(cls, rows: pl.DataFrame) -> Vocab:
-        return cls({name: [NULL, *sorted({v for v in _first(rows[name]) if v is not None})] for name in CATEGORICAL})
+        return cls(
+            {name: [NULL, *sorted({v for v in _first(rows[name]) if v is not None})] for name in CATEGORICAL}
+        )
 
     def encode(self, name: str, column: pl.Series) -> np.ndarray:
         """Indices; values unseen in training map to NULL."""
@@ -73,7 +75,10 @@ class Table:
         else:
             choice = (rng.random((len(idx), n_views)) * self.copies[idx, None]).astype(np.int64)
             views = self.features[idx[:, None], choice, np.arange(n_views)[None, :]]
-        out = {"views": torch.from_numpy(views.astype(np.float32)), "label": torch.from_numpy(self.label[idx])}
+        out = {
+            "views": torch.from_numpy(views.astype(np.float32)),
+            "label": torch.from_numpy(self.label[idx]),
+        }
         out.update({k: torch.from_numpy(v[idx]) for k, v in self.meta.items()})
         return out
 
@@ -82,11 +87,15 @@ def split_train_val(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.
     """Hold out about `fraction` of the rows, whole groups (videos / GPS cells) at a time, stratified."""
     folds = max(2, round(1.0 / fraction))
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), rows["group"].to_numpy()))
+    train_idx, val_idx = next(
+        splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), rows["group"].to_numpy())
+    )
     return rows[np.sort(train_idx)], rows[np.sort(val_idx)]
 
 
-def metadata_arrays(rows: pl.DataFrame, vocab: Vocab, text: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+def metadata_arrays(
+    rows: pl.DataFrame, vocab: Vocab, text: tuple[np.ndarray, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Model inputs besides the views: GPS (+ mask), categorical indices, text embedding (+ mask)."""
     lat = rows["lat"].to_numpy().astype(np.float32)
     lon = rows["lon"].to_numpy().astype(np.float32)
@@ -105,8 +114,14 @@ def metadata_arrays(rows: pl.DataFrame, vocab: Vocab, text: tuple[np.ndarray, np
 
 
 def load_table(
-    rows: pl.DataFrame, *, cache: FeatureCache, text: tuple[np.ndarray, np.ndarray], vocab: Vocab,
-    config: TrainConfig, gps: pl.DataFrame | None = None, near_km: float = 100.0,
+    rows: pl.DataFrame,
+    *,
+    cache: FeatureCache,
+    text: tuple[np.ndarray, np.ndarray],
+    vocab: Vocab,
+    config: TrainConfig,
+    gps: pl.DataFrame | None = None,
+    near_km: float = 100.0,
 ) -> Table:
     """Assemble a Table for `rows` (index rows) from the caches."""
     ids = rows["image_id"].to_list()
@@ -119,18 +134,27 @@ def load_table(
     if gps is not None:
         joined = rows.select("image_id").join(gps, on="image_id", how="left", maintain_order="left")
         table.weight = joined["weight"].fill_null(1.0).to_numpy().astype(np.float64)
-        table.near = (joined["dist_km"].fill_nan(None).fill_null(np.inf).to_numpy() < near_km)
+        table.near = joined["dist_km"].fill_nan(None).fill_null(np.inf).to_numpy() < near_km
     return table
 
 
 def describe(table: Table) -> dict[str, Any]:
     """Counts for logs."""
     labelled = table.label >= 0
-    return {"rows": len(table), "positives": int((table.label[labelled] == 1).sum()), "shape": list(table.features.shape)}
+    return {
+        "rows": len(table),
+        "positives": int((table.label[labelled] == 1).sum()),
+        "shape": list(table.features.shape),
+    }
 
 
 def prepare_tables(
-    index: pl.DataFrame, *, cache: FeatureCache, text_path: Path, gps: pl.DataFrame, config: TrainConfig,
+    index: pl.DataFrame,
+    *,
+    cache: FeatureCache,
+    text_path: Path,
+    gps: pl.DataFrame,
+    config: TrainConfig,
     near_km: float,
 ) -> tuple[dict[str, Table], Vocab]:
     """train / val (from the labelled train split, grouped) and test Tables, and the training vocabulary."""
@@ -142,8 +166,13 @@ def prepare_tables(
     vocab = Vocab.fit(fit)
     tables = {
         name: load_table(
-            rows, cache=cache, text=read_text(text_path, rows["image_id"].to_list()), vocab=vocab, config=config,
-            gps=gps if name == "train" else None, near_km=near_km,
+            rows,
+            cache=cache,
+            text=read_text(text_path, rows["image_id"].to_list()),
+            vocab=vocab,
+            config=config,
+            gps=gps if name == "train" else None,
+            near_km=near_km,
         )
         for name, rows in parts.items()
     }

@@ -25,7 +25,9 @@ from roadwork.train.data import Table
 LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
-def classification_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+def classification_loss(
+    outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict]:
     """Plain cross-entropy on the image logits (the baseline's loss)."""
     loss = F.cross_entropy(outputs["logits"].float(), batch["label"])
     return loss, {"ce": float(loss.detach())}
@@ -64,7 +66,9 @@ def _autocast(device: torch.device, config: TrainConfig):
 
 
 @torch.no_grad()
-def predict_with_model(*, model: nn.Module, table: Table, config: TrainConfig, batch_size: int = 512) -> np.ndarray:
+def predict_with_model(
+    *, model: nn.Module, table: Table, config: TrainConfig, batch_size: int = 512
+) -> np.ndarray:
     """Roadwork log-odds (logit 1 - logit 0) for every row, on the clean copy of each view."""
     device = next(model.parameters()).device
     model.eval()
@@ -84,8 +88,13 @@ def evaluate(model: nn.Module, table: Table, config: TrainConfig) -> dict[str, f
 
 
 def train_with_model(
-    *, model: nn.Module, train: Table, val: Table, config: TrainConfig,
-    loss_fn: LossFn = classification_loss, log: Callable[[dict[str, float]], None] | None = None,
+    *,
+    model: nn.Module,
+    train: Table,
+    val: Table,
+    config: TrainConfig,
+    loss_fn: LossFn = classification_loss,
+    log: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `train`, early-stop on `val` MCC; returns the best state and the history."""
     device = resolve_device(config.device)
@@ -119,8 +128,11 @@ def train_with_model(
                 scheduler.step()
         metrics = evaluate(model, val, config)
         record = {
-            "epoch": epoch, **{f"train/{k}": v for k, v in terms.items()},
-            "val/mcc": metrics["mcc"], "val/roc_auc": metrics["roc_auc"] or 0.0, "val/accuracy": metrics["accuracy"],
+            "epoch": epoch,
+            **{f"train/{k}": v for k, v in terms.items()},
+            "val/mcc": metrics["mcc"],
+            "val/roc_auc": metrics["roc_auc"] or 0.0,
+            "val/accuracy": metrics["accuracy"],
             "lr": optimiser.param_groups[0]["lr"],
         }
         if train.near is not None:
@@ -129,7 +141,12 @@ def train_with_model(
         if log:
             log(record)
         if metrics["mcc"] > best.best_val_mcc:
-            best.state, best.best_epoch, best.best_val_mcc, stale = copy.deepcopy(model.state_dict()), epoch, metrics["mcc"], 0
+            best.state, best.best_epoch, best.best_val_mcc, stale = (
+                copy.deepcopy(model.state_dict()),
+                epoch,
+                metrics["mcc"],
+                0,
+            )
         else:
             stale += 1
         best.epochs_run = epoch + 1
