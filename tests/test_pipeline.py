@@ -72,7 +72,7 @@ def test_repro_end_to_end(project: Path) -> None:
         "views",
         "text",
         "extract",
-        "train@baseline",
+        "train@mlp",
         "submit",
     ):
         assert f"Running stage '{stage}'" in out
@@ -89,14 +89,14 @@ def test_repro_end_to_end(project: Path) -> None:
     assert ((submission["probability"] > 0.5).cast(pl.Int64) == submission["label"]).all()
 
     final = json.loads((project / "metrics/final.json").read_text())
-    assert final["chosen"] == ["baseline"]
+    assert final["chosen"] == ["mlp"]
     assert -1 <= final["test"]["mcc"] <= 1 and final["test"]["n"] == len(submission)
     lo, hi = final["test"]["mcc_ci"]
     assert lo <= final["test"]["mcc"] <= hi
     for path in (
-        "models/heads/baseline/model.pt",
-        "predictions/baseline/val.parquet",
-        "live/baseline/metrics.json",
+        "models/heads/mlp/model.pt",
+        "predictions/mlp/val.parquet",
+        "live/mlp/metrics.json",
     ):
         assert (project / path).is_file(), path
 
@@ -111,7 +111,7 @@ def test_train_param_reruns_only_train_and_submit(project: Path) -> None:
     run(project, "git", "commit", "-qm", "baseline run")
     out = run(project, "dvc", "exp", "run", "-S", "train.seed=7")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train@baseline", "submit"}
+    assert ran == {"train@mlp", "submit"}
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json"))
     changed = diff.get("metrics/final.json", {})
     assert "test.brier" in changed and changed["test.brier"]["diff"] != 0

@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from roadwork.models.baseline import BaselineMLP
+from roadwork.models.head import RoadworkHead
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
@@ -14,6 +15,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
     spec: {"model": "mlp", "view_dim": D, "n_views": V, "vocab_sizes": {...}, "hidden": H,
            "dropout": p, "metadata": bool}
+    or {"model": "head", ...}: the full head, keys documented in `roadwork.models.head`.
     """
     if spec["model"] == "mlp":
         return BaselineMLP(
@@ -23,4 +25,6 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
             dropout=spec["dropout"],
             metadata=spec["metadata"],
         )
-    raise ValueError(f"unknown model {spec['model']!r}; expected one of ['mlp']")
+    if spec["model"] == "head":
+        return RoadworkHead(spec)
+    raise ValueError(f"unknown model {spec['model']!r}; expected one of ['head', 'mlp']")

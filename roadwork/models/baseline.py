@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roadwork.models.layers import MLP, gps_sinusoidal
+from roadwork.models.layers import MLP, InputNorm, gps_sinusoidal
 
 GPS_DIM = 32
 TEXT_DIM = 384
@@ -25,6 +25,7 @@ class BaselineMLP(nn.Module):
         self.metadata = metadata
         self.vocab_sizes = dict(vocab_sizes)
         meta_dim = GPS_DIM + 1 + sum(self.vocab_sizes.values()) + TEXT_DIM + 1 if metadata else 0
+        self.input_norm = InputNorm(view_dim)
         self.norm = nn.LayerNorm(2 * view_dim)
         self.mlp = MLP(2 * view_dim + meta_dim, hidden, 2, dropout)
 
@@ -39,7 +40,7 @@ class BaselineMLP(nn.Module):
         return torch.cat(parts, dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        views = batch["views"]
+        views = self.input_norm(batch["views"])
         pooled = self.norm(torch.cat([views.mean(dim=1), views.amax(dim=1)], dim=1))
         x = torch.cat([pooled, self.meta_vector(batch)], dim=1) if self.metadata else pooled
         return {"logits": self.mlp(x)}

@@ -30,3 +30,26 @@ class MLP(nn.Sequential):
         super().__init__(
             nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out)
         )
+
+
+class InputNorm(nn.Module):
+    """Per-channel standardisation of cached backbone features, fitted once on the training rows.
+
+    Backbone channels differ in scale by orders of magnitude (max-pooled patch tokens above all); the
+    statistics are buffers, so they travel with the checkpoint and prediction uses the training ones.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        """`features` [..., dim]: statistics over every leading axis (rows, copies, views)."""
+        flat = features.reshape(-1, features.shape[-1]).float()
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_(flat.std(0).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std

@@ -100,6 +100,8 @@ def train_with_model(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    if hasattr(model, "input_norm"):  # standardise inputs with training statistics (clean copy)
+        model.input_norm.fit(torch.from_numpy(train.features[:, 0]))
     model.to(device)
     step_model = torch.compile(model) if config.compile else model
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
