@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 from dvclive import Live
 
 from roadwork.config import load_params, load_paths, section
@@ -71,6 +72,7 @@ def main(member: str) -> None:
         "dropout": config.dropout,
         "metadata": config.metadata,
     }
+    torch.manual_seed(config.seed)  # the initial weights are part of the member's recipe
     model = build_model(spec)
     with Live(str(Path(paths.live) / member), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         live.log_params({"member": member, **spec["vocab_sizes"], "rows_train": len(tables["train"])})

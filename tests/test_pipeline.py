@@ -104,6 +104,11 @@ def test_repro_end_to_end(project: Path) -> None:
     again = run(project, "dvc", "repro")
     assert "Running stage" not in again
 
+    # Training is deterministic: a forced re-run gives the same predictions, bit for bit.
+    before = pl.read_parquet(project / "predictions/mlp/test.parquet")
+    run(project, "dvc", "repro", "--force", "--single-item", "train@mlp")
+    assert pl.read_parquet(project / "predictions/mlp/test.parquet").equals(before)
+
 
 @pytest.mark.e2e
 def test_train_param_reruns_only_train_and_submit(project: Path) -> None:
