@@ -13,8 +13,9 @@ VOCAB = {"weather": 5, "daytime": 3, "scene_environment": 4}
 SMALL = {"view_dim": 32, "n_views": 12, "vocab_sizes": VOCAB, "width": 64, "layers": 2, "heads": 4}
 
 
-def make_batch(n: int, *, n_views: int = 12, view_dim: int = 32, seed: int = 0, prompts: int = 0,
-               grid: int = 4) -> dict[str, torch.Tensor]:
+def make_batch(
+    n: int, *, n_views: int = 12, view_dim: int = 32, seed: int = 0, prompts: int = 0, grid: int = 4
+) -> dict[str, torch.Tensor]:
     """A random batch in the training loop's contract, metadata partly present, partly NULL."""
     g = torch.Generator().manual_seed(seed)
     batch = {
@@ -63,10 +64,16 @@ def test_default_head_output_shapes_pruned_and_not():
 def test_all_metadata_null_and_no_text_stays_finite():
     model = head(n_prompts=2, mask_grid=4)
     batch = make_batch(8, prompts=2)
-    batch.update(gps_mask=torch.zeros(8, dtype=torch.bool), lat=torch.zeros(8), lon=torch.zeros(8),
-                 weather=torch.zeros(8, dtype=torch.long), daytime=torch.zeros(8, dtype=torch.long),
-                 scene=torch.zeros(8, dtype=torch.long), text=torch.zeros(8, 384),
-                 text_mask=torch.zeros(8, dtype=torch.bool))
+    batch.update(
+        gps_mask=torch.zeros(8, dtype=torch.bool),
+        lat=torch.zeros(8),
+        lon=torch.zeros(8),
+        weather=torch.zeros(8, dtype=torch.long),
+        daytime=torch.zeros(8, dtype=torch.long),
+        scene=torch.zeros(8, dtype=torch.long),
+        text=torch.zeros(8, 384),
+        text_mask=torch.zeros(8, dtype=torch.bool),
+    )
     out = model(batch)
     assert all(torch.isfinite(v.float()).all() for v in out.values())
     loss, parts = HeadLoss()(out, batch)
@@ -117,6 +124,17 @@ def test_train_and_eval_agree_without_dropout():
     assert not torch.allclose(dropped.train()(batch)["logits"], dropped.eval()(batch)["logits"])
 
 
+def test_input_norm_standardises_with_fitted_training_statistics():
+    batch = make_batch(4)
+    train_views = torch.randn(50, 12, 32) * torch.linspace(0.1, 30.0, 32) + 5.0
+    fitted, plain = head().eval(), head().eval()
+    fitted.input_norm.fit(train_views)
+    flat = train_views.reshape(-1, 32)
+    standardised = {**batch, "views": (batch["views"] - flat.mean(0)) / flat.std(0)}
+    assert torch.allclose(fitted(batch)["logits"], plain(standardised)["logits"], atol=1e-5)
+    assert "input_norm.mean" in fitted.state_dict()  # the statistics travel with the checkpoint
+
+
 def test_rope_changes_outputs():
     batch = make_batch(4)
     with_rope, without = head(rope=True).eval(), head(rope=False).eval()
@@ -145,14 +163,23 @@ def test_switch_off_removes_its_parameters(switch):
 
 def test_switches_off_change_behaviour_as_documented():
     batch = make_batch(4)
-    other_meta = {**batch, "weather": (batch["weather"] + 1) % 5, "gps_mask": ~batch["gps_mask"],
-                  "text": torch.randn(4, 384), "text_mask": ~batch["text_mask"]}
+    other_meta = {
+        **batch,
+        "weather": (batch["weather"] + 1) % 5,
+        "gps_mask": ~batch["gps_mask"],
+        "text": torch.randn(4, 384),
+        "text_mask": ~batch["text_mask"],
+    }
     other_text = {**batch, "text": torch.randn(4, 384)}
     assert not torch.allclose(head().eval()(batch)["logits"], head().eval()(other_meta)["logits"])
-    assert torch.equal(head(metadata=False).eval()(batch)["logits"], head(metadata=False).eval()(other_meta)["logits"])
+    assert torch.equal(
+        head(metadata=False).eval()(batch)["logits"], head(metadata=False).eval()(other_meta)["logits"]
+    )
     assert head(metadata=False).fusion[0].in_features == 64
     assert not torch.allclose(head().eval()(batch)["logits"], head().eval()(other_text)["logits"])
-    assert torch.equal(head(text=False).eval()(batch)["logits"], head(text=False).eval()(other_text)["logits"])
+    assert torch.equal(
+        head(text=False).eval()(batch)["logits"], head(text=False).eval()(other_text)["logits"]
+    )
     assert head(text=False).fusion[0].in_features == 64 + 320
     assert torch.equal(head(gafm=False).eval()(batch)["view_gates"], torch.full((4, 8), 1 / 8))
     assert "mask_logits" not in head().eval()(batch)
@@ -169,26 +196,43 @@ def test_spec_errors_are_clear():
         head()(make_batch(2, view_dim=16))
 
 
-def test_head_learns_a_label_carried_by_one_view():
+def toy(n: int, seed: int) -> dict[str, torch.Tensor]:
     """A small object seen by one tile: view 7's first channels carry the label."""
+    batch = make_batch(n, seed=seed)
+    batch["views"][:, 7, :4] += 2.5 * batch["label"][:, None].float()
+    return batch
 
-    def toy(n, seed):
-        batch = make_batch(n, seed=seed)
-        batch["views"][:, 7, :4] += 2.5 * batch["label"][:, None].float()
-        return batch
 
+def test_the_loss_falls_on_a_toy_batch():
     model = head(dropout=0.0)
-    loss_fn = HeadLoss()
-    train, held_out = toy(64, 1), toy(128, 2)
+    batch = toy(64, 1)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        loss, parts = loss_fn(model.train()(train), train)
+    history = []
+    for _ in range(30):
+        loss, parts = HeadLoss()(model.train()(batch), batch)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(parts["focal"])
-    assert losses[-1] < 0.3 * losses[0]
+        history.append(parts)
+    assert history[-1]["loss"] < 0.3 * history[0]["loss"]
+    assert history[-1]["focal"] < 0.5 * history[0]["focal"]
+
+
+def test_head_learns_a_label_carried_by_one_view():
+    """Held-out accuracy, not memorisation. The toy's weather tags are random (unlearnable from pixels), so
+    the weather term is left out here: at weight 0.15 it holds the head near chance for 100 steps."""
+    model = head(dropout=0.0)
+    loss_fn = HeadLoss({"focal": 0.4, "consistency": 0.25})
+    pool, held_out = toy(1024, 1), toy(256, 2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        idx = torch.randint(0, len(pool["label"]), (64,), generator=generator)
+        batch = {k: v[idx] for k, v in pool.items()}
+        loss, _ = loss_fn(model.train()(batch), batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
     with torch.no_grad():
         predicted = model.eval()(held_out)["logits"].argmax(1)
     assert (predicted == held_out["label"]).float().mean() > 0.8

@@ -57,8 +57,15 @@ class Painter:
         dx, dy = p1[0] - p0[0], p1[1] - p0[1]
         n = math.hypot(dx, dy) or 1.0
         ox, oy = -dy / n * thick / 2, dx / n * thick / 2
-        self.poly([(p0[0] + ox, p0[1] + oy), (p1[0] + ox, p1[1] + oy),
-                   (p1[0] - ox, p1[1] - oy), (p0[0] - ox, p0[1] - oy)], fill)
+        self.poly(
+            [
+                (p0[0] + ox, p0[1] + oy),
+                (p1[0] + ox, p1[1] + oy),
+                (p1[0] - ox, p1[1] - oy),
+                (p0[0] - ox, p0[1] - oy),
+            ],
+            fill,
+        )
 
     def paste(self, arr: np.ndarray, x0: float, y0: float, emissive: float = 0.0) -> None:
         x0, y0 = round(x0), round(y0)
@@ -92,11 +99,16 @@ def cone(p: Painter, x: float, yb: float, h: float, rng: np.random.Generator) ->
         return 0.05 * w + 0.33 * w * (y - top) / (base - top)
 
     p.rect(x - w / 2, base, x + w / 2, yb, (35, 35, 35))
-    p.poly([(x - half(top), top), (x + half(top), top), (x + half(base), base), (x - half(base), base)],
-           vary(_ORANGE, rng, 15))
+    p.poly(
+        [(x - half(top), top), (x + half(top), top), (x + half(base), base), (x - half(base), base)],
+        vary(_ORANGE, rng, 15),
+    )
     y1, y2 = top + 0.35 * (base - top), top + 0.55 * (base - top)
-    p.poly([(x - half(y1), y1), (x + half(y1), y1), (x + half(y2), y2), (x - half(y2), y2)], (245, 245, 245),
-           emissive=0.6)
+    p.poly(
+        [(x - half(y1), y1), (x + half(y1), y1), (x + half(y2), y2), (x - half(y2), y2)],
+        (245, 245, 245),
+        emissive=0.6,
+    )
 
 
 def barrier(p: Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
@@ -118,8 +130,13 @@ def sign(p: Painter, x: float, yb: float, h: float, rng: np.random.Generator, st
     p.rect(x - 0.03 * h, cy, x + 0.03 * h, yb, (120, 120, 125))
     t = np.linspace(0, 2 * math.pi, 8 if stop else 4, endpoint=False) + (math.pi / 8 if stop else 0.0)
     colour, border = ((200, 20, 30), (240, 240, 240)) if stop else ((255, 140, 0), (20, 20, 20))
-    p.poly(list(zip(x + d * np.cos(t), cy + d * np.sin(t), strict=True)), vary(colour, rng, 10),
-           outline=border, width=max(1, round(0.1 * d)), emissive=0.5)
+    p.poly(
+        list(zip(x + d * np.cos(t), cy + d * np.sin(t), strict=True)),
+        vary(colour, rng, 10),
+        outline=border,
+        width=max(1, round(0.1 * d)),
+        emissive=0.5,
+    )
     if not stop:
         p.ellipse(x - 0.1 * d, cy - 0.35 * d, 0.1 * d, 0.1 * d, (20, 20, 20))
         p.bar((x - 0.15 * d, cy - 0.2 * d), (x + 0.2 * d, cy + 0.4 * d), max(1.0, 0.12 * d), (20, 20, 20))
@@ -133,8 +150,14 @@ def worker(p: Painter, x: float, yb: float, h: float, rng: np.random.Generator) 
     for x0, x1, y0, y1 in ((-0.7, -0.45, 0.8, 0.5), (0.45, 0.7, 0.8, 0.5), (-0.5, 0.5, 0.82, 0.45)):
         p.rect(x + x0 * w, yb - y0 * h, x + x1 * w, yb - y1 * h, vest)  # arms and torso in the vest
     for sy in (0.72, 0.58):  # retroreflective stripes
-        p.rect(x - 0.5 * w, yb - sy * h, x + 0.5 * w, yb - sy * h + max(1.0, 0.04 * h), (230, 230, 230),
-               emissive=0.7)
+        p.rect(
+            x - 0.5 * w,
+            yb - sy * h,
+            x + 0.5 * w,
+            yb - sy * h + max(1.0, 0.04 * h),
+            (230, 230, 230),
+            emissive=0.7,
+        )
     p.ellipse(x, yb - 0.89 * h, 0.26 * w, 0.07 * h, (200, 160, 130))
     hat = ((255, 215, 0), (245, 245, 245), _ORANGE)[int(rng.integers(3))]
     p.ellipse(x, yb - 0.94 * h, 0.32 * w, 0.045 * h, hat)
@@ -173,10 +196,24 @@ def car(p: Painter, x: float, yb: float, w: float, colour) -> None:
     p.rect(x - 0.42 * w, yb - 0.18 * h, x - 0.25 * w, yb, (22, 22, 22))
     p.rect(x + 0.25 * w, yb - 0.18 * h, x + 0.42 * w, yb, (22, 22, 22))
     p.rect(x - 0.5 * w, yb - 0.58 * h, x + 0.5 * w, yb - 0.12 * h, colour)
-    p.poly([(x - 0.44 * w, yb - 0.58 * h), (x + 0.44 * w, yb - 0.58 * h),
-            (x + 0.34 * w, yb - h), (x - 0.34 * w, yb - h)], colour)
-    p.poly([(x - 0.38 * w, yb - 0.62 * h), (x + 0.38 * w, yb - 0.62 * h),
-            (x + 0.3 * w, yb - 0.94 * h), (x - 0.3 * w, yb - 0.94 * h)], (40, 50, 62))
+    p.poly(
+        [
+            (x - 0.44 * w, yb - 0.58 * h),
+            (x + 0.44 * w, yb - 0.58 * h),
+            (x + 0.34 * w, yb - h),
+            (x - 0.34 * w, yb - h),
+        ],
+        colour,
+    )
+    p.poly(
+        [
+            (x - 0.38 * w, yb - 0.62 * h),
+            (x + 0.38 * w, yb - 0.62 * h),
+            (x + 0.3 * w, yb - 0.94 * h),
+            (x - 0.3 * w, yb - 0.94 * h),
+        ],
+        (40, 50, 62),
+    )
     for tx in (x - 0.46 * w, x + 0.34 * w):
         p.rect(tx, yb - 0.5 * h, tx + 0.12 * w, yb - 0.4 * h, (190, 15, 20), emissive=1.0)
         p.lights.append((tx + 0.06 * w, yb - 0.45 * h, 0.05 * w, (255, 30, 20)))

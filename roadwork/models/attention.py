@@ -1,4 +1,4 @@
-"""Multi-head attention over view tokens, with the output gate of "Gated Attention for LLMs" (Qwen, NeurIPS 2025).
+"""Multi-head attention over view tokens, gated as in "Gated Attention for LLMs" (Qwen, NeurIPS 2025).
 
 The gate is a sigmoid of a linear map of the (normed) block input, applied elementwise to the SDPA output
 before the output projection: it lets a head switch itself off for a token (a non-linearity between the
@@ -16,8 +16,10 @@ from torch import nn
 ROPE_BASE = 100.0  # a view index spans ~12 positions: a small base spreads the rotations over that range
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, base: float = ROPE_BASE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions [B, L] (view indices) -> cos, sin [B, 1, L, head_dim] for `apply_rope` (rotate-half layout)."""
+def rope_tables(
+    positions: torch.Tensor, head_dim: int, base: float = ROPE_BASE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [B, L] (view indices) -> cos, sin [B, 1, L, head_dim] for `apply_rope` (rotate-half)."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
     half = head_dim // 2
@@ -41,8 +43,16 @@ class MultiHeadAttention(nn.Module):
     the same `qkv_proj` / `out_proj` weights computes (the equivalence the tests check).
     """
 
-    def __init__(self, width: int, heads: int, *, gating: bool, rope: bool = False, dropout: float = 0.0,
-                 rope_base: float = ROPE_BASE):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        *,
+        gating: bool,
+        rope: bool = False,
+        dropout: float = 0.0,
+        rope_base: float = ROPE_BASE,
+    ):
         super().__init__()
         if width % heads:
             raise ValueError(f"attention width {width} is not divisible by {heads} heads")
@@ -60,8 +70,14 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        context: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x [B, L, width] queries; keys/values from `context` (default x); attn_mask bool, True = may attend.
 
         With RoPE, query and key tokens share `positions` [B, L] (self-attention only).
@@ -93,11 +109,22 @@ class MultiHeadAttention(nn.Module):
 class AttentionBlock(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)). The gate reads norm(x)."""
 
-    def __init__(self, width: int, heads: int, *, gating: bool = True, rope: bool = False, dropout: float = 0.0,
-                 mlp_ratio: int = 4, rope_base: float = ROPE_BASE):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        *,
+        gating: bool = True,
+        rope: bool = False,
+        dropout: float = 0.0,
+        mlp_ratio: int = 4,
+        rope_base: float = ROPE_BASE,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
-        self.attn = MultiHeadAttention(width, heads, gating=gating, rope=rope, dropout=dropout, rope_base=rope_base)
+        self.attn = MultiHeadAttention(
+            width, heads, gating=gating, rope=rope, dropout=dropout, rope_base=rope_base
+        )
         self.norm2 = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, mlp_ratio * width)
         self.fc2 = nn.Linear(mlp_ratio * width, width)

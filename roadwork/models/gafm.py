@@ -34,12 +34,12 @@ class GAFM(nn.Module):
         self.cross_norm = nn.LayerNorm(width)
         self.cross = MultiHeadAttention(width, heads, gating=False, dropout=dropout)
         self.refine = AttentionBlock(width, heads, gating=False, dropout=dropout, mlp_ratio=2)
-        self.score = nn.Linear(width, 1)
+        self.score = nn.Linear(width, 1, bias=False)  # a bias would cancel in the softmax over views
         self.norm = nn.LayerNorm(width)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n, _ = tokens.shape
+        n = tokens.shape[1]
         gate_logit = self.gate(tokens).squeeze(-1).float()  # [B, V]
         gates = torch.sigmoid(gate_logit)
         normed = self.cross_norm(tokens)

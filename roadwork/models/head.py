@@ -2,7 +2,7 @@
 
 Data flow for a batch (V views of width D; V' = k kept views):
 
-    views [B, V, D] -> LayerNorm -> view pruning (top k)      -> [B, V', D]   (+ keep [B, V], view_index [B, V'])
+    views [B, V, D] -> InputNorm -> view pruning (top k)      -> [B, V', D]  (+ keep [B, V], view_index)
     -> projection D -> width + multi-scale pyramid            -> [B, V', W]
     -> `layers` gated-attention blocks (RoPE over view index) -> final LayerNorm -> tokens [B, V', W]
     -> GAFM (or mean pooling)                                 -> pooled [B, W], view_gates [B, V']
@@ -11,6 +11,12 @@ Data flow for a batch (V views of width D; V' = k kept views):
     tokens -> shared Linear W -> 2                            -> view_logits [B, V', 2]
     pooled -> Linear W -> n_weather                           -> weather_logits [B, n_weather]
     tokens -> MLP W -> 256 -> P*G*G   (n_prompts > 0)         -> mask_logits [B, V', P, G, G]
+
+Also returned: `keep` [B, V] (0/1 mask of the kept views; in training its values are the same 0/1 but it
+carries the straight-through gradient of the importance scores), `view_index` [B, V'] (which view each
+kept token is, ascending; the Dice loss uses it to pick the mask targets), `view_scores` [B, V] (sigmoid
+importance; ones with pruning off) and `embedding` [B, W] (the fused vector before the classifier). The
+selection is hard in both modes, so train and eval differ only by dropout.
 
 The weather head reads the pooled *visual* vector, not the fused embedding: the fused embedding contains
 the weather tag itself, from which the auxiliary task would be solved by copying the input.
@@ -48,7 +54,7 @@ from torch import nn
 
 from roadwork.models.attention import ROPE_BASE, AttentionBlock
 from roadwork.models.gafm import GAFM, mean_pool
-from roadwork.models.layers import MLP
+from roadwork.models.layers import MLP, InputNorm
 from roadwork.models.meta import MetadataEncoder
 from roadwork.models.pruning import ViewPruning
 from roadwork.models.pyramid import ProjectionPyramid
@@ -99,7 +105,9 @@ class HeadSpec:
         if self.rope and (self.width // self.heads) % 2:
             raise ValueError(f"head spec: rope needs an even head_dim, got {self.width // self.heads}")
         if self.n_prompts < 0 or self.mask_grid < 1:
-            raise ValueError(f"head spec: n_prompts={self.n_prompts}, mask_grid={self.mask_grid} out of range")
+            raise ValueError(
+                f"head spec: n_prompts={self.n_prompts}, mask_grid={self.mask_grid} out of range"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"head spec: dropout={self.dropout} must be in [0, 1)")
 
@@ -112,12 +120,21 @@ class RoadworkHead(nn.Module):
         s = spec if isinstance(spec, HeadSpec) else HeadSpec.from_dict(spec)
         self.spec = s
         w = s.width
-        self.input_norm = nn.LayerNorm(s.view_dim)  # raw backbone features (max-pooled ones above all) are large
+        # Per-channel standardisation fitted on the training rows (the training loop calls `fit`): raw
+        # backbone channels differ in scale by orders of magnitude; identity until fitted.
+        self.input_norm = InputNorm(s.view_dim)
         self.pruning = ViewPruning(s.view_dim, s.keep_ratio, enabled=s.pruning)
         self.project = ProjectionPyramid(s.view_dim, w, pyramid=s.pyramid)
         self.blocks = nn.ModuleList(
-            AttentionBlock(w, s.heads, gating=s.gating, rope=s.rope, dropout=s.dropout, mlp_ratio=s.mlp_ratio,
-                           rope_base=s.rope_base)
+            AttentionBlock(
+                w,
+                s.heads,
+                gating=s.gating,
+                rope=s.rope,
+                dropout=s.dropout,
+                mlp_ratio=s.mlp_ratio,
+                rope_base=s.rope_base,
+            )
             for _ in range(s.layers)
         )
         self.norm = nn.LayerNorm(w)
@@ -128,9 +145,7 @@ class RoadworkHead(nn.Module):
         self.classifier = MLP(w, w // 2, 2, s.dropout)
         self.view_classifier = nn.Linear(w, 2)
         self.weather_head = nn.Linear(w, s.vocab_sizes["weather"])
-        self.mask_decoder = (
-            MLP(w, MASK_HIDDEN, s.n_prompts * s.mask_grid**2) if s.n_prompts > 0 else None
-        )
+        self.mask_decoder = MLP(w, MASK_HIDDEN, s.n_prompts * s.mask_grid**2) if s.n_prompts > 0 else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         views = batch["views"]

@@ -20,7 +20,8 @@ from roadwork.models.layers import gps_sinusoidal
 GPS_DIM = 128
 TAG_DIM = 64
 TEXT_DIM = 384
-TAGS = (("weather", "weather"), ("daytime", "daytime"), ("scene_environment", "scene"))  # vocab name, batch key
+# (vocabulary name, batch key)
+TAGS = (("weather", "weather"), ("daytime", "daytime"), ("scene_environment", "scene"))
 
 
 class MetadataEncoder(nn.Module):
@@ -35,7 +36,9 @@ class MetadataEncoder(nn.Module):
         self.tags = nn.ModuleDict({name: nn.Embedding(vocab_sizes[name], TAG_DIM) for name, _ in TAGS})
         self.text_adapter: nn.Module | None = None
         if text:
-            self.text_adapter = nn.Sequential(nn.Linear(TEXT_DIM, TEXT_DIM), nn.GELU(), nn.LayerNorm(TEXT_DIM))
+            self.text_adapter = nn.Sequential(
+                nn.Linear(TEXT_DIM, TEXT_DIM), nn.GELU(), nn.LayerNorm(TEXT_DIM)
+            )
             self.no_text = nn.Parameter(0.1 * torch.randn(TEXT_DIM))
         self.dim = GPS_DIM + len(TAGS) * TAG_DIM + (TEXT_DIM if text else 0)
 

@@ -41,7 +41,9 @@ class ViewPruning(nn.Module):
             raise ValueError(f"keep_ratio={keep_ratio}: expected a fraction in (0, 1]")
         self.keep_ratio, self.enabled = keep_ratio, enabled
         hidden = max(1, dim // 4)
-        self.importance = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) if enabled else None
+        self.importance = (
+            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) if enabled else None
+        )
 
     def forward(self, views: torch.Tensor) -> Pruned:
         b, n, _ = views.shape

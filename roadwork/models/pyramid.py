@@ -7,7 +7,7 @@ from torch import nn
 
 
 class ProjectionPyramid(nn.Module):
-    """D -> width, then (pyramid on) branches width / width/2 / width/4 -> concat -> width, residual, LayerNorm.
+    """D -> width; pyramid on: branches width, width/2, width/4 -> concat -> width, + residual, LayerNorm.
 
     For width 512 the branches are 512 / 256 / 128 and the concat is 896. Each branch is Linear + GELU: the
     narrow ones are bottlenecks that keep only the dominant directions of a view, the wide one keeps detail.
@@ -17,7 +17,9 @@ class ProjectionPyramid(nn.Module):
     def __init__(self, view_dim: int, width: int, *, pyramid: bool = True):
         super().__init__()
         if width % 4:
-            raise ValueError(f"head width {width} must be a multiple of 4 (pyramid branches width/2, width/4)")
+            raise ValueError(
+                f"head width {width} must be a multiple of 4 (pyramid branches width/2, width/4)"
+            )
         self.proj = nn.Linear(view_dim, width)
         self.branches: nn.ModuleList | None = None
         if pyramid:

@@ -38,8 +38,25 @@ class TrainConfig:
     gps_weighting: bool  # sample training rows by GPS weight (else uniformly)
     aug: bool  # draw one augmentation copy per view each epoch (else the clean copy only)
     metadata: bool  # feed GPS / tags / text to the model
-    hidden: int  # hidden width of the MLP
+    gps_near_weight: float | None  # sampling weight of rows in the first GPS bracket (null: gps stage's)
+    hidden: int  # hidden width of the MLP baseline
     dropout: float
+    # --- the full head (model: head); see roadwork/models/head.py
+    width: int  # token / embedding width
+    layers: int  # gated-attention blocks
+    heads: int  # attention heads (head_dim = width // heads)
+    pruning: bool  # learned view pruning, keeping round(keep_ratio * V) views
+    keep_ratio: float
+    pyramid: bool  # multi-scale projection pyramid
+    gating: bool  # sigmoid output gate in attention (off: plain attention)
+    rope: bool  # rotary position embedding over the view index
+    gafm: bool  # gated attention fusion of views (off: mean pooling)
+    text: bool  # the scene-description slot of the metadata encoder
+    # --- the loss of the full head; terms with weight 0 are dropped and the rest renormalise
+    loss_weights: dict[str, float]  # focal, consistency, weather, dice
+    focal_gamma: float
+    focal_alpha: float  # weight of the roadwork class in the focal term
+    label_smoothing: float
     device: str  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
@@ -49,8 +66,29 @@ class TrainConfig:
             raise ConfigError(f"train.views={self.views!r}: expected 'all' or 'global'")
         if self.amp not in ("bf16", "none"):
             raise ConfigError(f"train.amp={self.amp!r}: expected 'bf16' or 'none'")
+        if self.model not in ("mlp", "head"):
+            raise ConfigError(f"train.model={self.model!r}: expected 'mlp' or 'head'")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
+
+    def model_spec(self, *, view_dim: int, n_views: int, vocab_sizes: dict[str, int]) -> dict[str, Any]:
+        """The spec `roadwork.models.build_model` takes (saved in the checkpoint)."""
+        common = {"view_dim": view_dim, "n_views": n_views, "vocab_sizes": vocab_sizes}
+        common |= {"dropout": self.dropout, "metadata": self.metadata}
+        if self.model == "mlp":
+            return {"model": "mlp", "hidden": self.hidden, **common}
+        head_keys = ("width", "layers", "heads", "pruning", "keep_ratio", "pyramid", "gating", "rope", "gafm")
+        return {"model": "head", "text": self.text, **common, **{k: getattr(self, k) for k in head_keys}}
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: a member may override one loss weight without restating the others."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def member_config(params: dict[str, Any], member: str) -> TrainConfig:
@@ -58,6 +96,5 @@ def member_config(params: dict[str, Any], member: str) -> TrainConfig:
     members = params.get("ensemble", {}).get("members", {})
     if member not in members:
         raise ConfigError(f"ensemble.members has no member {member!r}; known: {sorted(members)}")
-    return from_dict(
-        TrainConfig, {**params["train"], **(members[member] or {})}, f"ensemble.members.{member}"
-    )
+    merged = _merge(params["train"], members[member] or {})
+    return from_dict(TrainConfig, merged, f"ensemble.members.{member}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -63,6 +62,7 @@ class Table:
     group: list[str] = field(default_factory=list)
     weight: np.ndarray | None = None  # [n] GPS sampling weight (train rows)
     near: np.ndarray | None = None  # [n] bool: within near_km of a test cluster
+    first_bracket: np.ndarray | None = None  # [n] bool: in the first GPS bracket (strongest weight)
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -122,6 +122,7 @@ def load_table(
     config: TrainConfig,
     gps: pl.DataFrame | None = None,
     near_km: float = 100.0,
+    first_bracket_km: float = 50.0,
 ) -> Table:
     """Assemble a Table for `rows` (index rows) from the caches."""
     ids = rows["image_id"].to_list()
@@ -134,18 +135,10 @@ def load_table(
     if gps is not None:
         joined = rows.select("image_id").join(gps, on="image_id", how="left", maintain_order="left")
         table.weight = joined["weight"].fill_null(1.0).to_numpy().astype(np.float64)
-        table.near = joined["dist_km"].fill_nan(None).fill_null(np.inf).to_numpy() < near_km
+        dist = joined["dist_km"].fill_nan(None).fill_null(np.inf).to_numpy()
+        table.near = dist < near_km
+        table.first_bracket = dist < first_bracket_km
     return table
-
-
-def describe(table: Table) -> dict[str, Any]:
-    """Counts for logs."""
-    labelled = table.label >= 0
-    return {
-        "rows": len(table),
-        "positives": int((table.label[labelled] == 1).sum()),
-        "shape": list(table.features.shape),
-    }
 
 
 def prepare_tables(
@@ -156,6 +149,7 @@ def prepare_tables(
     gps: pl.DataFrame,
     config: TrainConfig,
     near_km: float,
+    first_bracket_km: float,
 ) -> tuple[dict[str, Table], Vocab]:
     """train / val (from the labelled train split, grouped) and test Tables, and the training vocabulary."""
     labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
@@ -173,6 +167,7 @@ def prepare_tables(
             config=config,
             gps=gps if name == "train" else None,
             near_km=near_km,
+            first_bracket_km=first_bracket_km,
         )
         for name, rows in parts.items()
     }

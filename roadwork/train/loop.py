@@ -21,8 +21,21 @@ from roadwork.device import resolve_device
 from roadwork.report.metrics import binary_metrics
 from roadwork.train.config import TrainConfig
 from roadwork.train.data import Table
+from roadwork.train.losses import HeadLoss
 
 LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+def loss_for(config: TrainConfig) -> LossFn:
+    """Cross-entropy for the MLP baseline; the weighted four-term loss for the full head."""
+    if config.model == "mlp":
+        return classification_loss
+    return HeadLoss(
+        config.loss_weights,
+        focal_gamma=config.focal_gamma,
+        focal_alpha=config.focal_alpha,
+        label_smoothing=config.label_smoothing,
+    )
 
 
 def classification_loss(
@@ -53,12 +66,32 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def sampling_weights(table: Table, config: TrainConfig) -> np.ndarray | None:
+    """The GPS weights of the rows, with the first bracket re-weighted when the member asks for it."""
+    if not config.gps_weighting or table.weight is None:
+        return None
+    weight = table.weight
+    if config.gps_near_weight is not None:
+        weight = np.where(table.first_bracket, config.gps_near_weight, weight)
+    return weight / weight.sum()
+
+
 def epoch_order(table: Table, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     """Row indices for one epoch: GPS-weighted draws with replacement, or a plain permutation."""
-    n = len(table)
-    if config.gps_weighting and table.weight is not None:
-        return rng.choice(n, size=n, replace=True, p=table.weight / table.weight.sum())
-    return rng.permutation(n)
+    weight = sampling_weights(table, config)
+    if weight is not None:
+        return rng.choice(len(table), size=len(table), replace=True, p=weight)
+    return rng.permutation(len(table))
+
+
+def gate_stats(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How unequal the view-pooling weights are: their max and their entropy relative to uniform."""
+    gates = outputs.get("view_gates")
+    if gates is None:
+        return {}
+    gates = gates.detach().float().clamp_min(1e-12)
+    entropy = -(gates * gates.log()).sum(-1) / np.log(gates.shape[-1])
+    return {"gates_max": float(gates.amax(-1).mean()), "gates_entropy": float(entropy.mean())}
 
 
 def _autocast(device: torch.device, config: TrainConfig):
@@ -120,6 +153,7 @@ def train_with_model(
             with _autocast(device, config):
                 outputs = step_model(batch)
             loss, parts = loss_fn(outputs, batch)
+            parts = {**parts, **gate_stats(outputs)}
             (loss / config.accumulation).backward()
             for name, value in parts.items():
                 terms[name] = terms.get(name, 0.0) + value / micro

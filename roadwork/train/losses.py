@@ -37,7 +37,9 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return like.float().sum() * 0.0
 
 
-def focal_loss(logits: torch.Tensor, label: torch.Tensor, *, gamma: float, alpha: float, smoothing: float) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, label: torch.Tensor, *, gamma: float, alpha: float, smoothing: float
+) -> torch.Tensor:
     """Mean focal loss over rows with label >= 0 (0 when there are none); 2-class logits [B, 2]."""
     labelled = label >= 0
     if not bool(labelled.any()):
@@ -51,13 +53,17 @@ def focal_loss(logits: torch.Tensor, label: torch.Tensor, *, gamma: float, alpha
 
 
 def consistency_loss(view_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over rows and views of KL(p_v || mean_v p_v); view_logits [B, V, C]."""
-    log_p = F.log_softmax(view_logits.float(), dim=-1)
-    p = log_p.exp()
-    # The mean written as p_0 + mean(p_v - p_0): the same value, but exactly p_0 when all views agree,
-    # so the loss is exactly 0 there rather than a rounding residue.
-    mean = p[:, :1] + (p - p[:, :1]).mean(dim=1, keepdim=True)
-    return (p * (log_p - mean.clamp_min(1e-12).log())).sum(dim=-1).mean()
+    """Mean over rows and views of KL(p_v || m), m = mean_u p_u; view_logits [B, V, C].
+
+    m is computed for each v as p_v + mean_u (p_u - p_v) and both logs are taken of probabilities: the
+    same value, but bitwise log p_v = log m when all views agree, so the loss is exactly 0 there rather
+    than a rounding residue. Clamping at the smallest normal float keeps logs and gradients finite when a
+    probability underflows.
+    """
+    p = F.softmax(view_logits.float(), dim=-1)
+    m = p + (p[:, None] - p[:, :, None]).mean(dim=2)  # [B, V, C]; [b, v] = p_v + mean_u (p_u - p_v)
+    tiny = torch.finfo(p.dtype).tiny
+    return (p * (p.clamp_min(tiny).log() - m.clamp_min(tiny).log())).sum(dim=-1).mean()
 
 
 def weather_loss(weather_logits: torch.Tensor, weather: torch.Tensor) -> torch.Tensor:
@@ -75,8 +81,13 @@ def soft_dice(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> 
     return 1.0 - (2.0 * inter + smooth) / (total + smooth)
 
 
-def dice_loss(mask_logits: torch.Tensor, masks: torch.Tensor, view_index: torch.Tensor, valid: torch.Tensor | None,
-              smooth: float = 1.0) -> torch.Tensor:
+def dice_loss(
+    mask_logits: torch.Tensor,
+    masks: torch.Tensor,
+    view_index: torch.Tensor,
+    valid: torch.Tensor | None,
+    smooth: float = 1.0,
+) -> torch.Tensor:
     """Soft Dice of sigmoid(mask_logits) [B, V', P, G, G] against masks [B, V, P, G, G] of the kept views."""
     if masks.shape[2:] != mask_logits.shape[2:]:
         raise ValueError(
@@ -96,8 +107,14 @@ def dice_loss(mask_logits: torch.Tensor, masks: torch.Tensor, view_index: torch.
 class HeadLoss:
     """Weighted, renormalised sum of the four terms (see the module docstring)."""
 
-    def __init__(self, weights: dict[str, float] | None = None, focal_gamma: float = 2.0, focal_alpha: float = 0.25,
-                 label_smoothing: float = 0.1, dice_smooth: float = 1.0):
+    def __init__(
+        self,
+        weights: dict[str, float] | None = None,
+        focal_gamma: float = 2.0,
+        focal_alpha: float = 0.25,
+        label_smoothing: float = 0.1,
+        dice_smooth: float = 1.0,
+    ):
         weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -107,25 +124,44 @@ class HeadLoss:
         if not 0.0 <= label_smoothing < 1.0 or not 0.0 <= focal_alpha <= 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} / focal_alpha={focal_alpha} out of range")
         self.weights = {t: float(weights.get(t, 0.0)) for t in TERMS}
-        self.gamma, self.alpha, self.smoothing, self.dice_smooth = focal_gamma, focal_alpha, label_smoothing, dice_smooth
+        self.gamma, self.alpha, self.smoothing, self.dice_smooth = (
+            focal_gamma,
+            focal_alpha,
+            label_smoothing,
+            dice_smooth,
+        )
 
-    def terms(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def terms(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Every active term's unweighted value."""
         active = {t for t, w in self.weights.items() if w > 0}
         out: dict[str, torch.Tensor] = {}
         if "focal" in active:
-            out["focal"] = focal_loss(outputs["logits"], batch["label"], gamma=self.gamma, alpha=self.alpha,
-                                      smoothing=self.smoothing)
+            out["focal"] = focal_loss(
+                outputs["logits"],
+                batch["label"],
+                gamma=self.gamma,
+                alpha=self.alpha,
+                smoothing=self.smoothing,
+            )
         if "consistency" in active and "view_logits" in outputs:
             out["consistency"] = consistency_loss(outputs["view_logits"])
         if "weather" in active and "weather_logits" in outputs and "weather" in batch:
             out["weather"] = weather_loss(outputs["weather_logits"], batch["weather"])
         if "dice" in active and "mask_logits" in outputs and "masks" in batch:
-            out["dice"] = dice_loss(outputs["mask_logits"], batch["masks"], outputs["view_index"],
-                                    batch.get("mask_valid"), self.dice_smooth)
+            out["dice"] = dice_loss(
+                outputs["mask_logits"],
+                batch["masks"],
+                outputs["view_index"],
+                batch.get("mask_valid"),
+                self.dice_smooth,
+            )
         return out
 
-    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def __call__(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict]:
         terms = self.terms(outputs, batch)
         if not terms:
             raise ValueError(f"no loss term is active: weights {self.weights}, outputs {sorted(outputs)}")

@@ -1,0 +1,68 @@
+"""One ensemble member from tables to predictions: build the model, train it, predict val and test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from roadwork.models import build_model
+from roadwork.report.metrics import binary_metrics
+from roadwork.train.config import TrainConfig
+from roadwork.train.data import Table, Vocab
+from roadwork.train.loop import TrainResult, loss_for, predict_with_model, train_with_model
+
+
+def fit_member(
+    *, config: TrainConfig, tables: dict[str, Table], vocab: Vocab, log: Callable[[dict], None] | None = None
+) -> tuple[nn.Module, dict[str, Any], TrainResult]:
+    """Build the member's model (seeded: initial weights are part of the recipe) and train it."""
+    train = tables["train"]
+    spec = config.model_spec(
+        view_dim=train.features.shape[-1], n_views=train.features.shape[2], vocab_sizes=vocab.sizes()
+    )
+    torch.manual_seed(config.seed)
+    model = build_model(spec)
+    result = train_with_model(
+        model=model, train=train, val=tables["val"], config=config, loss_fn=loss_for(config), log=log
+    )
+    return model, spec, result
+
+
+def predictions_frame(table: Table, split: str, logit: np.ndarray) -> pl.DataFrame:
+    """image_id, split, label (null when unlabelled), group, logit, prob."""
+    label = pl.Series("label", table.label, dtype=pl.Int64)
+    logit = logit.astype(np.float64)
+    return pl.DataFrame(
+        {
+            "image_id": table.image_id,
+            "split": [split] * len(table),
+            "label": label.set(label < 0, None),
+            "group": table.group,
+            "logit": logit,
+            "prob": 1.0 / (1.0 + np.exp(-logit)),
+        }
+    )
+
+
+def write_predictions(
+    *, model: nn.Module, tables: dict[str, Table], config: TrainConfig, out_dir: Path
+) -> dict[str, dict[str, float]]:
+    """`<out_dir>/val.parquet` and `test.parquet`; returns their headline metrics where labelled."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for part in ("val", "test"):
+        frame = predictions_frame(
+            tables[part], part, predict_with_model(model=model, table=tables[part], config=config)
+        )
+        frame.write_parquet(out_dir / f"{part}.parquet")
+        labelled = frame.filter(pl.col("label").is_not_null())
+        if len(labelled):
+            scores = binary_metrics(labelled["label"].to_numpy(), labelled["prob"].to_numpy())
+            summary[part] = {k: scores[k] for k in ("mcc", "accuracy", "roc_auc", "f1")}
+    return summary
