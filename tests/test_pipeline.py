@@ -34,6 +34,8 @@ def tiny_params() -> dict:
     params["train"].update(epochs=3, patience=3)
     params["ingest"].update(workers=1)
     params["submit"].update(bootstrap=100)
+    # Two members: the MLP baseline and a one-block full head (both take their seed from train.seed).
+    params["ensemble"].update(top_k=2, members={"mlp": {"model": "mlp"}, "head": {"model": "head", "layers": 1}})
     return params
 
 
@@ -89,7 +91,7 @@ def test_repro_end_to_end(project: Path) -> None:
     assert ((submission["probability"] > 0.5).cast(pl.Int64) == submission["label"]).all()
 
     final = json.loads((project / "metrics/final.json").read_text())
-    assert final["chosen"] == ["mlp"]
+    assert sorted(final["chosen"]) == ["head", "mlp"]
     assert -1 <= final["test"]["mcc"] <= 1 and final["test"]["n"] == len(submission)
     lo, hi = final["test"]["mcc_ci"]
     assert lo <= final["test"]["mcc"] <= hi
@@ -116,7 +118,7 @@ def test_train_param_reruns_only_train_and_submit(project: Path) -> None:
     run(project, "git", "commit", "-qm", "baseline run")
     out = run(project, "dvc", "exp", "run", "-S", "train.seed=7")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train@mlp", "submit"}
+    assert ran == {"train@mlp", "train@head", "submit"}
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json"))
     changed = diff.get("metrics/final.json", {})
     assert "test.brier" in changed and changed["test.brier"]["diff"] != 0
