@@ -25,7 +25,7 @@ def main() -> None:
     index = read_index(Path(paths.prepared))
     plan, plan_meta = read_plan(Path(paths.views))
     manifest = read_manifest(Path(paths.backbone))
-    cache = FeatureCache.create_or_open(
+    cache = FeatureCache.create(
         Path(paths.features),
         copies=1 + config.aug_copies,
         views=plan_meta["n_views"],

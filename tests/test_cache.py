@@ -7,7 +7,7 @@ ATTRS = {"backbone_fingerprint": "abc", "plan_fingerprint": "def", "side": 32}
 
 
 def make(path, attrs=ATTRS, chunk_rows=4):
-    return FeatureCache.create_or_open(path, copies=2, views=3, dim=5, chunk_rows=chunk_rows, attrs=attrs)
+    return FeatureCache.create(path, copies=2, views=3, dim=5, chunk_rows=chunk_rows, attrs=attrs)
 
 
 def features(n, seed=0):
@@ -20,7 +20,7 @@ def test_write_read_round_trip(tmp_path):
     rows = cache.ensure_rows(ids)
     assert rows.tolist() == list(range(6))
     feats = features(6)
-    cache.write(rows, feats, np.array([2, 2, 1, 1, 2, 1]))
+    cache.write_features(rows, feats, np.array([2, 2, 1, 1, 2, 1]))
     reopened = FeatureCache.open_checked(tmp_path / "c.zarr", ATTRS)
     order = ["img3", "img0", "img5"]
     got, copies = reopened.read(order, ["cls", "patch_max"])
@@ -37,7 +37,7 @@ def test_incremental_rows_keep_their_place(tmp_path):
     cache.ensure_rows(["a", "b"])
     rows = cache.ensure_rows(["c", "a", "d"])
     assert rows.tolist() == [2, 0, 3]
-    assert FeatureCache.create_or_open(
+    assert FeatureCache.create(
         tmp_path / "c.zarr", copies=2, views=3, dim=5, chunk_rows=4, attrs=ATTRS
     ).row_of == {"a": 0, "b": 1, "c": 2, "d": 3}
 
@@ -45,7 +45,7 @@ def test_incremental_rows_keep_their_place(tmp_path):
 def test_unfinished_rows_are_refused(tmp_path):
     cache = make(tmp_path / "c.zarr")
     rows = cache.ensure_rows(["a", "b"])
-    cache.write(rows[:1], features(1), np.array([1]))
+    cache.write_features(rows[:1], features(1), np.array([1]))
     assert cache.done_mask(rows).tolist() == [True, False]
     with pytest.raises(StaleCacheError, match=r"1 row\(s\) unfinished"):
         cache.read(["a", "b"], ["cls"])
@@ -57,23 +57,23 @@ def test_stale_attrs_refused_and_named(tmp_path):
     make(tmp_path / "c.zarr")
     with pytest.raises(StaleCacheError, match=r"backbone_fingerprint: cache has 'abc', config wants 'xyz'"):
         FeatureCache.open_checked(tmp_path / "c.zarr", {**ATTRS, "backbone_fingerprint": "xyz"})
-    with pytest.raises(FileNotFoundError, match=r"run `dvc repro extract`"):
+    with pytest.raises(FileNotFoundError, match=r"no feature cache; run `dvc repro`"):
         FeatureCache.open_checked(tmp_path / "missing.zarr", ATTRS)
 
 
 def test_writer_with_new_attrs_starts_over(tmp_path):
     cache = make(tmp_path / "c.zarr")
-    cache.write(cache.ensure_rows(["a"]), features(1), np.array([2]))
+    cache.write_features(cache.ensure_rows(["a"]), features(1), np.array([2]))
     rebuilt = make(tmp_path / "c.zarr", attrs={**ATTRS, "side": 64})
     assert rebuilt.row_of == {}
     kept = make(tmp_path / "c.zarr", attrs={**ATTRS, "side": 64})
     assert kept.row_of == {}
-    kept.write(kept.ensure_rows(["b"]), features(1), np.array([1]))
+    kept.write_features(kept.ensure_rows(["b"]), features(1), np.array([1]))
     assert make(tmp_path / "c.zarr", attrs={**ATTRS, "side": 64}).row_of == {"b": 0}
 
 
 def test_unknown_token(tmp_path):
     cache = make(tmp_path / "c.zarr")
-    cache.write(cache.ensure_rows(["a"]), features(1), np.array([1]))
+    cache.write_features(cache.ensure_rows(["a"]), features(1), np.array([1]))
     with pytest.raises(ValueError, match=r"unknown token"):
         cache.read(["a"], ["max"])

@@ -35,7 +35,9 @@ def tiny_params() -> dict:
     params["ingest"].update(workers=1)
     params["submit"].update(bootstrap=100)
     # Two members: the MLP baseline and a one-block full head (both take their seed from train.seed).
-    params["ensemble"].update(top_k=2, members={"mlp": {"model": "mlp"}, "head": {"model": "head", "layers": 1}})
+    params["ensemble"].update(
+        top_k=2, members={"mlp": {"model": "mlp"}, "head": {"model": "head", "layers": 1}}
+    )
     return params
 
 

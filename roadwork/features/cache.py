@@ -25,7 +25,7 @@ from zarr.codecs import BloscCodec
 
 TOKENS = ("cls", "patch_mean", "patch_max")
 # Bump when the meaning of the stored features changes (pooling, preprocessing): old caches go stale.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -78,23 +78,34 @@ def check_attrs(path: Path, attrs: dict[str, Any], expected: dict[str, Any]) -> 
         raise StaleCacheError(f"{path}: stale cache, rebuild it (`dvc repro`):\n  " + "\n  ".join(diffs))
 
 
-class FeatureCache:
-    """Read/write access to a backbone feature cache."""
+class RowCache:
+    """A zarr group of per-image arrays `[N, ...]` keyed by `image_id`, with a `done` flag per row.
+
+    `arrays` maps a name to (trailing shape, dtype). Writers append rows for new images and mark rows
+    done only after their values are written; readers look rows up by image id and refuse unfinished
+    ones. A writer whose attrs (or array layout) differ from the stored ones starts the cache anew.
+    """
+
+    kind = "cache"  # for messages: which stage builds it
 
     def __init__(self, path: Path, group: zarr.Group):
         self.path = Path(path)
         self.group = group
-        ids = group["image_id"][:]
-        self.row_of = {str(i): r for r, i in enumerate(ids)}
+        self.row_of = {str(i): r for r, i in enumerate(group["image_id"][:])}
 
-    # --- creation / opening -------------------------------------------------------------------------
     @classmethod
     def create_or_open(
-        cls, path: Path, *, copies: int, views: int, dim: int, chunk_rows: int, attrs: dict[str, Any]
-    ) -> FeatureCache:
-        """Open a cache for writing; a cache with other attrs (or shapes) is deleted and started anew."""
+        cls,
+        path: Path,
+        *,
+        arrays: dict[str, tuple[tuple[int, ...], str]],
+        chunk_rows: int,
+        attrs: dict[str, Any],
+    ) -> RowCache:
+        """Open for writing; a cache with other attrs or arrays is deleted and started anew."""
         path = Path(path)
-        wanted = {**attrs, "copies": copies, "views": views, "dim": dim, "format": FORMAT_VERSION}
+        layout = {name: [list(tail), dtype] for name, (tail, dtype) in arrays.items()}
+        wanted = {**attrs, "arrays": layout, "format": FORMAT_VERSION}
         if path.exists():
             group = zarr.open_group(path, mode="r+")
             if dict(group.attrs) == wanted:
@@ -103,35 +114,37 @@ class FeatureCache:
             shutil.rmtree(path)
         group = zarr.open_group(path, mode="w")
         codec = [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
-        for name in TOKENS:
+        for name, (tail, dtype) in arrays.items():
             group.create_array(
                 name,
-                shape=(0, copies, views, dim),
-                chunks=(chunk_rows, copies, views, dim),
-                dtype="float16",
+                shape=(0, *tail),
+                chunks=(chunk_rows, *tail),
+                dtype=dtype,
                 compressors=codec,
                 fill_value=0,
             )
         group.create_array("image_id", shape=(0,), chunks=(chunk_rows,), dtype=str)
-        group.create_array("copies", shape=(0,), chunks=(chunk_rows,), dtype="int8", fill_value=0)
         group.create_array("done", shape=(0,), chunks=(chunk_rows,), dtype=bool, fill_value=False)
         group.attrs.update(wanted)
         return cls(path, group)
 
     @classmethod
-    def open_checked(cls, path: Path, expected: dict[str, Any]) -> FeatureCache:
+    def open_checked(cls, path: Path, expected: dict[str, Any]) -> RowCache:
         """Open for reading; refuse a cache whose attrs do not match `expected`."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no feature cache; run `dvc repro extract` first")
+            raise FileNotFoundError(f"{path}: no {cls.kind}; run `dvc repro` first")
         group = zarr.open_group(path, mode="r")
         check_attrs(path, dict(group.attrs), {**expected, "format": FORMAT_VERSION})
         return cls(path, group)
 
-    # --- rows ---------------------------------------------------------------------------------------
     @property
     def chunk_rows(self) -> int:
         return self.group["done"].chunks[0]
+
+    @property
+    def array_names(self) -> list[str]:
+        return list(self.group.attrs["arrays"])
 
     def ensure_rows(self, image_ids: Sequence[str]) -> np.ndarray:
         """Rows of `image_ids`, appending rows for ids not in the cache yet (incremental extraction)."""
@@ -139,7 +152,7 @@ class FeatureCache:
         if new:
             start = len(self.row_of)
             n = start + len(new)
-            for name in (*TOKENS, "image_id", "copies", "done"):
+            for name in (*self.array_names, "image_id", "done"):
                 array = self.group[name]
                 array.resize((n, *array.shape[1:]))
             self.group["image_id"][start:n] = np.array(new, dtype=object)
@@ -149,14 +162,12 @@ class FeatureCache:
     def done_mask(self, rows: np.ndarray) -> np.ndarray:
         return self.group["done"].oindex[rows] if len(rows) else np.zeros(0, dtype=bool)
 
-    def write(self, rows: np.ndarray, features: np.ndarray, copies: np.ndarray) -> None:
-        """Write `[n, C, V, 3, D]` features for `rows`, then mark them done (done is written last)."""
-        for k, name in enumerate(TOKENS):
-            self.group[name].oindex[rows] = features[:, :, :, k].astype(np.float16)
-        self.group["copies"].oindex[rows] = copies.astype(np.int8)
+    def write(self, rows: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Write every array's values for `rows`, then mark the rows done (done is written last)."""
+        for name in self.array_names:
+            self.group[name].oindex[rows] = values[name]
         self.group["done"].oindex[rows] = True
 
-    # --- reading ------------------------------------------------------------------------------------
     def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
         """Rows of `image_ids`; every one must be present and done."""
         missing = [i for i in image_ids if i not in self.row_of]
@@ -168,6 +179,32 @@ class FeatureCache:
             raise StaleCacheError(f"{self.path}: {len(not_done)} row(s) unfinished; re-run extraction")
         return rows
 
+    def read_array(self, name: str, image_ids: Sequence[str]) -> np.ndarray:
+        """`name` for `image_ids`, in their order (read in row order: zarr is fastest that way)."""
+        rows = self.rows_for(image_ids)
+        order = np.argsort(rows)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return self.group[name].oindex[rows[order]][inverse]
+
+
+class FeatureCache(RowCache):
+    """The backbone feature cache (module docstring): token arrays `[N, C, V, D]` plus valid copies."""
+
+    kind = "feature cache"
+
+    @classmethod
+    def create(
+        cls, path: Path, *, copies: int, views: int, dim: int, chunk_rows: int, attrs: dict[str, Any]
+    ) -> FeatureCache:
+        arrays = {name: ((copies, views, dim), "float16") for name in TOKENS} | {"copies": ((), "int8")}
+        return cls.create_or_open(path, arrays=arrays, chunk_rows=chunk_rows, attrs=attrs)
+
+    def write_features(self, rows: np.ndarray, features: np.ndarray, copies: np.ndarray) -> None:
+        """`features` `[n, C, V, 3, D]` (the three tokens stacked) and valid copies `[n]`."""
+        values = {name: features[:, :, :, k].astype(np.float16) for k, name in enumerate(TOKENS)}
+        self.write(rows, values | {"copies": copies.astype(np.int8)})
+
     def read(
         self, image_ids: Sequence[str], tokens: Sequence[str], views: Sequence[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -175,13 +212,7 @@ class FeatureCache:
         unknown = [t for t in tokens if t not in TOKENS]
         if unknown:
             raise ValueError(f"unknown token(s) {unknown}; expected some of {TOKENS}")
-        rows = self.rows_for(image_ids)
-        order = np.argsort(rows)  # zarr reads fastest in row order; undo the sort afterwards
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        parts = []
-        for name in tokens:
-            block = self.group[name].oindex[rows[order]][inverse]
-            parts.append(block if views is None else block[:, :, list(views)])
-        copies = self.group["copies"].oindex[rows[order]][inverse]
-        return np.concatenate(parts, axis=-1), copies.astype(np.int64)
+        parts = [self.read_array(name, image_ids) for name in tokens]
+        if views is not None:
+            parts = [p[:, :, list(views)] for p in parts]
+        return np.concatenate(parts, axis=-1), self.read_array("copies", image_ids).astype(np.int64)

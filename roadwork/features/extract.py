@@ -104,7 +104,7 @@ class _ChunkWriter:
             for k, row in enumerate(rows):
                 value = self.buffers[chunk][row]
                 block[k, : len(value)] = value
-            self.cache.write(rows, block, np.array([self.copies[r] for r in rows]))
+            self.cache.write_features(rows, block, np.array([self.copies[r] for r in rows]))
             del self.buffers[chunk], self.pending[chunk]
 
 
