@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import sys
 from pathlib import Path
@@ -42,6 +44,60 @@ def summary(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".mpo", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    """Files as given; directories expand to the image files under them (sorted)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            files.append(path)
+    return files
+
+
+def _read_items(args: argparse.Namespace) -> tuple[list[tuple[str, bytes]], list[dict]]:
+    """(key, bytes) for every image input, and error records for inputs that cannot even be read."""
+    items: list[tuple[str, bytes]] = []
+    errors: list[dict] = []
+    for path in _image_files([p for p in args.inputs if not p.endswith(".parquet") and p != "-"]):
+        try:
+            items.append((str(path), path.read_bytes()))
+        except OSError as e:
+            errors.append({"id": str(path), "error": f"{type(e).__name__}: {e.strerror or e}"})
+    if "-" in args.inputs:  # one base64-encoded image per line
+        for n, line in enumerate(sys.stdin, start=1):
+            if line.strip():
+                try:
+                    items.append((f"stdin:{n}", base64.b64decode(line.strip(), validate=True)))
+                except binascii.Error as e:
+                    errors.append({"id": f"stdin:{n}", "error": f"base64: {e}"})
+    return items, errors
+
+
+def predict(args: argparse.Namespace) -> int:
+    """JSON lines {id, probability, label} per image; an error line for each input that fails."""
+    from roadwork.predict import Predictor  # torch and transformers: only for this command
+
+    predictor = Predictor(load_params(args.params), device=args.device)
+    items, errors = _read_items(args)
+    failed = len(errors)
+    for record in errors:
+        print(json.dumps(record))
+    for start in range(0, len(items), args.batch):
+        for record in predictor.predict(items[start : start + args.batch]):
+            failed += "error" in record
+            print(json.dumps(record), flush=True)
+    for path in (p for p in args.inputs if p.endswith(".parquet")):
+        for record in predictor.predict_parquet(Path(path)):
+            failed += "error" in record
+            print(json.dumps(record), flush=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roadwork", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -49,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("summary", help="print the final metrics and the output locations").set_defaults(
         func=summary
     )
+    p = commands.add_parser(
+        "predict",
+        help="roadwork probability per image (JSON lines); exit status 1 if any input failed",
+        description="Inputs: image files, directories (searched for images), NATIX-schema .parquet files, "
+        "or '-' for base64-encoded images on standard input, one per line.",
+    )
+    p.add_argument("inputs", nargs="+", help="image files, directories, .parquet files, or '-'")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch", type=int, default=32, help="images per forward pass")
+    p.set_defaults(func=predict)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -8,6 +8,7 @@ import polars as pl
 
 from roadwork.config import load_params, load_paths, save_json
 from roadwork.ensemble import average_logits, rank_members, read_predictions
+from roadwork.predict import CHOICE_FILE
 from roadwork.report.metrics import metrics_with_ci
 
 
@@ -41,6 +42,7 @@ def main() -> None:
     out = Path(paths.submission)
     out.mkdir(parents=True, exist_ok=True)
     test.select("image_id", probability="prob", label="label_pred").write_csv(out / "submission.csv")
+    save_json({"members": chosen, "threshold": threshold}, out / CHOICE_FILE)  # what `roadwork predict` loads
     best = read_predictions(Path(paths.predictions), chosen[0], "test")
     final = {
         "members": {name: round(value, 6) for name, value in ranking},

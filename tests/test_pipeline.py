@@ -6,6 +6,8 @@ Also checks DVC's bookkeeping: a second repro runs nothing, and a `train.*` chan
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT_ENV = {
@@ -124,3 +127,49 @@ def test_train_param_reruns_only_train_and_submit(project: Path) -> None:
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json"))
     changed = diff.get("metrics/final.json", {})
     assert "test.brier" in changed and changed["test.brier"]["diff"] != 0
+
+
+def predict(project: Path, *args: str, stdin: str | None = None) -> tuple[int, list[dict]]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "roadwork.cli", "predict", *args],
+        cwd=project,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done.returncode, [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.mark.e2e
+def test_predict_matches_the_pipeline_and_survives_bad_inputs(project: Path, tmp_path: Path) -> None:
+    shard = next((project / "data/raw/synthetic/data").glob("test-*.parquet"))
+    rc, records = predict(project, str(shard.relative_to(project)))
+    quarantined = [r for r in records if "error" in r]
+    scored = {r["image_id"]: r["probability"] for r in records if "probability" in r}
+    assert rc == (1 if quarantined else 0)
+    submission = pl.read_csv(project / "submission/submission.csv")
+    same = submission.filter(pl.col("image_id").is_in(list(scored)))
+    assert len(same) >= len(scored) - 1  # a cross-split duplicate may be kept in another shard
+    for image_id, probability in same.select("image_id", "probability").iter_rows():
+        assert scored[image_id] == pytest.approx(probability, abs=1e-5)
+
+    # Files: a JPEG of the dataset, the same image as PNG, greyscale, 224x224, and a corrupt file.
+    jpeg = pl.read_parquet(shard)["image"][0]["bytes"]
+    image = Image.open(io.BytesIO(jpeg))
+    (tmp_path / "a.jpg").write_bytes(jpeg)
+    image.save(tmp_path / "b.png")
+    image.convert("L").save(tmp_path / "c_grey.jpg")
+    image.resize((224, 224)).save(tmp_path / "d_224.jpg", quality=90)
+    (tmp_path / "e_corrupt.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    rc, records = predict(project, str(tmp_path), "-", stdin=base64.b64encode(jpeg).decode() + "\n")
+    by_id = {r["id"]: r for r in records}
+    assert rc == 1
+    assert "error" in by_id[str(tmp_path / "e_corrupt.jpg")]
+    for name in ("a.jpg", "b.png", "c_grey.jpg", "d_224.jpg"):
+        record = by_id[str(tmp_path / name)]
+        assert 0.0 <= record["probability"] <= 1.0 and record["label"] == int(record["probability"] > 0.5)
+    # The same bytes by file and by base64 give the same answer.
+    assert by_id["stdin:1"]["probability"] == by_id[str(tmp_path / "a.jpg")]["probability"]

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_COLUMN = "image"
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageDecodeError(ValueError):
@@ -111,6 +112,19 @@ class ShardReader:
         return value.as_py()
 
 
+def displayed_size(data: bytes) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header alone (no pixels decoded)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(
+            f"image of {len(data)} bytes has no readable header: {_reason(e, data)}"
+        ) from e
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def decode(data: bytes, *, min_side_scale: float = 1.0) -> tuple[Image.Image, float]:
     """RGB image with EXIF orientation applied, decoded at no less than `min_side_scale` of full size.
 
@@ -134,7 +148,14 @@ def decode(data: bytes, *, min_side_scale: float = 1.0) -> tuple[Image.Image, fl
         ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to do
         return _to_rgb(image), scale
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"image of {len(data)} bytes does not decode: {e}") from e
+        raise ImageDecodeError(f"image of {len(data)} bytes does not decode: {_reason(e, data)}") from e
+
+
+def _reason(error: Exception, data: bytes) -> str:
+    """PIL's message, without the object address it puts in "cannot identify image file <...>"."""
+    if isinstance(error, UnidentifiedImageError):
+        return f"not a known image format (starts with {data[:8]!r})"
+    return str(error)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -33,12 +33,14 @@ def save_head(
     save_json({"spec": spec, "config": to_dict(config), "summary": summary}, out_dir / "config.json")
 
 
-def load_head(head_dir: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], Vocab]:
-    """The head in eval mode, its spec, and its vocabulary."""
+def load_head(
+    head_dir: Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any], Vocab, dict[str, Any]]:
+    """The head in eval mode, its spec, its vocabulary and its training config."""
     path = Path(head_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained head")
     payload = torch.load(path, map_location=device, weights_only=True)
     model = build_model(payload["spec"])
     model.load_state_dict(payload["state"])
-    return model.to(device).eval(), payload["spec"], Vocab(payload["vocab"])
+    return model.to(device).eval(), payload["spec"], Vocab(payload["vocab"]), payload["config"]

@@ -1,0 +1,201 @@
+"""The SAM 3 mask cache: each image decoded once, encoded once, masked for every prompt, reduced to grids.
+
+Layout of `features/masks.zarr` (a `RowCache`, rows keyed by image id):
+    image_mask   [N, P, M, M]     float16  fraction of each cell of the whole image covered, per prompt
+    view_masks   [N, V, P, G, G]  float16  the same over each view box of the plan
+    coverage     [N, V, P]        float32  fraction of each view covered, per prompt
+    image_id [N], done [N]; attrs: SAM 3 and view-rule fingerprints, prompts, thresholds, grids
+
+Work proceeds chunk by chunk of the cache, like `extract`: a chunk's rows are marked done only after
+their values are written, so a killed run resumes at the first unfinished chunk, and new images only
+append rows (incremental). Images are decoded at the reduced JPEG scale that still covers the model
+input (the masks are coarse) and resized with PIL's antialiasing filter in the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from transformers import Sam3Model, Sam3Processor
+
+from roadwork.data.images import ShardReader, decode
+from roadwork.features.cache import RowCache
+from roadwork.features.sam import MasksConfig, encode_prompts, input_size, mask_grids, predict_masks
+
+# Bump when the meaning of the stored masks changes (post-processing, geometry): old caches go stale.
+MASKS_FORMAT = 1
+REDUCING_GAP = 2.0  # as in roadwork.views.crops: box-shrink by an integer factor, then bilinear
+
+
+class MaskCache(RowCache):
+    """The SAM 3 mask cache (module docstring)."""
+
+    kind = "mask cache"
+
+    @classmethod
+    def create(
+        cls, path: Path, *, config: MasksConfig, views: int, attrs: dict[str, Any]
+    ) -> MaskCache:
+        p, m, g = len(config.prompts), config.image_grid, config.view_grid
+        arrays = {
+            "image_mask": ((p, m, m), "float16"),
+            "view_masks": ((views, p, g, g), "float16"),
+            "coverage": ((views, p), "float32"),
+        }
+        return cls.create_or_open(path, arrays=arrays, chunk_rows=config.chunk_rows, attrs=attrs)
+
+    def read(self, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Every mask array for `image_ids`, in their order."""
+        return {name: self.read_array(name, image_ids) for name in self.array_names}
+
+
+def expected_attrs(config: MasksConfig, *, sam: dict[str, Any], plan_meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything the cached masks depend on; readers compare this with the cache's attrs."""
+    return {
+        "sam_fingerprint": sam["fingerprint"],
+        # The view rule, not the per-image plan: adding images must not invalidate the cache.
+        "view_rule_fingerprint": plan_meta["rule_fingerprint"],
+        "input_size": list(sam["input_size"]),
+        "prompts": list(config.prompts),
+        "score_threshold": config.score_threshold,
+        "mask_threshold": config.mask_threshold,
+        "image_grid": config.image_grid,
+        "view_grid": config.view_grid,
+        "masks_format": MASKS_FORMAT,
+    }
+
+
+def open_masks(
+    path: Path, config: MasksConfig, *, sam: dict[str, Any], plan_meta: dict[str, Any]
+) -> MaskCache:
+    """Open the cache for reading; refuses one built with other weights, prompts, thresholds or views."""
+    return MaskCache.open_checked(path, expected_attrs(config, sam=sam, plan_meta=plan_meta))
+
+
+def load_image(data: bytes, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
+    """uint8 [h, w, 3]: the whole image (displayed `size` = (width, height)) resized to `target` (h, w).
+
+    Decoded at the coarsest JPEG reduction that still has at least `target` pixels along each axis;
+    the decoded size is checked against the planned size so that a wrong plan fails loudly.
+    """
+    width, height = size
+    min_scale = min(1.0, max(target[0] / height, target[1] / width))
+    image, scale = decode(data, min_side_scale=min_scale)
+    expected = (math.ceil(width * scale - 1e-9), math.ceil(height * scale - 1e-9))
+    if image.size != expected:
+        raise ValueError(
+            f"load_image: image decodes to {image.width}x{image.height} at scale {scale:.4g}, "
+            f"expected {expected[0]}x{expected[1]} for a planned size of {width}x{height}"
+        )
+    # The decoder rounds the reduced size up: the box keeps exactly the displayed image in view.
+    box = (0.0, 0.0, width * scale, height * scale)
+    resized = image.resize((target[1], target[0]), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
+    return np.asarray(resized)
+
+
+class ImageDataset(Dataset):
+    """Item i: (cache row, uint8 [h, w, 3] model-input image) of job i."""
+
+    def __init__(self, raw_root: Path, jobs: pl.DataFrame, target: tuple[int, int]):
+        self.reader = ShardReader(raw_root)
+        self.jobs = jobs.select("image_id", "shard", "row", "width", "height", "cache_row").to_dicts()
+        self.target = target
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        job = self.jobs[i]
+        data = self.reader.read(job["shard"], job["row"])
+        try:
+            image = load_image(data, (job["width"], job["height"]), self.target)
+        except ValueError as e:
+            raise ValueError(f"image {job['image_id']} ({job['shard']} row {job['row']}): {e}") from e
+        return job["cache_row"], image
+
+
+def _collate(items: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+    return items
+
+
+def plan_jobs(index: pl.DataFrame, cache: MaskCache, config: MasksConfig) -> pl.DataFrame:
+    """Rows of `index` (in `config.splits`) not yet done in the cache, with their cache row."""
+    rows = index.filter(pl.col("split").is_in(list(config.splits)))
+    cache_rows = cache.ensure_rows(rows["image_id"].to_list())
+    rows = rows.with_columns(cache_row=pl.Series(cache_rows, dtype=pl.Int64))
+    return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
+
+
+class ChunkWriter:
+    """Collects per-row values and writes each cache chunk once all of its pending rows are in."""
+
+    def __init__(self, cache: RowCache, rows: Sequence[int]):
+        self.cache = cache
+        self.pending: dict[int, set[int]] = {}
+        for row in rows:
+            self.pending.setdefault(row // cache.chunk_rows, set()).add(row)
+        self.buffers: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+
+    def add(self, row: int, values: dict[str, np.ndarray]) -> None:
+        chunk = row // self.cache.chunk_rows
+        self.buffers.setdefault(chunk, {})[row] = values
+        self.pending[chunk].discard(row)
+        if not self.pending[chunk]:
+            rows = sorted(self.buffers[chunk])
+            block = {name: np.stack([self.buffers[chunk][r][name] for r in rows]) for name in values}
+            self.cache.write(np.array(rows, dtype=np.int64), block)
+            del self.buffers[chunk], self.pending[chunk]
+
+
+def pixel_values(processor: Sam3Processor, images: list[np.ndarray], model: Sam3Model) -> torch.Tensor:
+    """The processor's rescale + normalisation of already resized images, on the model's device/dtype."""
+    pixels = processor.image_processor(images=images, do_resize=False, return_tensors="pt")["pixel_values"]
+    parameter = next(model.parameters())
+    return pixels.to(parameter.device, parameter.dtype)
+
+
+def fill_masks(
+    *,
+    model: Sam3Model,
+    processor: Sam3Processor,
+    cache: MaskCache,
+    jobs: pl.DataFrame,
+    raw_root: Path,
+    boxes: dict[str, np.ndarray],
+    config: MasksConfig,
+) -> dict[str, float]:
+    """Fill the cache for `jobs` (sorted by cache row); returns counters for the log."""
+    prompts = encode_prompts(model, processor, config.prompts)  # once per run, shared by every image
+    ids = dict(zip(jobs["cache_row"].to_list(), jobs["image_id"].to_list(), strict=True))
+    sizes = dict(zip(jobs["cache_row"].to_list(), zip(jobs["width"], jobs["height"], strict=True), strict=True))
+    writer = ChunkWriter(cache, list(ids))
+    loader = DataLoader(
+        ImageDataset(raw_root, jobs, input_size(processor)),
+        batch_size=config.batch_images,
+        num_workers=config.workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if config.workers else None,
+    )
+    started, coverage = time.perf_counter(), np.zeros(len(config.prompts))
+    for batch in loader:
+        masks = predict_masks(model, processor, pixel_values(processor, [b[1] for b in batch], model), prompts, config)
+        for (row, _), image_masks in zip(batch, masks, strict=True):
+            values = mask_grids(image_masks, boxes[ids[row]], sizes[row], config.image_grid, config.view_grid)
+            coverage += values["image_mask"].astype(np.float32).mean(axis=(-2, -1))
+            writer.add(row, values)
+    seconds = time.perf_counter() - started
+    mean = coverage / max(len(jobs), 1)
+    return {
+        "images": len(jobs),
+        "seconds": round(seconds, 2),
+        **{f"coverage/{p}": round(float(c), 4) for p, c in zip(config.prompts, mean, strict=True)},
+    }

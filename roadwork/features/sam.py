@@ -1,0 +1,385 @@
+"""SAM 3 pseudo-masks: the model (tiny or real), one image encoding shared by every text prompt, one
+binary mask per prompt, and that mask reduced to coarse grids over the whole image and over each view.
+
+`masks.model: tiny` builds a small `Sam3Model` with random weights from a fixed seed, a CLIP BPE tokenizer
+whose merges are learnt here from a fixed word list, and a `Sam3Processor` (the embedded default; no
+download possible here). Anything else is a Hugging Face id (the real one: facebook/sam3) or a local
+directory, loaded with `from_pretrained`. Either way the `sam` stage saves model and processor with
+`save_pretrained`, so `masks` reads one hermetic, DVC-tracked folder.
+
+Geometry: the processor stretches the whole image to its square input, so mask pixel (r, c) of an
+`h x w` mask covers the full-resolution box [c W/w, (c+1) W/w) x [r H/h, (r+1) H/h). Grids are exact
+area fractions of that piecewise-constant mask over equal cells of a box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import pre_tokenizers
+from transformers import (
+    CLIPTokenizer,
+    Sam3Config,
+    Sam3ImageProcessor,
+    Sam3Model,
+    Sam3Processor,
+    Sam3ViTConfig,
+    Sam3VisionConfig,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
+
+from roadwork.features.backbone import DTYPES, weights_fingerprint
+
+MANIFEST = "fingerprint.json"
+PROMPT_TOKENS = 32  # Sam3Processor pads every prompt to 32 tokens (SAM 3's text context length)
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# Words the tiny tokenizer learns whole: those of the default prompts and nearby roadwork vocabulary.
+# Any other text still tokenises (into smaller pieces down to single bytes).
+TINY_WORDS = (
+    "traffic cone construction barrier road work sign worker vehicle equipment barrel fence excavator "
+    "truck person car lane closed ahead detour orange pole crane roller drum arrow board tape vest helmet"
+).split()
+
+
+@dataclass(frozen=True)
+class TinySamConfig:
+    """A small random SAM 3 for CPU runs and tests (one width for every part)."""
+
+    seed: int  # torch seed for the random weights
+    image_size: int  # square input side, a multiple of patch_size (1008 for the real SAM 3)
+    patch_size: int  # ViT patch (14 like the real one); masks come out at 4 x image_size / patch_size
+    hidden_size: int  # width of the ViT, FPN, text encoder, DETR and mask decoder; a multiple of 4 x heads
+    layers: int  # layers of each transformer (ViT, text, geometry, DETR encoder and decoder)
+    heads: int  # attention heads of each transformer
+    queries: int  # DETR object queries (200 in the real model)
+    init_range: float  # std of the random weights; 0.02 (transformers' default) gives mask logits ~1e-4,
+    # every pixel at probability 0.5: ~0.2 spreads logits over a few units, so thresholds mean something
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "hidden_size", "layers", "heads", "queries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"masks.tiny.{name}: expected an int >= 1, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"masks.tiny.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+        if not self.init_range > 0:
+            raise ValueError(f"masks.tiny.init_range: expected a value > 0, got {self.init_range!r}")
+        if self.hidden_size % 8 or self.hidden_size % (4 * self.heads):
+            # GroupNorm(8) in the mask decoder; axial RoPE splits each head into 4 parts.
+            raise ValueError(
+                f"masks.tiny.hidden_size={self.hidden_size} must be a multiple of 8 and of 4 x heads "
+                f"({4 * self.heads})"
+            )
+
+
+@dataclass(frozen=True)
+class MasksConfig:
+    """params.yaml `masks:`: which SAM 3, which prompts, how masks become grids, how the stage runs."""
+
+    model: str  # "tiny", a Hugging Face id (facebook/sam3) or a local directory
+    prompts: tuple[str, ...]  # text prompts; one mask per prompt
+    score_threshold: float  # an instance counts when its score (query x presence) is above this
+    mask_threshold: float  # a pixel of an instance is on when its mask probability is above this
+    image_grid: int  # side M of the coarse whole-image mask [P, M, M]
+    view_grid: int  # side G of the per-view masks [V, P, G, G]
+    batch_images: int  # images per image-encoder forward (x prompts in the decoder)
+    chunk_rows: int  # cache chunk along images: the unit of writing and of resuming
+    workers: int  # DataLoader worker processes decoding images (0 = in the main process)
+    device: str  # auto | cpu | cuda
+    dtype: str  # weights dtype: float32 | bfloat16 | float16
+    splits: tuple[str, ...]  # index splits to mask
+    tiny: TinySamConfig  # used only when model == "tiny"
+
+    def __post_init__(self) -> None:
+        if not self.prompts or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            raise ValueError(f"masks.prompts: expected non-empty strings, got {list(self.prompts)!r}")
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ValueError(f"masks.prompts: duplicate prompt in {list(self.prompts)!r}")
+        for name in ("score_threshold", "mask_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"masks.{name}: expected a value in [0, 1), got {getattr(self, name)!r}")
+        for name in ("image_grid", "view_grid", "batch_images", "chunk_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"masks.{name}: expected an int >= 1, got {getattr(self, name)!r}")
+        if self.workers < 0:
+            raise ValueError(f"masks.workers: expected an int >= 0, got {self.workers!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"masks.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+
+
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    out: list[str] = []
+    for s in symbols:
+        if out and (out[-1], s) == pair:
+            out[-1] += s
+        else:
+            out.append(s)
+    return out
+
+
+def learn_bpe(words: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges (most frequent pair first, ties by the pair itself) until every word is one symbol.
+
+    Symbols follow CLIP: single characters, the last one of a word marked with `</w>`.
+    """
+    symbols = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(pair for s in symbols.values() for pair in zip(s, s[1:], strict=False))
+        if not counts:
+            return merges
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        symbols = {w: _merge(s, pair) for w, s in symbols.items()}
+
+
+def build_tiny_tokenizer(words: Sequence[str] = TINY_WORDS) -> CLIPTokenizer:
+    """A CLIP byte-level BPE tokenizer made here: every byte, every byte ending a word, learnt merges."""
+    bad = [w for w in words if not (w.isascii() and w.isalpha() and w.islower())]
+    if bad:
+        raise ValueError(f"tiny tokenizer words must be lowercase ASCII letters, got {bad}")
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # byte-level symbols (ASCII letters as is)
+    tokens = [*alphabet, *(c + "</w>" for c in alphabet)]
+    merges = learn_bpe(words)
+    tokens += ["".join(pair) for pair in merges]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys([*tokens, BOS, EOS]))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS, pad_token=EOS)
+
+
+def tiny_model_config(config: TinySamConfig, tokenizer: CLIPTokenizer) -> Sam3Config:
+    """A Sam3Config of the real architecture at the tiny width and depth."""
+    h, layers, heads = config.hidden_size, config.layers, config.heads
+    grid = config.image_size // config.patch_size
+    std = config.init_range
+    block = {"hidden_size": h, "num_attention_heads": heads, "intermediate_size": 2 * h, "initializer_range": std}
+    vit = Sam3ViTConfig(
+        **block,
+        num_hidden_layers=layers,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        window_size=max(1, grid // 2),
+        global_attn_indexes=[layers - 1],  # windowed layers, then global attention, as in the real one
+        pretrain_image_size=config.image_size,
+    )
+    vision = Sam3VisionConfig(
+        backbone_config=vit,
+        fpn_hidden_size=h,
+        backbone_feature_sizes=[[4 * grid] * 2, [2 * grid] * 2, [grid] * 2],
+        initializer_range=std,
+    )
+    text = {
+        **block,
+        "vocab_size": len(tokenizer),
+        "projection_dim": h,
+        "num_hidden_layers": layers,
+        "max_position_embeddings": PROMPT_TOKENS,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return Sam3Config(
+        vision_config=vision,
+        text_config=text,
+        geometry_encoder_config={**block, "num_layers": layers},
+        detr_encoder_config={**block, "num_layers": layers},
+        detr_decoder_config={**block, "num_layers": layers, "num_queries": config.queries},
+        mask_decoder_config={"hidden_size": h, "num_attention_heads": heads, "initializer_range": std},
+        initializer_range=std,
+    )
+
+
+def build_tiny(config: TinySamConfig) -> tuple[Sam3Model, Sam3Processor]:
+    """A randomly initialised SAM 3 and its processor, identical for the same config (seeded)."""
+    tokenizer = build_tiny_tokenizer()
+    side = {"height": config.image_size, "width": config.image_size}
+    processor = Sam3Processor(image_processor=Sam3ImageProcessor(size=side), tokenizer=tokenizer)
+    torch.manual_seed(config.seed)
+    return Sam3Model(tiny_model_config(config, tokenizer)).eval(), processor
+
+
+def resolve(config: MasksConfig) -> tuple[Sam3Model, Sam3Processor]:
+    """The model and processor named by the config: built (tiny) or loaded (id or directory)."""
+    if config.model == "tiny":
+        return build_tiny(config.tiny)
+    try:
+        model = Sam3Model.from_pretrained(config.model).eval()
+        processor = Sam3Processor.from_pretrained(config.model)
+    except (OSError, ValueError) as e:
+        raise OSError(
+            f"masks.model={config.model!r}: not a local directory with a saved SAM 3 model and processor "
+            f"and not reachable on the Hugging Face hub ({e}). Download it once where the hub is "
+            "reachable, then point masks.model at that folder."
+        ) from e
+    return model, processor
+
+
+def input_size(processor: Sam3Processor) -> tuple[int, int]:
+    """(height, width) of the model input: the processor resizes every image to it."""
+    size = processor.image_processor.size
+    return int(size.height), int(size.width)
+
+
+def _files_fingerprint(directory: Path) -> str:
+    """sha256 of the saved configs (architecture, tokenizer, preprocessing): same weights, other maths."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).glob("*.json")):
+        if path.name != MANIFEST:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def materialise(config: MasksConfig, out_dir: Path) -> dict[str, Any]:
+    """Save the configured SAM 3 and its processor to `out_dir`, write the manifest; return it."""
+    model, processor = resolve(config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    weights = weights_fingerprint(model)
+    manifest = {
+        "source": config.model,
+        "weights_fingerprint": weights,
+        "fingerprint": hashlib.sha256(f"{weights}:{_files_fingerprint(out_dir)}".encode()).hexdigest(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_size": list(input_size(processor)),
+        "patch_size": model.config.vision_config.backbone_config.patch_size,
+        "queries": model.config.detr_decoder_config.num_queries,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(sam_dir: Path) -> dict[str, Any]:
+    """The manifest written by `materialise`."""
+    path = Path(sam_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no SAM 3 manifest; run `dvc repro sam` first")
+    return json.loads(path.read_text())
+
+
+def load_sam(sam_dir: Path, dtype: str = "float32", device: str | torch.device = "cpu"):
+    """Load the saved model and processor (never from the hub: the `sam` stage materialised them)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"masks.dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+    model = Sam3Model.from_pretrained(sam_dir, local_files_only=True, dtype=DTYPES[dtype])
+    processor = Sam3Processor.from_pretrained(sam_dir, local_files_only=True)
+    return model.to(device).eval().requires_grad_(False), processor
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Text prompts encoded once per run: the same P embeddings serve every image."""
+
+    features: torch.Tensor  # [P, T, D] projected text features (the model's `text_embeds.pooler_output`)
+    mask: torch.Tensor  # [P, T] attention mask (1 = token, 0 = padding)
+
+
+@torch.inference_mode()
+def encode_prompts(model: Sam3Model, processor: Sam3Processor, prompts: Sequence[str]) -> Prompts:
+    """Tokenise (the processor's CLIP tokenizer, padded to 32) and encode the prompts once."""
+    tokens = processor(text=list(prompts), return_tensors="pt")
+    limit = model.config.text_config.max_position_embeddings
+    if tokens["input_ids"].shape[1] > limit:
+        raise ValueError(f"masks.prompts: a prompt is longer than the model's {limit} text tokens")
+    device = next(model.parameters()).device
+    ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+    features = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    return Prompts(features=features, mask=mask)
+
+
+@torch.inference_mode()
+def prompt_outputs(model: Sam3Model, pixel_values: torch.Tensor, prompts: Prompts) -> Sam3ImageSegmentationOutput:
+    """Raw outputs for every (image, prompt) pair, image-major (row b * P + p).
+
+    The image encoder (the dominant cost: ViT + FPN) runs once per image; only the DETR encoder and
+    decoder and the mask decoder run once per prompt, on the shared encoding.
+    """
+    vision = model.get_vision_features(pixel_values=pixel_values)
+    n_images, n_prompts = pixel_values.shape[0], prompts.features.shape[0]
+
+    def per_prompt(levels: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(x.expand(n_images, *x.shape[1:]).repeat_interleave(n_prompts, dim=0) for x in levels)
+
+    shared = Sam3VisionEncoderOutput(
+        fpn_hidden_states=per_prompt(vision.fpn_hidden_states),
+        fpn_position_encoding=per_prompt(vision.fpn_position_encoding),
+    )
+    text = BaseModelOutputWithPooling(pooler_output=prompts.features.repeat(n_images, 1, 1))
+    return model(vision_embeds=shared, text_embeds=text, attention_mask=prompts.mask.repeat(n_images, 1))
+
+
+def union_masks(
+    processor: Sam3Processor, outputs: Sam3ImageSegmentationOutput, score_threshold: float, mask_threshold: float
+) -> torch.Tensor:
+    """bool [N, h, w]: per output row, the union of its instances, at the model's mask resolution.
+
+    Instances and their binary masks come from the processor's `post_process_instance_segmentation`
+    (score = query probability x presence probability, kept when above `score_threshold`; a pixel is
+    on when its probability is above `mask_threshold`), so the scoring is SAM 3's own.
+    """
+    results = processor.post_process_instance_segmentation(
+        outputs, threshold=score_threshold, mask_threshold=mask_threshold
+    )
+    return torch.stack([r["masks"].bool().any(dim=0) for r in results])
+
+
+def predict_masks(
+    model: Sam3Model, processor: Sam3Processor, pixel_values: torch.Tensor, prompts: Prompts, config: MasksConfig
+) -> torch.Tensor:
+    """bool [B, P, h, w]: one binary mask per image and prompt."""
+    outputs = prompt_outputs(model, pixel_values, prompts)
+    union = union_masks(processor, outputs, config.score_threshold, config.mask_threshold)
+    return union.view(pixel_values.shape[0], prompts.features.shape[0], *union.shape[-2:])
+
+
+def area_weights(start: float, end: float, length: float, pixels: int, cells: int) -> np.ndarray:
+    """float64 [cells, pixels]: the share of each of `cells` equal cells of [start, end) covered by each of
+    `pixels` equal mask pixels spanning [0, length). A cell's value is then weights @ mask."""
+    if not 0 <= start < end <= length:
+        raise ValueError(f"area_weights: span [{start}, {end}) is empty or outside [0, {length})")
+    cell_edges = start + (end - start) * np.arange(cells + 1) / cells
+    pixel_edges = length * np.arange(pixels + 1) / pixels
+    lo = np.maximum(cell_edges[:-1, None], pixel_edges[None, :-1])
+    hi = np.minimum(cell_edges[1:, None], pixel_edges[None, 1:])
+    return np.clip(hi - lo, 0.0, None) * (cells / (end - start))
+
+
+def grid_fractions(masks: torch.Tensor, boxes: np.ndarray, size: tuple[int, int], cells: int) -> torch.Tensor:
+    """float32 [V, P, cells, cells]: fraction of each cell of each box covered by each mask.
+
+    `masks` [P, h, w] covers the whole image of displayed `size` (width, height); `boxes` [V, 4] are
+    (x0, y0, x1, y1) in those full-resolution pixels.
+    """
+    width, height = size
+    h, w = masks.shape[-2:]
+    wy = np.stack([area_weights(b[1], b[3], height, h, cells) for b in boxes.tolist()])
+    wx = np.stack([area_weights(b[0], b[2], width, w, cells) for b in boxes.tolist()])
+    as_tensor = {"device": masks.device, "dtype": torch.float32}
+    rows = torch.einsum("vgy,pyx->vpgx", torch.as_tensor(wy, **as_tensor), masks.to(torch.float32))
+    return torch.einsum("vpgx,vkx->vpgk", rows, torch.as_tensor(wx, **as_tensor))
+
+
+def mask_grids(
+    masks: torch.Tensor, boxes: np.ndarray, size: tuple[int, int], image_grid: int, view_grid: int
+) -> dict[str, np.ndarray]:
+    """One image's cache values from its masks [P, h, w]: `image_mask` [P, M, M] and `view_masks`
+    [V, P, G, G] (float16 cell fractions) and `coverage` [V, P] (float32 fraction of each view)."""
+    whole = np.array([[0, 0, size[0], size[1]]])
+    image = grid_fractions(masks, whole, size, image_grid)[0]
+    views = grid_fractions(masks, np.asarray(boxes), size, view_grid)
+    return {
+        "image_mask": image.cpu().numpy().astype(np.float16),
+        "view_masks": views.cpu().numpy().astype(np.float16),
+        "coverage": views.mean(dim=(-2, -1)).cpu().numpy().astype(np.float32),  # equal cells: exact
+    }
