@@ -87,24 +87,31 @@ def queue(rows: list[str]) -> None:
 
 
 def collect() -> dict[str, dict]:
-    """`metrics/final.json` of every experiment named `abl-*` (the newest of each name)."""
-    shown = json.loads(dvc("exp", "show", "--json", "--no-fetch"))
+    """`metrics/final.json` of every experiment named `abl-*` (the newest of each name).
+
+    Read from the experiment's commit (the file is tracked by git), since `dvc exp show` drops lists.
+    """
+    shown = json.loads(dvc("exp", "show", "--json", "--no-fetch", "--all-commits"))
     found: dict[str, dict] = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 name = rev.get("name") or ""
-                data = rev.get("data") or {}
-                final = (data.get("metrics") or {}).get("metrics/final.json", {}).get("data")
-                if name.startswith(PREFIX) and final and name[len(PREFIX) :] not in found:
-                    found[name[len(PREFIX) :]] = final
+                if not name.startswith(PREFIX) or name[len(PREFIX) :] in found:
+                    continue
+                shown_file = subprocess.run(
+                    ["git", "show", f"{rev['rev']}:metrics/final.json"], capture_output=True, text=True
+                )
+                if shown_file.returncode == 0:
+                    found[name[len(PREFIX) :]] = json.loads(shown_file.stdout)
     return found
 
 
 def cell(scores: dict | None) -> str:
     if not scores:
         return "n/a"
-    lo, hi = scores["mcc_ci"]
+    # Intervals are `mcc_lo`/`mcc_hi`; runs made before that change stored a list `mcc_ci`.
+    lo, hi = scores["mcc_ci"] if "mcc_ci" in scores else (scores["mcc_lo"], scores["mcc_hi"])
     return f"{scores['mcc']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -121,7 +128,8 @@ def write_table(results: dict[str, dict], out: Path) -> None:
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python "
         f"{platform.python_version()}, no GPU",
-        f"- data: the embedded default, synthetic {synth['rows']} rows, scale {synth['scale']}, seed "
+        f"- data: the embedded default, synthetic {synth['rows']['train']} train + "
+        f"{synth['rows']['test']} test images, scale {synth['scale']}, seed "
         f"{synth['seed']}; backbone `{params['backbone']['model']}` (random weights); view side "
         f"{extract['side']}, {extract['aug_copies']} augmented copy per training image",
         "",

@@ -23,7 +23,7 @@ def summary(args: argparse.Namespace) -> int:
     for part in ("val", "test"):
         scores = final.get(part)
         if scores:
-            lo, hi = scores["mcc_ci"]
+            lo, hi = scores["mcc_lo"], scores["mcc_hi"]
             auc = "n/a" if scores["roc_auc"] is None else f"{scores['roc_auc']:.3f}"
             print(
                 f"{part:>5} MCC {scores['mcc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "

@@ -56,7 +56,7 @@ def main() -> None:
     headline = final["test"] or final["val"]
     print(
         f"submit: members {chosen}, test MCC {headline['mcc']:.3f} "
-        f"[{headline['mcc_ci'][0]:.3f}, {headline['mcc_ci'][1]:.3f}] -> {out / 'submission.csv'}"
+        f"[{headline['mcc_lo']:.3f}, {headline['mcc_hi']:.3f}] -> {out / 'submission.csv'}"
     )
 
 

@@ -151,11 +151,11 @@ def test_metrics_with_ci() -> None:
     y, p = sample(300, seed=2)
     out = metrics_with_ci(y, p, threshold=0.5, n=300, seed=0, groups=np.arange(300) // 3)
     for name in CI_METRICS:
-        lo, hi = out[f"{name}_ci"]
+        lo, hi = out[f"{name}_lo"], out[f"{name}_hi"]
         assert lo <= out[name] <= hi, name
     assert out["n"] == 300 and out["mcc"] == binary_metrics(y, p)["mcc"]
     one = metrics_with_ci(
         np.ones(20, dtype=int), np.linspace(0, 1, 20), threshold=0.5, n=50, seed=0, groups=None
     )
-    assert one["roc_auc"] is None and one["roc_auc_ci"] is None
-    assert one["accuracy_ci"][0] <= one["accuracy"] <= one["accuracy_ci"][1]
+    assert one["roc_auc"] is None and one["roc_auc_lo"] is None and one["roc_auc_hi"] is None
+    assert one["accuracy_lo"] <= one["accuracy"] <= one["accuracy_hi"]

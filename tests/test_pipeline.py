@@ -98,7 +98,7 @@ def test_repro_end_to_end(project: Path) -> None:
     final = json.loads((project / "metrics/final.json").read_text())
     assert sorted(final["chosen"]) == ["head", "mlp"]
     assert -1 <= final["test"]["mcc"] <= 1 and final["test"]["n"] == len(submission)
-    lo, hi = final["test"]["mcc_ci"]
+    lo, hi = final["test"]["mcc_lo"], final["test"]["mcc_hi"]
     assert lo <= final["test"]["mcc"] <= hi
     for path in (
         "models/heads/mlp/model.pt",

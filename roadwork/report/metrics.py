@@ -254,8 +254,9 @@ def metrics_with_ci(
     groups: Any = None,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """{metric: value, metric_ci: [lo, hi]} for CI_METRICS (one shared set of resamples), plus n, positives.
+    """{metric, metric_lo, metric_hi} for CI_METRICS (one shared set of resamples), plus n, positives.
 
+    Bounds are separate scalar keys (not a list) so that `dvc metrics show/diff` display them.
     roc_auc and its interval are None when y_true holds one class only.
     """
     point = binary_metrics(y_true, prob, threshold)
@@ -263,6 +264,7 @@ def metrics_with_ci(
     out: dict[str, Any] = {}
     for name in CI_METRICS:
         out[name] = point[name]
-        out[f"{name}_ci"] = None if point[name] is None else list(_percentile(values[name], alpha))
+        lo, hi = (None, None) if point[name] is None else _percentile(values[name], alpha)
+        out[f"{name}_lo"], out[f"{name}_hi"] = lo, hi
     out.update(n=point["n"], positives=point["positives"], threshold=point["threshold"])
     return out
