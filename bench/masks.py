@@ -103,7 +103,7 @@ def report_costs(title: str, costs: dict[str, float]) -> None:
         decode = costs[f"decode/{n}"]
         print(
             f"  {n} prompt(s): decode {decode * 1e3:8.1f} ms, image total {shared * 1e3:8.1f} ms "
-            f"({1 / shared:7.1f} images/s); one full forward per prompt would take {naive * 1e3:8.1f} ms"
+            f"({1 / shared:7.3g} images/s); one full forward per prompt would take {naive * 1e3:8.1f} ms"
         )
     slope = (costs["decode/6"] - costs["decode/1"]) / 5
     print(f"  each extra prompt                {slope * 1e3:9.1f} ms / image")

@@ -117,11 +117,14 @@ class Paths:
     backbone: str  # the materialised backbone (save_pretrained dir + fingerprint.json)
     text: str  # MiniLM scene-description embeddings (zarr)
     features: str  # backbone view features (zarr)
+    sam: str  # the materialised SAM 3 (save_pretrained dir of model + processor, fingerprint.json)
+    masks: str  # SAM 3 pseudo-masks per image and view (zarr)
     heads: str  # trained heads, one folder per ensemble member
     predictions: str  # validation / test predictions, one folder per member
     live: str  # dvclive logs, one folder per member
     submission: str  # submission.csv
     metrics: str  # stage metrics (json, tracked by git)
+    reports: str  # the self-contained error-analysis page (index.html)
 
 
 def load_paths(params: dict[str, Any]) -> Paths:

@@ -16,6 +16,9 @@ from roadwork.data.gps import GpsConfig, read_weights
 from roadwork.data.index import read_index
 from roadwork.features.backbone import read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
+from roadwork.features.masks import open_masks
+from roadwork.features.sam import MasksConfig
+from roadwork.features.sam import read_manifest as read_sam_manifest
 from roadwork.train.checkpoint import save_head
 from roadwork.train.config import member_config
 from roadwork.train.data import prepare_tables
@@ -33,6 +36,12 @@ def main(member: str) -> None:
     expected = expected_attrs(
         section(ExtractConfig, params, "extract"), backbone=backbone, plan_meta=plan_meta
     )
+    masks = None  # SAM 3 pseudo-masks: targets of the full head's Dice term
+    if config.model == "head" and config.masks:
+        sam = read_sam_manifest(Path(paths.sam))
+        masks = open_masks(
+            Path(paths.masks), section(MasksConfig, params, "masks"), sam=sam, plan_meta=plan_meta
+        )
     tables, vocab = prepare_tables(
         read_index(Path(paths.prepared)),
         cache=FeatureCache.open_checked(Path(paths.features), expected),
@@ -41,6 +50,7 @@ def main(member: str) -> None:
         config=config,
         near_km=gps.near_km,
         first_bracket_km=gps.brackets_km[0],
+        masks=masks,
     )
     print(f"train@{member}: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
     with Live(str(Path(paths.live) / member), dvcyaml=None, save_dvc_exp=False, report=None) as live:

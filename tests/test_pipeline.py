@@ -34,6 +34,8 @@ def tiny_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synth"].update(rows={"train": 48, "test": 16}, shards={"train": 2, "test": 1}, scale=0.1)
     params["extract"].update(side=32, batch_images=16, chunk_rows=8, workers=0)
+    params["masks"].update(batch_images=16, chunk_rows=8, workers=0)
+    params["masks"]["tiny"].update(image_size=56, layers=1)
     params["train"].update(epochs=3, patience=3)
     params["ingest"].update(workers=1)
     params["submit"].update(bootstrap=100)
@@ -58,6 +60,8 @@ def project(tmp_path_factory) -> Path:
     for name in ("roadwork", "stages"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "docs").mkdir()
+    shutil.copy(ROOT / "docs/ablations.md", root / "docs/ablations.md")  # the report renders it
     shutil.copy(ROOT / ".gitignore", root / ".gitignore")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     run(root, "git", "init", "-q")
@@ -100,6 +104,8 @@ def test_repro_end_to_end(project: Path) -> None:
     assert -1 <= final["test"]["mcc"] <= 1 and final["test"]["n"] == len(submission)
     lo, hi = final["test"]["mcc_lo"], final["test"]["mcc_hi"]
     assert lo <= final["test"]["mcc"] <= hi
+    page = (project / "reports/index.html").read_text()
+    assert "<h2>" in page and "http://" not in page and "https://" not in page
     for path in (
         "models/heads/mlp/model.pt",
         "predictions/mlp/val.parquet",
@@ -123,7 +129,7 @@ def test_train_param_reruns_only_train_and_submit(project: Path) -> None:
     run(project, "git", "commit", "-qm", "baseline run")
     out = run(project, "dvc", "exp", "run", "-S", "train.seed=7")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train@mlp", "train@head", "submit"}
+    assert ran == {"train@mlp", "train@head", "submit", "report"}  # the report shows the new predictions
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json"))
     changed = diff.get("metrics/final.json", {})
     assert "test.brier" in changed and changed["test.brier"]["diff"] != 0

@@ -6,6 +6,10 @@ Layout of `features/masks.zarr` (a `RowCache`, rows keyed by image id):
     coverage     [N, V, P]        float32  fraction of each view covered, per prompt
     image_id [N], done [N]; attrs: SAM 3 and view-rule fingerprints, prompts, thresholds, grids
 
+Geometry: the processor stretches the whole image to its square input, so pixel (r, c) of an h x w
+mask covers the full-resolution box [c W/w, (c+1) W/w) x [r H/h, (r+1) H/h). Grid values are exact
+area fractions of that piecewise-constant mask over equal cells of a box (whole image or view).
+
 Work proceeds chunk by chunk of the cache, like `extract`: a chunk's rows are marked done only after
 their values are written, so a killed run resumes at the first unfinished chunk, and new images only
 append rows (incremental). Images are decoded at the reduced JPEG scale that still covers the model
@@ -29,11 +33,55 @@ from transformers import Sam3Model, Sam3Processor
 
 from roadwork.data.images import ShardReader, decode
 from roadwork.features.cache import RowCache
-from roadwork.features.sam import MasksConfig, encode_prompts, input_size, mask_grids, predict_masks
+from roadwork.features.sam import MasksConfig, encode_prompts, input_size, predict_masks
 
 # Bump when the meaning of the stored masks changes (post-processing, geometry): old caches go stale.
 MASKS_FORMAT = 1
-REDUCING_GAP = 2.0  # as in roadwork.views.crops: box-shrink by an integer factor, then bilinear
+# As in roadwork.views.crops: shrink by an integer factor with a box filter, then resample bilinearly.
+REDUCING_GAP = 2.0
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+def area_weights(start: float, end: float, length: float, pixels: int, cells: int) -> np.ndarray:
+    """float64 [cells, pixels]: the share of each of `cells` equal cells of [start, end) covered by each of
+    `pixels` equal mask pixels spanning [0, length). A cell's value is then weights @ mask."""
+    if not 0 <= start < end <= length:
+        raise ValueError(f"area_weights: span [{start}, {end}) is empty or outside [0, {length})")
+    cell_edges = start + (end - start) * np.arange(cells + 1) / cells
+    pixel_edges = length * np.arange(pixels + 1) / pixels
+    lo = np.maximum(cell_edges[:-1, None], pixel_edges[None, :-1])
+    hi = np.minimum(cell_edges[1:, None], pixel_edges[None, 1:])
+    return np.clip(hi - lo, 0.0, None) * (cells / (end - start))
+
+
+def grid_fractions(masks: torch.Tensor, boxes: np.ndarray, size: tuple[int, int], cells: int) -> torch.Tensor:
+    """float32 [V, P, cells, cells]: fraction of each cell of each box covered by each mask.
+
+    `masks` [P, h, w] covers the whole image of displayed `size` (width, height); `boxes` [V, 4] are
+    (x0, y0, x1, y1) in those full-resolution pixels.
+    """
+    width, height = size
+    h, w = masks.shape[-2:]
+    wy = np.stack([area_weights(b[1], b[3], height, h, cells) for b in boxes.tolist()])
+    wx = np.stack([area_weights(b[0], b[2], width, w, cells) for b in boxes.tolist()])
+    as_tensor = {"device": masks.device, "dtype": torch.float32}
+    rows = torch.einsum("vgy,pyx->vpgx", torch.as_tensor(wy, **as_tensor), masks.to(torch.float32))
+    return torch.einsum("vpgx,vkx->vpgk", rows, torch.as_tensor(wx, **as_tensor))
+
+
+def mask_grids(
+    masks: torch.Tensor, boxes: np.ndarray, size: tuple[int, int], image_grid: int, view_grid: int
+) -> dict[str, np.ndarray]:
+    """One image's cache values from its masks [P, h, w]: `image_mask` [P, M, M] and `view_masks`
+    [V, P, G, G] (float16 cell fractions) and `coverage` [V, P] (float32 fraction of each view)."""
+    whole = np.array([[0, 0, size[0], size[1]]])
+    image = grid_fractions(masks, whole, size, image_grid)[0]
+    views = grid_fractions(masks, np.asarray(boxes), size, view_grid)
+    return {
+        "image_mask": image.cpu().numpy().astype(np.float16),
+        "view_masks": views.cpu().numpy().astype(np.float16),
+        "coverage": views.mean(dim=(-2, -1)).cpu().numpy().astype(np.float32),  # equal cells: exact
+    }
 
 
 class MaskCache(RowCache):
@@ -42,9 +90,7 @@ class MaskCache(RowCache):
     kind = "mask cache"
 
     @classmethod
-    def create(
-        cls, path: Path, *, config: MasksConfig, views: int, attrs: dict[str, Any]
-    ) -> MaskCache:
+    def create(cls, path: Path, *, config: MasksConfig, views: int, attrs: dict[str, Any]) -> MaskCache:
         p, m, g = len(config.prompts), config.image_grid, config.view_grid
         arrays = {
             "image_mask": ((p, m, m), "float16"),
@@ -98,8 +144,8 @@ def load_image(data: bytes, size: tuple[int, int], target: tuple[int, int]) -> n
         )
     # The decoder rounds the reduced size up: the box keeps exactly the displayed image in view.
     box = (0.0, 0.0, width * scale, height * scale)
-    resized = image.resize((target[1], target[0]), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
-    return np.asarray(resized)
+    resized = image.resize((target[1], target[0]), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    return np.array(resized)  # writable: the processor turns it into a tensor
 
 
 class ImageDataset(Dataset):
@@ -176,7 +222,7 @@ def fill_masks(
     """Fill the cache for `jobs` (sorted by cache row); returns counters for the log."""
     prompts = encode_prompts(model, processor, config.prompts)  # once per run, shared by every image
     ids = dict(zip(jobs["cache_row"].to_list(), jobs["image_id"].to_list(), strict=True))
-    sizes = dict(zip(jobs["cache_row"].to_list(), zip(jobs["width"], jobs["height"], strict=True), strict=True))
+    sizes = {r: (w, h) for r, w, h in jobs.select("cache_row", "width", "height").iter_rows()}
     writer = ChunkWriter(cache, list(ids))
     loader = DataLoader(
         ImageDataset(raw_root, jobs, input_size(processor)),
@@ -187,7 +233,8 @@ def fill_masks(
     )
     started, coverage = time.perf_counter(), np.zeros(len(config.prompts))
     for batch in loader:
-        masks = predict_masks(model, processor, pixel_values(processor, [b[1] for b in batch], model), prompts, config)
+        pixels = pixel_values(processor, [image for _, image in batch], model)
+        masks = predict_masks(model, processor, pixels, prompts, config)
         for (row, _), image_masks in zip(batch, masks, strict=True):
             values = mask_grids(image_masks, boxes[ids[row]], sizes[row], config.image_grid, config.view_grid)
             coverage += values["image_mask"].astype(np.float32).mean(axis=(-2, -1))

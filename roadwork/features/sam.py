@@ -1,5 +1,5 @@
-"""SAM 3 pseudo-masks: the model (tiny or real), one image encoding shared by every text prompt, one
-binary mask per prompt, and that mask reduced to coarse grids over the whole image and over each view.
+"""SAM 3 pseudo-masks, the model side: the model (tiny or real), text prompts encoded once, one image
+encoding shared by every prompt, and one binary mask per prompt (the union of its instances).
 
 `masks.model: tiny` builds a small `Sam3Model` with random weights from a fixed seed, a CLIP BPE tokenizer
 whose merges are learnt here from a fixed word list, and a `Sam3Processor` (the embedded default; no
@@ -7,14 +7,14 @@ download possible here). Anything else is a Hugging Face id (the real one: faceb
 directory, loaded with `from_pretrained`. Either way the `sam` stage saves model and processor with
 `save_pretrained`, so `masks` reads one hermetic, DVC-tracked folder.
 
-Geometry: the processor stretches the whole image to its square input, so mask pixel (r, c) of an
-`h x w` mask covers the full-resolution box [c W/w, (c+1) W/w) x [r H/h, (r+1) H/h). Grids are exact
-area fractions of that piecewise-constant mask over equal cells of a box.
+The processor stretches the whole image to its square input, so a mask covers the whole image
+(`roadwork.features.masks` turns it into grids over the image and its views).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tokenizers import pre_tokenizers
 from transformers import (
@@ -31,8 +30,8 @@ from transformers import (
     Sam3ImageProcessor,
     Sam3Model,
     Sam3Processor,
-    Sam3ViTConfig,
     Sam3VisionConfig,
+    Sam3ViTConfig,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
@@ -45,9 +44,10 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Words the tiny tokenizer learns whole: those of the default prompts and nearby roadwork vocabulary.
 # Any other text still tokenises (into smaller pieces down to single bytes).
 TINY_WORDS = (
-    "traffic cone construction barrier road work sign worker vehicle equipment barrel fence excavator "
-    "truck person car lane closed ahead detour orange pole crane roller drum arrow board tape vest helmet"
-).split()
+    *("traffic", "cone", "construction", "barrier", "road", "work", "sign", "worker", "vehicle"),
+    *("equipment", "barrel", "fence", "excavator", "truck", "person", "car", "lane", "closed", "ahead"),
+    *("detour", "orange", "pole", "crane", "roller", "drum", "arrow", "board", "tape", "vest", "helmet"),
+)
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def learn_bpe(words: Sequence[str]) -> list[tuple[str, str]]:
     symbols = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
     merges: list[tuple[str, str]] = []
     while True:
-        counts = Counter(pair for s in symbols.values() for pair in zip(s, s[1:], strict=False))
+        counts = Counter(pair for s in symbols.values() for pair in itertools.pairwise(s))
         if not counts:
             return merges
         pair = min(counts, key=lambda p: (-counts[p], p))
@@ -162,7 +162,8 @@ def tiny_model_config(config: TinySamConfig, tokenizer: CLIPTokenizer) -> Sam3Co
     h, layers, heads = config.hidden_size, config.layers, config.heads
     grid = config.image_size // config.patch_size
     std = config.init_range
-    block = {"hidden_size": h, "num_attention_heads": heads, "intermediate_size": 2 * h, "initializer_range": std}
+    block = {"hidden_size": h, "num_attention_heads": heads, "intermediate_size": 2 * h}
+    block["initializer_range"] = std
     vit = Sam3ViTConfig(
         **block,
         num_hidden_layers=layers,
@@ -230,13 +231,27 @@ def input_size(processor: Sam3Processor) -> tuple[int, int]:
     return int(size.height), int(size.width)
 
 
-def _files_fingerprint(directory: Path) -> str:
-    """sha256 of the saved configs (architecture, tokenizer, preprocessing): same weights, other maths."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).glob("*.json")):
-        if path.name != MANIFEST:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+# Config keys that record how a model was saved or loaded, not what it computes.
+_VOLATILE_KEYS = frozenset({"dtype", "_name_or_path", "architectures", "transformers_version"})
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items() if k not in _VOLATILE_KEYS}
+    return value
+
+
+def fingerprint(model: Sam3Model, processor: Sam3Processor, weights: str | None = None) -> str:
+    """sha256 of what the masks depend on: the weights (`weights_fingerprint`, computed unless given),
+    the architecture (same weights under another config compute other masks), the tokenizer and the
+    image preprocessing. Stable across save/load."""
+    parts = {
+        "weights": weights or weights_fingerprint(model),
+        "config": _canonical(model.config.to_dict()),
+        "tokenizer": json.loads(processor.tokenizer.backend_tokenizer.to_str()),
+        "image_processor": _canonical(processor.image_processor.to_dict()),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def materialise(config: MasksConfig, out_dir: Path) -> dict[str, Any]:
@@ -246,11 +261,11 @@ def materialise(config: MasksConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    weights = weights_fingerprint(model)
+    weights = weights_fingerprint(model)  # hashing 3.4 GB of real weights takes a while: once
     manifest = {
         "source": config.model,
+        "fingerprint": fingerprint(model, processor, weights),
         "weights_fingerprint": weights,
-        "fingerprint": hashlib.sha256(f"{weights}:{_files_fingerprint(out_dir)}".encode()).hexdigest(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "input_size": list(input_size(processor)),
         "patch_size": model.config.vision_config.backbone_config.patch_size,
@@ -268,7 +283,9 @@ def read_manifest(sam_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_sam(sam_dir: Path, dtype: str = "float32", device: str | torch.device = "cpu"):
+def load_sam(
+    sam_dir: Path, dtype: str = "float32", device: str | torch.device = "cpu"
+) -> tuple[Sam3Model, Sam3Processor]:
     """Load the saved model and processor (never from the hub: the `sam` stage materialised them)."""
     if dtype not in DTYPES:
         raise ValueError(f"masks.dtype={dtype!r}: expected one of {sorted(DTYPES)}")
@@ -288,10 +305,11 @@ class Prompts:
 @torch.inference_mode()
 def encode_prompts(model: Sam3Model, processor: Sam3Processor, prompts: Sequence[str]) -> Prompts:
     """Tokenise (the processor's CLIP tokenizer, padded to 32) and encode the prompts once."""
-    tokens = processor(text=list(prompts), return_tensors="pt")
     limit = model.config.text_config.max_position_embeddings
-    if tokens["input_ids"].shape[1] > limit:
-        raise ValueError(f"masks.prompts: a prompt is longer than the model's {limit} text tokens")
+    for prompt, ids in zip(prompts, processor.tokenizer(list(prompts))["input_ids"], strict=True):
+        if len(ids) > limit:
+            raise ValueError(f"masks.prompts: {prompt!r} is {len(ids)} tokens, the model takes {limit}")
+    tokens = processor(text=list(prompts), return_tensors="pt")
     device = next(model.parameters()).device
     ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
     features = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
@@ -299,14 +317,15 @@ def encode_prompts(model: Sam3Model, processor: Sam3Processor, prompts: Sequence
 
 
 @torch.inference_mode()
-def prompt_outputs(model: Sam3Model, pixel_values: torch.Tensor, prompts: Prompts) -> Sam3ImageSegmentationOutput:
-    """Raw outputs for every (image, prompt) pair, image-major (row b * P + p).
+def decode_prompts(
+    model: Sam3Model, vision: Sam3VisionEncoderOutput, prompts: Prompts
+) -> Sam3ImageSegmentationOutput:
+    """Raw outputs for every (image, prompt) pair of already encoded images, image-major (b * P + p).
 
-    The image encoder (the dominant cost: ViT + FPN) runs once per image; only the DETR encoder and
-    decoder and the mask decoder run once per prompt, on the shared encoding.
+    Only the DETR encoder and decoder and the mask decoder run once per prompt, on the shared encoding.
     """
-    vision = model.get_vision_features(pixel_values=pixel_values)
-    n_images, n_prompts = pixel_values.shape[0], prompts.features.shape[0]
+    n_images = vision.fpn_hidden_states[0].shape[0]
+    n_prompts = prompts.features.shape[0]
 
     def per_prompt(levels: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(x.expand(n_images, *x.shape[1:]).repeat_interleave(n_prompts, dim=0) for x in levels)
@@ -319,8 +338,20 @@ def prompt_outputs(model: Sam3Model, pixel_values: torch.Tensor, prompts: Prompt
     return model(vision_embeds=shared, text_embeds=text, attention_mask=prompts.mask.repeat(n_images, 1))
 
 
+@torch.inference_mode()
+def prompt_outputs(
+    model: Sam3Model, pixel_values: torch.Tensor, prompts: Prompts
+) -> Sam3ImageSegmentationOutput:
+    """Raw outputs for every (image, prompt) pair: the image encoder (ViT + FPN, the dominant cost)
+    runs once per image, and its encoding is shared by all prompts."""
+    return decode_prompts(model, model.get_vision_features(pixel_values=pixel_values), prompts)
+
+
 def union_masks(
-    processor: Sam3Processor, outputs: Sam3ImageSegmentationOutput, score_threshold: float, mask_threshold: float
+    processor: Sam3Processor,
+    outputs: Sam3ImageSegmentationOutput,
+    score_threshold: float,
+    mask_threshold: float,
 ) -> torch.Tensor:
     """bool [N, h, w]: per output row, the union of its instances, at the model's mask resolution.
 
@@ -335,51 +366,13 @@ def union_masks(
 
 
 def predict_masks(
-    model: Sam3Model, processor: Sam3Processor, pixel_values: torch.Tensor, prompts: Prompts, config: MasksConfig
+    model: Sam3Model,
+    processor: Sam3Processor,
+    pixel_values: torch.Tensor,
+    prompts: Prompts,
+    config: MasksConfig,
 ) -> torch.Tensor:
     """bool [B, P, h, w]: one binary mask per image and prompt."""
     outputs = prompt_outputs(model, pixel_values, prompts)
     union = union_masks(processor, outputs, config.score_threshold, config.mask_threshold)
     return union.view(pixel_values.shape[0], prompts.features.shape[0], *union.shape[-2:])
-
-
-def area_weights(start: float, end: float, length: float, pixels: int, cells: int) -> np.ndarray:
-    """float64 [cells, pixels]: the share of each of `cells` equal cells of [start, end) covered by each of
-    `pixels` equal mask pixels spanning [0, length). A cell's value is then weights @ mask."""
-    if not 0 <= start < end <= length:
-        raise ValueError(f"area_weights: span [{start}, {end}) is empty or outside [0, {length})")
-    cell_edges = start + (end - start) * np.arange(cells + 1) / cells
-    pixel_edges = length * np.arange(pixels + 1) / pixels
-    lo = np.maximum(cell_edges[:-1, None], pixel_edges[None, :-1])
-    hi = np.minimum(cell_edges[1:, None], pixel_edges[None, 1:])
-    return np.clip(hi - lo, 0.0, None) * (cells / (end - start))
-
-
-def grid_fractions(masks: torch.Tensor, boxes: np.ndarray, size: tuple[int, int], cells: int) -> torch.Tensor:
-    """float32 [V, P, cells, cells]: fraction of each cell of each box covered by each mask.
-
-    `masks` [P, h, w] covers the whole image of displayed `size` (width, height); `boxes` [V, 4] are
-    (x0, y0, x1, y1) in those full-resolution pixels.
-    """
-    width, height = size
-    h, w = masks.shape[-2:]
-    wy = np.stack([area_weights(b[1], b[3], height, h, cells) for b in boxes.tolist()])
-    wx = np.stack([area_weights(b[0], b[2], width, w, cells) for b in boxes.tolist()])
-    as_tensor = {"device": masks.device, "dtype": torch.float32}
-    rows = torch.einsum("vgy,pyx->vpgx", torch.as_tensor(wy, **as_tensor), masks.to(torch.float32))
-    return torch.einsum("vpgx,vkx->vpgk", rows, torch.as_tensor(wx, **as_tensor))
-
-
-def mask_grids(
-    masks: torch.Tensor, boxes: np.ndarray, size: tuple[int, int], image_grid: int, view_grid: int
-) -> dict[str, np.ndarray]:
-    """One image's cache values from its masks [P, h, w]: `image_mask` [P, M, M] and `view_masks`
-    [V, P, G, G] (float16 cell fractions) and `coverage` [V, P] (float32 fraction of each view)."""
-    whole = np.array([[0, 0, size[0], size[1]]])
-    image = grid_fractions(masks, whole, size, image_grid)[0]
-    views = grid_fractions(masks, np.asarray(boxes), size, view_grid)
-    return {
-        "image_mask": image.cpu().numpy().astype(np.float16),
-        "view_masks": views.cpu().numpy().astype(np.float16),
-        "coverage": views.mean(dim=(-2, -1)).cpu().numpy().astype(np.float32),  # equal cells: exact
-    }

@@ -52,6 +52,7 @@ class TrainConfig:
     rope: bool  # rotary position embedding over the view index
     gafm: bool  # gated attention fusion of views (off: mean pooling)
     text: bool  # the scene-description slot of the metadata encoder
+    masks: bool  # SAM 3 pseudo-masks as targets of the per-view mask decoder (the Dice term)
     # --- the loss of the full head; terms with weight 0 are dropped and the rest renormalise
     loss_weights: dict[str, float]  # focal, consistency, weather, dice
     focal_gamma: float
@@ -71,14 +72,27 @@ class TrainConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
 
-    def model_spec(self, *, view_dim: int, n_views: int, vocab_sizes: dict[str, int]) -> dict[str, Any]:
-        """The spec `roadwork.models.build_model` takes (saved in the checkpoint)."""
+    def model_spec(
+        self,
+        *,
+        view_dim: int,
+        n_views: int,
+        vocab_sizes: dict[str, int],
+        mask_shape: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """The spec `roadwork.models.build_model` takes (saved in the checkpoint).
+
+        `mask_shape` (prompts, grid) of the training masks adds the head's per-view mask decoder.
+        """
         common = {"view_dim": view_dim, "n_views": n_views, "vocab_sizes": vocab_sizes}
         common |= {"dropout": self.dropout, "metadata": self.metadata}
         if self.model == "mlp":
             return {"model": "mlp", "hidden": self.hidden, **common}
         head_keys = ("width", "layers", "heads", "pruning", "keep_ratio", "pyramid", "gating", "rope", "gafm")
-        return {"model": "head", "text": self.text, **common, **{k: getattr(self, k) for k in head_keys}}
+        spec = {"model": "head", "text": self.text, **common, **{k: getattr(self, k) for k in head_keys}}
+        if mask_shape is not None:
+            spec |= {"n_prompts": mask_shape[0], "mask_grid": mask_shape[1]}
+        return spec
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from roadwork.features.cache import FeatureCache
+from roadwork.features.masks import MaskCache
 from roadwork.features.text import read_text
 from roadwork.train.config import TOKEN_SETS, TrainConfig
 
@@ -63,6 +64,7 @@ class Table:
     weight: np.ndarray | None = None  # [n] GPS sampling weight (train rows)
     near: np.ndarray | None = None  # [n] bool: within near_km of a test cluster
     first_bracket: np.ndarray | None = None  # [n] bool: in the first GPS bracket (strongest weight)
+    masks: np.ndarray | None = None  # [n, V, P, G, G] float16: SAM 3 pseudo-masks per view and prompt
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -80,6 +82,9 @@ class Table:
             "label": torch.from_numpy(self.label[idx]),
         }
         out.update({k: torch.from_numpy(v[idx]) for k, v in self.meta.items()})
+        if self.masks is not None:
+            out["masks"] = torch.from_numpy(self.masks[idx].astype(np.float32))
+            out["mask_valid"] = torch.ones(len(idx), dtype=torch.bool)
         return out
 
 
@@ -123,6 +128,7 @@ def load_table(
     gps: pl.DataFrame | None = None,
     near_km: float = 100.0,
     first_bracket_km: float = 50.0,
+    masks: MaskCache | None = None,
 ) -> Table:
     """Assemble a Table for `rows` (index rows) from the caches."""
     ids = rows["image_id"].to_list()
@@ -132,6 +138,9 @@ def load_table(
         copies = np.ones_like(copies)
     label = rows["label"].fill_null(-1).to_numpy().astype(np.int64)
     table = Table(ids, features, copies, label, metadata_arrays(rows, vocab, text), rows["group"].to_list())
+    if masks is not None:
+        view_masks = masks.read(ids)["view_masks"]
+        table.masks = view_masks if views is None else view_masks[:, views]
     if gps is not None:
         joined = rows.select("image_id").join(gps, on="image_id", how="left", maintain_order="left")
         table.weight = joined["weight"].fill_null(1.0).to_numpy().astype(np.float64)
@@ -150,6 +159,7 @@ def prepare_tables(
     config: TrainConfig,
     near_km: float,
     first_bracket_km: float,
+    masks: MaskCache | None = None,
 ) -> tuple[dict[str, Table], Vocab]:
     """train / val (from the labelled train split, grouped) and test Tables, and the training vocabulary."""
     labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
@@ -168,6 +178,7 @@ def prepare_tables(
             gps=gps if name == "train" else None,
             near_km=near_km,
             first_bracket_km=first_bracket_km,
+            masks=masks if name == "train" else None,  # a training target only
         )
         for name, rows in parts.items()
     }

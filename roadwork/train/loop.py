@@ -128,12 +128,17 @@ def train_with_model(
     config: TrainConfig,
     loss_fn: LossFn = classification_loss,
     log: Callable[[dict[str, float]], None] | None = None,
+    fit_input_norm: bool = True,
 ) -> TrainResult:
-    """Train `model` on `train`, early-stop on `val` MCC; returns the best state and the history."""
+    """Train `model` on `train`, early-stop on `val` MCC; returns the best state and the history.
+
+    `fit_input_norm=False` keeps the model's input statistics: fine-tuning a trained head (DoRA) must not
+    refit them on the adaptation rows, or every frozen layer would see differently scaled inputs.
+    """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    if hasattr(model, "input_norm"):  # standardise inputs with training statistics (clean copy)
+    if fit_input_norm and hasattr(model, "input_norm"):  # standardise inputs with training statistics
         model.input_norm.fit(torch.from_numpy(train.features[:, 0]))
     model.to(device)
     step_model = torch.compile(model) if config.compile else model

@@ -23,8 +23,12 @@ def fit_member(
 ) -> tuple[nn.Module, dict[str, Any], TrainResult]:
     """Build the member's model (seeded: initial weights are part of the recipe) and train it."""
     train = tables["train"]
+    mask_shape = None if train.masks is None else (train.masks.shape[2], train.masks.shape[3])
     spec = config.model_spec(
-        view_dim=train.features.shape[-1], n_views=train.features.shape[2], vocab_sizes=vocab.sizes()
+        view_dim=train.features.shape[-1],
+        n_views=train.features.shape[2],
+        vocab_sizes=vocab.sizes(),
+        mask_shape=mask_shape,
     )
     torch.manual_seed(config.seed)
     model = build_model(spec)
