@@ -64,9 +64,17 @@ def main(member: str) -> None:
         model, spec, result = fit_member(config=config, tables=tables, vocab=vocab, log=log)
         live.log_params({"member": member, "model": config.model, "rows_train": len(tables["train"])})
         summary = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-        summary |= write_predictions(
+        scores, labelled = write_predictions(
             model=model, tables=tables, config=config, out_dir=Path(paths.predictions) / member
         )
+        summary |= scores
+        for part, frame in labelled.items():  # `dvc plots diff` compares these across experiments
+            y, prob = frame["label"].to_numpy(), frame["prob"].to_numpy()
+            live.log_sklearn_plot("roc", y, prob, name=f"roc/{part}.json")
+            live.log_sklearn_plot("precision_recall", y, prob, name=f"precision_recall/{part}.json")
+            live.log_sklearn_plot(
+                "confusion_matrix", y, (prob > 0.5).astype(int), name=f"confusion/{part}.json"
+            )
         live.summary.update(summary)
     save_head(Path(paths.heads) / member, model=model, spec=spec, vocab=vocab, config=config, summary=summary)
     test = f", test MCC {summary['test']['mcc']:.3f}" if "test" in summary else ""

@@ -56,10 +56,11 @@ def predictions_frame(table: Table, split: str, logit: np.ndarray) -> pl.DataFra
 
 def write_predictions(
     *, model: nn.Module, tables: dict[str, Table], config: TrainConfig, out_dir: Path
-) -> dict[str, dict[str, float]]:
-    """`<out_dir>/val.parquet` and `test.parquet`; returns their headline metrics where labelled."""
+) -> tuple[dict[str, dict[str, float]], dict[str, pl.DataFrame]]:
+    """`<out_dir>/val.parquet` and `test.parquet`; their headline metrics where labelled, and the
+    labelled rows of each (for plots)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {}
+    summary, labelled_parts = {}, {}
     for part in ("val", "test"):
         frame = predictions_frame(
             tables[part], part, predict_with_model(model=model, table=tables[part], config=config)
@@ -69,4 +70,5 @@ def write_predictions(
         if len(labelled):
             scores = binary_metrics(labelled["label"].to_numpy(), labelled["prob"].to_numpy())
             summary[part] = {k: scores[k] for k in ("mcc", "accuracy", "roc_auc", "f1")}
-    return summary
+            labelled_parts[part] = labelled
+    return summary, labelled_parts
