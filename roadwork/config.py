@@ -81,6 +81,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return {k: _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-6` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if hint in (int, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
     if hint is int and isinstance(value, bool):
@@ -121,6 +126,10 @@ class Paths:
     masks: str  # SAM 3 pseudo-masks per image and view (zarr)
     heads: str  # trained heads, one folder per ensemble member
     predictions: str  # validation / test predictions, one folder per member
+    dora: str  # DoRA fold adapters: <member>/fold<k>/ + folds.parquet
+    dora_predictions: str  # <member>/oof.parquet (adaptation split, out of fold), val|test.parquet
+    tta: str  # TTA backbone features, one row cache per augmentation (aug-<hash>/)
+    tta_predictions: str  # plain|dora/<member>/<part>.parquet (+ <part>_weights.parquet)
     live: str  # dvclive logs, one folder per member
     submission: str  # submission.csv
     metrics: str  # stage metrics (json, tracked by git)

@@ -35,6 +35,7 @@ from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, view_boxes
 
 CHOICE_FILE = "ensemble.json"  # written by `submit`: the members it averaged, and the threshold
+SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `predict` reproduces
 
 
 @dataclass
@@ -57,6 +58,11 @@ class Predictor:
         if not choice_path.is_file():
             raise FileNotFoundError(f"{choice_path}: no ensemble chosen yet; run `dvc repro` first")
         choice = json.loads(choice_path.read_text())
+        if choice.get("use", "ensemble") not in SERVED:
+            raise NotImplementedError(
+                f"{choice_path}: submit.use={choice['use']!r}; `roadwork predict` serves {sorted(SERVED)} "
+                "(the DoRA fold models and TTA are applied by the pipeline's stages only)"
+            )
         self.threshold = float(choice["threshold"])
         self.device = resolve_device(device)
         self.extract = section(ExtractConfig, params, "extract")

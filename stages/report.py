@@ -60,9 +60,7 @@ def gallery(
             f"View gates: GAFM pooling weights of member {member}, in % on the views it kept "
             "(pruned views have none)."
         )
-    masks, masks_note = masks_if_present(
-        getattr(paths, "masks", None), worst_ids, plan_meta["rule_fingerprint"]
-    )
+    masks, masks_note = masks_if_present(paths.masks, worst_ids, plan_meta["rule_fingerprint"])
     items = build_gallery(
         {"false positive": fp, "false negative": fn},
         reader=ShardReader(Path(paths.raw)),

@@ -31,6 +31,13 @@ def test_unknown_key_is_an_error_naming_it():
         from_dict(Outer, {"name": "x", "inner": {"a": 1, "c": 2}, "ratio": 1.0}, "outer")
 
 
+def test_exponent_without_dot_is_a_float():
+    # YAML 1.1 (PyYAML) reads 1e-6 as the string "1e-6"; a float field accepts it, a word it refuses.
+    assert from_dict(Outer, {"name": "x", "inner": {"a": 1}, "ratio": "1e-6"}).ratio == 1e-6
+    with pytest.raises(ConfigError, match=r"ratio: expected a number, got 'fast'"):
+        from_dict(Outer, {"name": "x", "inner": {"a": 1}, "ratio": "fast"})
+
+
 def test_missing_and_wrong_type():
     with pytest.raises(ConfigError, match=r"ratio: missing required key"):
         from_dict(Outer, {"name": "x", "inner": {"a": 1}})

@@ -86,10 +86,9 @@ class MultiHeadAttention(nn.Module):
         if context is None:
             q, k, v = self.qkv_proj(x).split(width, dim=-1)
         else:
-            w = self.qkv_proj.weight
-            bias = self.qkv_proj.bias
-            q = F.linear(x, w[:width], bias[:width])
-            k, v = F.linear(context, w[width:], bias[width:]).split(width, dim=-1)
+            # Through the module (not its weight slices), so adapters wrapping qkv_proj (DoRA) apply too.
+            q = self.qkv_proj(x)[..., :width]
+            k, v = self.qkv_proj(context)[..., width:].split(width, dim=-1)
         q, k, v = self._split(q), self._split(k), self._split(v)
         if self.rope:
             if context is not None:

@@ -97,14 +97,12 @@ def gates_by_image(source: GateSource, rows: pl.DataFrame, n_views: int) -> dict
 
 
 def masks_if_present(
-    path: str | None, image_ids: list[str], rule_fingerprint: str
+    path: str, image_ids: list[str], rule_fingerprint: str
 ) -> tuple[tuple[dict, list[str]] | None, str]:
     """The masks of `image_ids` when a mask cache exists at `path`, else None; and a note for the page.
 
     `rule_fingerprint` is the view plan's: masks cut with another view rule would sit in the wrong boxes.
     """
-    if path is None:
-        return None, "No mask cache is configured (paths.masks): no SAM 3 masks shown."
     if not Path(path).exists():
         return None, f"{path} does not exist (the masks stage has not run): no SAM 3 masks shown."
     masks, prompts = read_view_masks(Path(path), image_ids, rule_fingerprint)

@@ -1,0 +1,178 @@
+"""TTA backbone passes into a cache keyed by (image, augmentation).
+
+Layout of `features/tta.zarr`: one row cache (`roadwork.features.cache.RowCache`) per augmentation,
+`aug-<digest of the spec>/`, holding `tokens` [N, V, 3, D] float16 (CLS, patch mean, patch max per view,
+as in the feature cache), `image_id` and `done`. Its attrs are the feature cache's fingerprints (backbone,
+view rule, side, mean, std) plus the spec itself, so:
+- adding an augmentation computes only the new one (a new sub-cache), removing one computes nothing;
+- changing the backbone, view rule or preprocessing rebuilds exactly the affected sub-caches;
+- FOODS settings (distance, keep share, temperature) are not in any attrs: changing them computes nothing.
+Each image is decoded once for all its missing augmentations; rows are marked done per block of
+`chunk_rows` images after their features are written, so a killed run resumes at the first unfinished
+block, and new images are appended (incremental), as in `extract`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import zarr
+from torch.utils.data import DataLoader, Dataset
+
+from roadwork.data.images import ShardReader
+from roadwork.features.cache import ExtractConfig, RowCache, expected_attrs
+from roadwork.tta.augment import AugSpec, ImageViews
+from roadwork.views.plan import ViewsConfig, n_views
+
+TOKENS = "tokens"
+CACHE_FORMAT = 1  # bump when the meaning of the stored TTA features changes
+Embed = Callable[[np.ndarray], np.ndarray]  # uint8 [n, side, side, 3] -> float [n, 3, D]
+
+
+class TtaCache(RowCache):
+    """One augmentation's cached backbone features."""
+
+    kind = "TTA cache"
+
+
+def tta_attrs(config: ExtractConfig, *, backbone: dict[str, Any], plan_meta: dict[str, Any]) -> dict:
+    """What every augmentation's features depend on besides the spec: the feature cache's fingerprints
+    without the training-augmentation seed (test-time augmentations are deterministic)."""
+    attrs = expected_attrs(config, backbone=backbone, plan_meta=plan_meta)
+    del attrs["aug_seed"]
+    return attrs | {"tta_format": CACHE_FORMAT}
+
+
+def spec_path(root: Path, spec: AugSpec) -> Path:
+    return Path(root) / f"aug-{spec.digest()}"
+
+
+def spec_attrs(attrs: dict[str, Any], spec: AugSpec) -> dict[str, Any]:
+    return attrs | {"augmentation": spec.changes(), "augmentation_key": spec.key()}
+
+
+def open_for_writing(
+    root: Path, specs: tuple[AugSpec, ...], *, attrs: dict, views: int, dim: int, chunk_rows: int
+) -> dict[AugSpec, TtaCache]:
+    """The sub-cache of every spec, created when new or stale; the root group lists them by name."""
+    group = zarr.open_group(Path(root), mode="a")
+    group.attrs.update({f"aug-{s.digest()}": s.key() for s in specs})
+    arrays = {TOKENS: ((views, 3, dim), "float16")}
+    return {
+        s: TtaCache.create_or_open(
+            spec_path(root, s), arrays=arrays, chunk_rows=chunk_rows, attrs=spec_attrs(attrs, s)
+        )
+        for s in specs
+    }
+
+
+def open_checked(root: Path, specs: tuple[AugSpec, ...], attrs: dict) -> dict[AugSpec, TtaCache]:
+    """Readers: every spec's sub-cache, refused when stale."""
+    return {s: TtaCache.open_checked(spec_path(root, s), spec_attrs(attrs, s)) for s in specs}
+
+
+class _ImageJobs(Dataset):
+    """Item i: (i, [(spec index, uint8 [V, side, side, 3])]) for the specs image i still lacks."""
+
+    def __init__(self, raw_root: Path, jobs: list[dict], specs: list[AugSpec], views: ViewsConfig, side: int):
+        self.reader = ShardReader(raw_root)
+        self.jobs, self.specs, self.views, self.side = jobs, specs, views, side
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> tuple[int, list[tuple[int, np.ndarray]]]:
+        job = self.jobs[i]
+        image = ImageViews(
+            self.reader.read(job["shard"], job["row"]), (job["width"], job["height"]), self.views, self.side
+        )
+        return i, [(k, image(self.specs[k])) for k in job["todo"]]
+
+
+def _as_is(item: Any) -> Any:
+    return item  # keep numpy views (the default would convert them to tensors)
+
+
+def plan_tta_jobs(jobs: pl.DataFrame, caches: dict[AugSpec, TtaCache]) -> tuple[list[dict], dict]:
+    """Per image (index rows: image_id, shard, row, width, height) the specs not cached yet, and the cache
+    row of every (spec, image); images with nothing to do are dropped."""
+    specs = list(caches)
+    ids = jobs["image_id"].to_list()
+    rows = {s: caches[s].ensure_rows(ids) for s in specs}
+    missing = np.stack([~caches[s].done_mask(rows[s]) for s in specs], axis=1)  # [n, N]
+    out = []
+    for i, job in enumerate(jobs.select("image_id", "shard", "row", "width", "height").iter_rows(named=True)):
+        if missing[i].any():
+            out.append(job | {"index": i, "todo": np.flatnonzero(missing[i]).tolist()})
+    return out, rows
+
+
+def extract_tta(
+    *,
+    caches: dict[AugSpec, TtaCache],
+    jobs: pl.DataFrame,
+    raw_root: Path,
+    views: ViewsConfig,
+    side: int,
+    embed: Embed,
+    batch_views: int,
+    chunk_rows: int,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Fill every spec's cache for the images of `jobs`; only (image, spec) pairs not done are computed."""
+    specs = list(caches)
+    todo, rows = plan_tta_jobs(jobs, caches)
+    started, counts = time.perf_counter(), {s.key(): 0 for s in specs}
+    loader = DataLoader(
+        _ImageJobs(raw_root, todo, specs, views, side),
+        batch_size=None,  # one image per item: its views for every missing spec
+        collate_fn=_as_is,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
+    queue: list[tuple[int, int, np.ndarray]] = []  # (spec index, cache row, views) awaiting the backbone
+    block: dict[int, dict[int, np.ndarray]] = {k: {} for k in range(len(specs))}  # spec -> row -> features
+
+    def run_queue() -> None:
+        if queue:
+            pooled = embed(np.concatenate([v for _, _, v in queue]))
+            n = len(queue[0][2])
+            for j, (k, row, _) in enumerate(queue):
+                block[k][row] = pooled[j * n : (j + 1) * n]
+            queue.clear()
+
+    def flush() -> None:
+        run_queue()
+        for k, features in block.items():
+            if features:
+                order = np.array(sorted(features), dtype=np.int64)
+                caches[specs[k]].write(
+                    order, {TOKENS: np.stack([features[r] for r in order]).astype(np.float16)}
+                )
+                counts[specs[k].key()] += len(order)
+                features.clear()
+
+    for done, (i, items) in enumerate(loader, start=1):
+        for k, v in items:
+            queue.append((k, int(rows[specs[k]][todo[i]["index"]]), v))
+            if sum(len(q[2]) for q in queue) >= batch_views:
+                run_queue()
+        if done % chunk_rows == 0:
+            flush()
+    flush()
+    return {
+        "images": len(todo),
+        "views": sum(counts.values()) * n_views(views),
+        "computed": counts,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def read_tokens(cache: TtaCache, image_ids: list[str]) -> np.ndarray:
+    """float16 [n, V, 3, D] of one augmentation for `image_ids` (in that order)."""
+    return cache.read_array(TOKENS, image_ids)

@@ -1,0 +1,128 @@
+"""FOODS end to end: the TTA cache filled for the wanted images, members scored augmentation by
+augmentation, prediction frames, weights and before / after metrics written (see `stages/tta.py`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from roadwork.combine import compare
+from roadwork.config import Paths
+from roadwork.device import resolve_device
+from roadwork.ensemble import read_predictions
+from roadwork.features.backbone import load_backbone, read_manifest
+from roadwork.features.cache import ExtractConfig
+from roadwork.features.extract import embed_views
+from roadwork.train.adapt import MemberData, rows_for
+from roadwork.train.dora import load_fold_models
+from roadwork.tta import TtaConfig
+from roadwork.tta.augment import AugSpec
+from roadwork.tta.extract import TtaCache, extract_tta, open_for_writing, read_tokens, tta_attrs
+from roadwork.tta.heads import MemberTTA, Variant, fold_assignment, training_rows
+from roadwork.views.plan import ViewsConfig, n_views, rule_fingerprint
+
+
+def ensure_features(
+    *,
+    paths: Paths,
+    tta: TtaConfig,
+    extract: ExtractConfig,
+    views: ViewsConfig,
+    dtype: str,
+    plan_meta: dict[str, Any],
+    jobs: pl.DataFrame,
+) -> tuple[dict[AugSpec, TtaCache], dict[str, Any]]:
+    """Fill the TTA cache for the images of `jobs`; the backbone is loaded only if something is missing."""
+    if rule_fingerprint(views) != plan_meta["rule_fingerprint"]:
+        raise ValueError(f"params.yaml views: {views} is not the rule of {paths.views}; re-run `views`")
+    manifest = read_manifest(Path(paths.backbone))
+    caches = open_for_writing(
+        Path(paths.tta),
+        tta.augmentations,
+        attrs=tta_attrs(extract, backbone=manifest, plan_meta=plan_meta),
+        views=n_views(views),
+        dim=manifest["hidden_size"],
+        chunk_rows=tta.chunk_rows,
+    )
+    model = None
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        nonlocal model
+        if model is None:
+            model = load_backbone(Path(paths.backbone), dtype, resolve_device(tta.device))
+        return embed_views(model, batch, extract)
+
+    counts = extract_tta(
+        caches=caches,
+        jobs=jobs,
+        raw_root=Path(paths.raw),
+        views=views,
+        side=extract.side,
+        embed=embed,
+        batch_views=tta.batch_views,
+        chunk_rows=tta.chunk_rows,
+        workers=tta.workers,
+    )
+    return caches, counts
+
+
+def member_tta(
+    member: MemberData, part: str, *, paths: Paths, tta: TtaConfig, index: pl.DataFrame
+) -> MemberTTA:
+    """A member's FOODS accumulator for one part: its head, plus its DoRA fold models when adapted."""
+    ids = read_predictions(Path(paths.predictions), member.name, part)["image_id"].to_list()
+    rows = member.table(rows_for(index, ids, f"{paths.predictions}/{member.name}/{part}.parquet"))
+    variants = [Variant("plain", [member.model], np.zeros(len(ids), np.int64))]
+    oof = Path(paths.dora_predictions) / member.name / "oof.parquet"
+    if oof.is_file():
+        device = next(member.model.parameters()).device
+        folds = load_fold_models(Path(paths.heads) / member.name, Path(paths.dora) / member.name, device)
+        variants.append(Variant("dora", folds, fold_assignment(ids, pl.read_parquet(oof))))
+    train = member.table(training_rows(index, member.config))
+    return MemberTTA(member.name, config=member.config, rows=rows, train=train, variants=variants, tta=tta)
+
+
+def score(members: list[MemberTTA], caches: dict[AugSpec, TtaCache], specs: tuple[AugSpec, ...]) -> None:
+    """Feed every augmentation's cached tokens to every member, reading each augmentation once."""
+    ids = list(dict.fromkeys(i for m in members for i in m.rows.image_id))
+    position = {image_id: k for k, image_id in enumerate(ids)}
+    for spec in specs:
+        tokens = read_tokens(caches[spec], ids)
+        for m in members:
+            m.add(tokens[[position[i] for i in m.rows.image_id]])
+
+
+def write_member(
+    m: MemberTTA, part: str, *, paths: Paths, tta: TtaConfig, threshold: float, n_boot: int
+) -> dict[str, Any]:
+    """Write a member's TTA frames and weights; returns before / after metrics per variant."""
+    out: dict[str, Any] = {}
+    keys = [s.key() for s in tta.augmentations]
+    plain = read_predictions(Path(paths.predictions), m.name, part)
+    for variant, (frame, weights) in m.frames(part).items():
+        folder = Path(paths.tta_predictions) / variant / m.name
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(folder / f"{part}.parquet")
+        per_aug = dict(zip(keys, weights.T, strict=True))
+        pl.DataFrame({"image_id": frame["image_id"], **per_aug}).write_parquet(
+            folder / f"{part}_weights.parquet"
+        )
+        if variant == "plain":
+            before = plain
+        else:
+            before = pl.read_parquet(Path(paths.dora_predictions) / m.name / f"{part}.parquet")
+        out[variant] = compare(before, frame, threshold, n_boot)
+        out[variant]["augmentations"] = {
+            f"aug{k:02d}": {"mean_weight": float(w.mean()), "kept_share": float((w > 0).mean())}
+            for k, w in enumerate(weights.T)
+        }
+    if AugSpec() in tta.augmentations:  # the identity must reproduce the plain prediction (a cache check)
+        identity = m.variants[0].logits[tta.augmentations.index(AugSpec())]
+        stored = pl.DataFrame({"image_id": m.rows.image_id}).join(
+            plain.select("image_id", "logit"), on="image_id", how="left", maintain_order="left"
+        )
+        out["identity_max_abs_delta_logit"] = float(np.abs(identity - stored["logit"].to_numpy()).max())
+    return out
