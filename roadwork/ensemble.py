@@ -10,6 +10,7 @@ import polars as pl
 from roadwork.report.metrics import mcc
 
 PREDICTION_COLUMNS = ("image_id", "split", "label", "group", "logit", "prob")
+CHOICE_FILE = "ensemble.json"  # written by `submit` (members served, variant, threshold), read by `predict`
 
 
 def read_predictions(pred_dir: Path, member: str, part: str) -> pl.DataFrame:

@@ -24,6 +24,7 @@ from roadwork.config import load_paths, section
 from roadwork.data.images import ImageDecodeError, ShardReader, displayed_size
 from roadwork.data.ingest import IngestConfig, ingest
 from roadwork.device import resolve_device
+from roadwork.ensemble import CHOICE_FILE
 from roadwork.features.backbone import BackboneConfig, load_backbone
 from roadwork.features.cache import TOKENS, ExtractConfig
 from roadwork.features.extract import embed_views
@@ -34,7 +35,6 @@ from roadwork.train.data import Vocab, metadata_arrays
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, view_boxes
 
-CHOICE_FILE = "ensemble.json"  # written by `submit`: the members it averaged, and the threshold
 SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `predict` reproduces
 
 

@@ -13,8 +13,7 @@ import polars as pl
 
 from roadwork.combine import read_layer, score, variants
 from roadwork.config import load_params, load_paths, save_json
-from roadwork.ensemble import average_logits, rank_members, read_predictions
-from roadwork.predict import CHOICE_FILE
+from roadwork.ensemble import CHOICE_FILE, average_logits, rank_members, read_predictions
 
 
 def main() -> None:

@@ -95,9 +95,10 @@ def _final(chosen: list[str]) -> dict:
     return {
         "members": {"a": 0.7, "b": 0.6},
         "chosen": chosen,
+        "use": "ensemble",
         "val": scores,
         "test": scores,
-        "test_best_single": scores,
+        "variants": {"best_single": scores, "ensemble": scores, "ensemble+tta": None},
         "rows": {"val": 12, "test": 12},
     }
 
@@ -341,9 +342,8 @@ def test_img_refuses_anything_but_inline_images():
         img("https://example.org/x.png", "x")
 
 
-def test_intervals_read_both_final_json_layouts():
+def test_intervals_render_with_their_bounds():
     assert with_ci({"mcc": 0.5, "mcc_lo": 0.25, "mcc_hi": 0.75}, "mcc") == "0.500 [0.250, 0.750]"
-    assert with_ci({"mcc": 0.5, "mcc_ci": [0.25, 0.75]}, "mcc") == "0.500 [0.250, 0.750]"
     assert with_ci({"roc_auc": None, "roc_auc_lo": None, "roc_auc_hi": None}, "roc_auc") == "—"
 
 

@@ -34,7 +34,7 @@ def read_final(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no final metrics (run the submit stage)")
     final = json.loads(path.read_text())
-    missing = [k for k in ("members", "chosen", "val", "test", "test_best_single") if k not in final]
+    missing = [k for k in ("members", "chosen", "use", "val", "test", "variants") if k not in final]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
     if not final["chosen"]:

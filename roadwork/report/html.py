@@ -124,19 +124,17 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 
 def with_ci(scores: dict[str, Any], name: str) -> str:
-    """ "0.599 [0.487, 0.708]": the value and its interval (`<name>_lo` / `_hi`, or an older `_ci` pair)."""
+    """ "0.599 [0.487, 0.708]": the value and its interval (`<name>_lo` / `_hi`)."""
     lo, hi = scores.get(f"{name}_lo"), scores.get(f"{name}_hi")
-    if lo is None and hi is None and scores.get(f"{name}_ci"):
-        lo, hi = scores[f"{name}_ci"]
     return fmt(scores.get(name)) + ("" if lo is None or hi is None else f" [{fmt(lo)}, {fmt(hi)}]")
 
 
 def final_section(final: dict[str, Any]) -> str:
-    parts = [
-        ("validation, ensemble", final.get("val")),
-        ("test, ensemble", final.get("test")),
-        (f"test, best single member ({final['chosen'][0]})", final.get("test_best_single")),
-    ]
+    # Validation of the plain ensemble, then every test variant `submit` scored (the submitted one marked).
+    parts = [("validation, ensemble", final.get("val"))]
+    for name, scores in final["variants"].items():
+        label = f"best single member ({final['chosen'][0]})" if name == "best_single" else name
+        parts.append((f"test, {label}" + (" (submitted)" if name == final["use"] else ""), scores))
     rows = [
         [name, scores["n"], scores["positives"], *(with_ci(scores, m) for m in HEADLINE)]
         for name, scores in parts
