@@ -12,10 +12,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+if TYPE_CHECKING:  # transformers takes seconds to import: stages that only read manifests skip it
+    from transformers import DINOv3ViTModel
 
 MANIFEST = "fingerprint.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,6 +47,8 @@ class BackboneConfig:
 
 def build_tiny(config: TinyBackboneConfig) -> DINOv3ViTModel:
     """A randomly initialised DINOv3 ViT, identical for the same config (seeded)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
     vit_config = DINOv3ViTConfig(
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
@@ -59,6 +63,8 @@ def build_tiny(config: TinyBackboneConfig) -> DINOv3ViTModel:
 
 def resolve(config: BackboneConfig) -> DINOv3ViTModel:
     """The model named by the config: built (tiny) or loaded with `from_pretrained` (id or directory)."""
+    from transformers import DINOv3ViTModel
+
     if config.model == "tiny":
         return build_tiny(config.tiny)
     try:
@@ -110,6 +116,8 @@ def read_manifest(backbone_dir: Path) -> dict[str, Any]:
 
 def load_backbone(backbone_dir: Path, dtype: str = "float32", device: str = "cpu") -> DINOv3ViTModel:
     """Load the saved backbone (never from the hub: the stage already materialised it)."""
+    from transformers import DINOv3ViTModel
+
     if dtype not in DTYPES:
         raise ValueError(f"backbone.dtype={dtype!r}: expected one of {sorted(DTYPES)}")
     model = DINOv3ViTModel.from_pretrained(backbone_dir, local_files_only=True, dtype=DTYPES[dtype])

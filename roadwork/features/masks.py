@@ -22,18 +22,20 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from transformers import Sam3Model, Sam3Processor
 
 from roadwork.data.images import ShardReader, decode
 from roadwork.features.cache import RowCache
 from roadwork.features.sam import MasksConfig, encode_prompts, input_size, predict_masks
+
+if TYPE_CHECKING:
+    from transformers import Sam3Model, Sam3Processor
 
 # Bump when the meaning of the stored masks changes (post-processing, geometry): old caches go stale.
 MASKS_FORMAT = 1

@@ -20,23 +20,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import pre_tokenizers
-from transformers import (
-    CLIPTokenizer,
-    Sam3Config,
-    Sam3ImageProcessor,
-    Sam3Model,
-    Sam3Processor,
-    Sam3VisionConfig,
-    Sam3ViTConfig,
-)
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
 
 from roadwork.features.backbone import DTYPES, weights_fingerprint
+
+if TYPE_CHECKING:  # transformers takes seconds to import: readers of the mask cache skip it
+    from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3Processor
+    from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
 
 MANIFEST = "fingerprint.json"
 PROMPT_TOKENS = 32  # Sam3Processor pads every prompt to 32 tokens (SAM 3's text context length)
@@ -146,6 +139,8 @@ def learn_bpe(words: Sequence[str]) -> list[tuple[str, str]]:
 
 def build_tiny_tokenizer(words: Sequence[str] = TINY_WORDS) -> CLIPTokenizer:
     """A CLIP byte-level BPE tokenizer made here: every byte, every byte ending a word, learnt merges."""
+    from transformers import CLIPTokenizer
+
     bad = [w for w in words if not (w.isascii() and w.isalpha() and w.islower())]
     if bad:
         raise ValueError(f"tiny tokenizer words must be lowercase ASCII letters, got {bad}")
@@ -159,6 +154,8 @@ def build_tiny_tokenizer(words: Sequence[str] = TINY_WORDS) -> CLIPTokenizer:
 
 def tiny_model_config(config: TinySamConfig, tokenizer: CLIPTokenizer) -> Sam3Config:
     """A Sam3Config of the real architecture at the tiny width and depth."""
+    from transformers import Sam3Config, Sam3VisionConfig, Sam3ViTConfig
+
     h, layers, heads = config.hidden_size, config.layers, config.heads
     grid = config.image_size // config.patch_size
     std = config.init_range
@@ -202,6 +199,8 @@ def tiny_model_config(config: TinySamConfig, tokenizer: CLIPTokenizer) -> Sam3Co
 
 def build_tiny(config: TinySamConfig) -> tuple[Sam3Model, Sam3Processor]:
     """A randomly initialised SAM 3 and its processor, identical for the same config (seeded)."""
+    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+
     tokenizer = build_tiny_tokenizer()
     side = {"height": config.image_size, "width": config.image_size}
     processor = Sam3Processor(image_processor=Sam3ImageProcessor(size=side), tokenizer=tokenizer)
@@ -211,6 +210,8 @@ def build_tiny(config: TinySamConfig) -> tuple[Sam3Model, Sam3Processor]:
 
 def resolve(config: MasksConfig) -> tuple[Sam3Model, Sam3Processor]:
     """The model and processor named by the config: built (tiny) or loaded (id or directory)."""
+    from transformers import Sam3Model, Sam3Processor
+
     if config.model == "tiny":
         return build_tiny(config.tiny)
     try:
@@ -287,6 +288,8 @@ def load_sam(
     sam_dir: Path, dtype: str = "float32", device: str | torch.device = "cpu"
 ) -> tuple[Sam3Model, Sam3Processor]:
     """Load the saved model and processor (never from the hub: the `sam` stage materialised them)."""
+    from transformers import Sam3Model, Sam3Processor
+
     if dtype not in DTYPES:
         raise ValueError(f"masks.dtype={dtype!r}: expected one of {sorted(DTYPES)}")
     model = Sam3Model.from_pretrained(sam_dir, local_files_only=True, dtype=DTYPES[dtype])
@@ -324,6 +327,9 @@ def decode_prompts(
 
     Only the DETR encoder and decoder and the mask decoder run once per prompt, on the shared encoding.
     """
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
     n_images = vision.fpn_hidden_states[0].shape[0]
     n_prompts = prompts.features.shape[0]
 
