@@ -1,7 +1,8 @@
 """End to end: `dvc repro` of the real dvc.yaml on a tiny params file, in a fresh repository.
 
 Also checks DVC's bookkeeping: a second repro runs nothing, and a `train.*` change (through
-`dvc exp run -S`) re-runs only `train` and `submit`, with `dvc metrics diff` showing the change.
+`dvc exp run -S`) re-runs only the heads and the stages that read them, with `dvc metrics diff`
+showing the change.
 """
 
 from __future__ import annotations
@@ -124,12 +125,14 @@ def test_repro_end_to_end(project: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_train_param_reruns_only_train_and_submit(project: Path) -> None:
+def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) -> None:
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "baseline run")
     out = run(project, "dvc", "exp", "run", "-S", "train.seed=7")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train@mlp", "train@head", "submit", "report"}  # the report shows the new predictions
+    # The caches (extract, sam, masks) stay; the heads retrain, and every stage reading a head reruns:
+    # DoRA adapts the new heads, TTA re-predicts with them, submit and the report show the new numbers.
+    assert ran == {"train@mlp", "train@head", "finetune", "tta", "submit", "report"}
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--json"))
     changed = diff.get("metrics/final.json", {})
     assert "test.brier" in changed and changed["test.brier"]["diff"] != 0

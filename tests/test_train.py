@@ -146,6 +146,16 @@ def test_grouped_split_keeps_groups_apart():
     assert 0.3 < val["label"].mean() < 0.7
 
 
+def test_grouped_split_with_few_groups_holds_out_one_group_and_refuses_one():
+    rows = pl.DataFrame(
+        {"label": [0, 1, 0, 1, 0, 1, 0, 1], "group": ["a", "a", "b", "b", "c", "c", "d", "d"]}
+    )
+    train, val = split_train_val(rows, 0.2, seed=0)  # 1/0.2 = 5 parts, but only 4 groups
+    assert val["group"].n_unique() == 1 and len(train) == 6
+    with pytest.raises(ValueError, match="2 row\\(s\\) form 1 group"):
+        split_train_val(rows[:2], 0.2, seed=0)
+
+
 def test_vocab_null_first_and_unseen_to_null():
     rows = pl.DataFrame(
         {

@@ -89,8 +89,14 @@ class Table:
 
 
 def split_train_val(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Hold out about `fraction` of the rows, whole groups (videos / GPS cells) at a time, stratified."""
-    folds = max(2, round(1.0 / fraction))
+    """Hold out about `fraction` of the rows, whole groups (videos / GPS cells) at a time, stratified.
+
+    With fewer groups than 1 / `fraction`, one group is held out (a larger share, never zero rows).
+    """
+    n_groups = rows["group"].n_unique()
+    if n_groups < 2:
+        raise ValueError(f"no validation part to hold out: {len(rows)} row(s) form {n_groups} group(s)")
+    folds = min(max(2, round(1.0 / fraction)), n_groups)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     train_idx, val_idx = next(
         splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), rows["group"].to_numpy())
