@@ -1,8 +1,10 @@
 """Ablation harness: one DVC experiment per row, then a table of validation and test MCC.
 
-Each row replaces the ensemble by a single member `full` with the row's overrides of `train`, queues
-`dvc exp run` for it, runs the queue, and reads every experiment's `metrics/final.json`. Only
-`train@full` and `submit` run per row: the caches (features, text, GPS) are shared.
+Each row replaces the ensemble by a single member `full` with the row's overrides of `train` (and,
+for a few rows, of other params), queues `dvc exp run` for it, runs the queue, and reads every
+experiment's `metrics/final.json`. DoRA and TTA are switched off (`finetune.members=[]`,
+`tta.members=[]`): the rows compare heads. The caches (features, text, GPS, masks) are shared; only a
+row that changes `masks.*` rebuilds the mask cache.
 
     python bench/ablate.py                 # queue, run and write docs/ablations.md
     python bench/ablate.py --only full mlp # a subset of rows
@@ -48,7 +50,15 @@ ROWS: dict[str, tuple[str, dict]] = {
     "no-weather": ("loss without the auxiliary weather term", {"loss_weights": {"weather": 0.0}}),
     "tokens-cls": ("view feature = CLS token", {"tokens": "cls"}),
     "tokens-cls+mean": ("view feature = CLS + mean of patches", {"tokens": "cls+mean"}),
+    "no-dice": ("loss without the Dice term (no mask decoder)", {"masks": False}),
 }
+# Overrides outside `train` for some rows.
+OTHER: dict[str, dict[str, object]] = {
+    "dice-truth": {"masks.source": "truth"},
+}
+ROWS["dice-truth"] = ("Dice on the generator's true object masks instead of SAM 3's", {})
+# Every row: the head alone, without DoRA fine-tuning or TTA.
+COMMON = ("ensemble.top_k=1", "finetune.members=[]", "tta.members=[]")
 
 
 def dvc(*args: str) -> str:
@@ -70,19 +80,9 @@ def to_hydra(value: object) -> str:
 def queue(rows: list[str]) -> None:
     for name in rows:
         member = to_hydra({"full": ROWS[name][1]})
-        dvc(
-            "exp",
-            "run",
-            "--queue",
-            "-n",
-            PREFIX + name,
-            "-S",
-            "~ensemble.members",
-            "-S",
-            f"+ensemble.members={member}",
-            "-S",
-            "ensemble.top_k=1",
-        )
+        overrides = ["~ensemble.members", f"+ensemble.members={member}", *COMMON]
+        overrides += [f"{key}={to_hydra(value)}" for key, value in OTHER.get(name, {}).items()]
+        dvc("exp", "run", "--queue", "-n", PREFIX + name, *(arg for o in overrides for arg in ("-S", o)))
         print(f"queued {PREFIX}{name}", flush=True)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import platform
 import tempfile
 import time
@@ -25,9 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
@@ -35,7 +33,6 @@ from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processo
 from roadwork.config import load_params, section
 from roadwork.device import resolve_device
 from roadwork.features.backbone import DTYPES
-from roadwork.features.masks import MaskCache, fill_masks, plan_jobs
 from roadwork.features.sam import (
     MasksConfig,
     build_tiny,
@@ -45,7 +42,6 @@ from roadwork.features.sam import (
     input_size,
     union_masks,
 )
-from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
 
 PROMPT_COUNTS = (1, 3, 6)
 FULL_MEMORY_GB = 10  # a full SAM 3 in float32 is 3.4 GB of weights, plus activations at 1008 px
@@ -109,8 +105,12 @@ def report_costs(title: str, costs: dict[str, float]) -> None:
     print(f"  each extra prompt                {slope * 1e3:9.1f} ms / image")
 
 
-def synthetic_shard(root: Path, n: int, size: tuple[int, int]) -> pl.DataFrame:
-    """n noisy 1920x1080-like JPEGs (with a coloured box) in one shard; their index rows."""
+def synthetic_shard(root: Path, n: int, size: tuple[int, int]):
+    """n noisy 1920x1080-like JPEGs in one shard; their index rows (a polars DataFrame)."""
+    import polars as pl  # the stage's data libraries: only the end-to-end timing needs them
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rng = np.random.default_rng(0)
     images = []
     for i in range(n):
@@ -136,6 +136,9 @@ def synthetic_shard(root: Path, n: int, size: tuple[int, int]) -> pl.DataFrame:
 
 def stage_rate(model, processor, config: MasksConfig, n: int) -> dict[str, float]:
     """The stage end to end on n synthetic full-size images: images per second."""
+    from roadwork.features.masks import MaskCache, fill_masks, plan_jobs
+    from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         index = synthetic_shard(root, n, (1920, 1080))
@@ -177,21 +180,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=48, help="images for the end-to-end stage timing")
+    parser.add_argument("--images", type=int, default=48, help="images for the stage timing (0: skip it)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per model measurement")
     parser.add_argument("--full", action="store_true", help="also time a full-size SAM 3")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     config = section(MasksConfig, load_params(), "masks")
     device = resolve_device(config.device)
-    print(
-        f"masks bench: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), device {device}"
-        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     )
+    print(
+        f"masks bench: {name}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"device {device}"
+    )
+    result: dict[str, object] = {"device": name, "torch": torch.__version__, "prompts": len(config.prompts)}
     model, processor = build_tiny(config.tiny)
     model = model.to(device, DTYPES[config.dtype]).requires_grad_(False)
     tiny = config.tiny
@@ -200,30 +207,38 @@ def main() -> None:
         f"width {tiny.hidden_size}, {tiny.layers} layers, {tiny.queries} queries), "
         f"batch {config.batch_images}"
     )
-    report_costs(title, model_costs(model, processor, config, config.batch_images, args.repeats, True))
+    result["tiny"] = model_costs(model, processor, config, config.batch_images, args.repeats, True)
+    report_costs(title, result["tiny"])
 
-    counts = stage_rate(model, processor, config, args.images)
-    rate = counts["images"] / max(counts["seconds"], 1e-9)
-    print(
-        f"\nstage end to end: {counts['images']} images of 1920x1080, {len(config.prompts)} prompts, "
-        f"{config.workers} worker(s): {counts['seconds']} s ({rate:.1f} images/s)"
-    )
-
+    if args.images:
+        counts = stage_rate(model, processor, config, args.images)
+        rate = counts["images"] / max(counts["seconds"], 1e-9)
+        result["stage"] = {**counts, "images_per_s": rate}
+        print(
+            f"\nstage end to end: {counts['images']} images of 1920x1080, {len(config.prompts)} prompts, "
+            f"{config.workers} worker(s): {counts['seconds']} s ({rate:.1f} images/s)"
+        )
     if args.full:
-        if device.type != "cuda":
-            print(
-                "\nfull SAM 3: no GPU; a single image on the CPU (float32) - expect minutes, not a GPU figure"
-            )
-            if available_gb() < FULL_MEMORY_GB:
-                print(f"full SAM 3: skipped, {available_gb():.1f} GB available < {FULL_MEMORY_GB} GB needed")
-                return
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model, processor = full_model(device, dtype)
-        gpu = device.type == "cuda"  # on the CPU: one image, each part timed once, no warm-up
-        batch, repeats = (config.batch_images, args.repeats) if gpu else (1, 1)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        title = f"full SAM 3 ({params:.0f}M params, 1008 px, {dtype}), batch {batch}"
-        report_costs(title, model_costs(model, processor, config, batch, repeats, warmup=gpu))
+        result["full"] = full_costs(config, device, args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def full_costs(config: MasksConfig, device: torch.device, repeats: int) -> dict[str, float] | None:
+    """Measurement 1 for the real architecture; on the CPU one image, each part timed once."""
+    if device.type != "cuda":
+        print("\nfull SAM 3: no GPU; a single image on the CPU (float32) - expect minutes, not a GPU figure")
+        if available_gb() < FULL_MEMORY_GB:
+            print(f"full SAM 3: skipped, {available_gb():.1f} GB available < {FULL_MEMORY_GB} GB needed")
+            return None
+    gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    model, processor = full_model(device, dtype)
+    batch, repeats = (config.batch_images, repeats) if gpu else (1, 1)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    costs = model_costs(model, processor, config, batch, repeats, warmup=gpu)
+    report_costs(f"full SAM 3 ({params:.0f}M params, 1008 px, {dtype}), batch {batch}", costs)
+    return {**costs, "batch": batch, "parameters_m": params}
 
 
 if __name__ == "__main__":

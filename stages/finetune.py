@@ -70,6 +70,7 @@ def main() -> None:
         print(f"finetune: skipped {name}: {why}")
     save_json(summary, Path(paths.metrics) / "finetune.json")
     save_resolved(config, Path(paths.dora) / "finetune_config.json")
+    Path(paths.dora_predictions).mkdir(parents=True, exist_ok=True)  # empty when no member is a full head
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Stage `masks`: SAM 3 text-prompted masks per image, reduced to coarse grids per view, into zarr.
 
-Resumable (a killed run continues at the first unfinished chunk) and incremental (new images only):
-dvc.yaml keeps the cache with `persist: true`.
+With `masks.source: truth` the masks are instead rasterised from the synthetic data's ground-truth
+polygons (an ablation; `roadwork.features.truth`). Resumable (a killed run continues at the first
+unfinished chunk) and incremental (new images only): dvc.yaml keeps the cache with `persist: true`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from roadwork.config import load_params, load_paths, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
 from roadwork.features.masks import MaskCache, expected_attrs, fill_masks, plan_jobs
-from roadwork.features.sam import MasksConfig, load_sam, read_manifest
+from roadwork.features.sam import MasksConfig, load_sam
+from roadwork.features.truth import fill_truth_masks, read_truth, source_manifest, truth_path
 from roadwork.views.plan import boxes_by_image, read_plan
 
 
@@ -20,12 +22,7 @@ def main() -> None:
     params = load_params()
     paths = load_paths(params)
     config = section(MasksConfig, params, "masks")
-    manifest = read_manifest(Path(paths.sam))
-    if manifest["source"] != config.model:
-        raise ValueError(
-            f"{paths.sam}: holds {manifest['source']!r} but masks.model is {config.model!r}; "
-            "run `dvc repro sam` first"
-        )
+    manifest = source_manifest(config, sam_dir=Path(paths.sam), raw_root=Path(paths.raw))
     index = read_index(Path(paths.prepared))
     plan, plan_meta = read_plan(Path(paths.views))
     cache = MaskCache.create(
@@ -35,18 +32,25 @@ def main() -> None:
         attrs=expected_attrs(config, sam=manifest, plan_meta=plan_meta),
     )
     jobs = plan_jobs(index, cache, config)
-    print(f"masks: {len(jobs)} image(s) to do, {len(cache.row_of) - len(jobs)} already cached")
+    print(
+        f"masks ({config.source}): {len(jobs)} image(s) to do, {len(cache.row_of) - len(jobs)} already cached"
+    )
     if len(jobs):
-        model, processor = load_sam(Path(paths.sam), config.dtype, resolve_device(config.device))
-        counts = fill_masks(
-            model=model,
-            processor=processor,
-            cache=cache,
-            jobs=jobs,
-            raw_root=Path(paths.raw),
-            boxes=boxes_by_image(plan),
-            config=config,
-        )
+        boxes = boxes_by_image(plan)
+        if config.source == "truth":
+            truth = read_truth(truth_path(Path(paths.raw)))
+            counts = fill_truth_masks(cache=cache, jobs=jobs, truth=truth, boxes=boxes, config=config)
+        else:
+            model, processor = load_sam(Path(paths.sam), config.dtype, resolve_device(config.device))
+            counts = fill_masks(
+                model=model,
+                processor=processor,
+                cache=cache,
+                jobs=jobs,
+                raw_root=Path(paths.raw),
+                boxes=boxes,
+                config=config,
+            )
         rate = counts["images"] / max(counts["seconds"], 1e-9)
         print(f"masks: {counts['images']} images in {counts['seconds']} s ({rate:.1f} images/s)")
         for prompt in config.prompts:

@@ -1,7 +1,8 @@
 """Stage `synth`: write the synthetic NATIX-schema dataset (the embedded default's raw data).
 
 Reads params `synth` and `paths.synthetic`; deletes and rewrites `<paths.synthetic>` (shards under
-`data/`) and saves the resolved config as `<paths.synthetic>/synth_config.json`.
+`data/`, the ground-truth object polygons in `truth_masks.arrow`) and saves the resolved config as
+`<paths.synthetic>/synth_config.json`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from roadwork.config import load_params, load_paths, save_resolved, section
-from roadwork.data.synth import DATA_DIR, SynthConfig, write_dataset
+from roadwork.data.synth import DATA_DIR, TRUTH_FILE, SynthConfig, write_dataset
 
 CONFIG_FILE = "synth_config.json"
 
@@ -23,7 +24,7 @@ def _clear(root: Path) -> None:
     """Remove a previous output; refuse a folder holding anything this stage does not write."""
     if not root.exists():
         return
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in (DATA_DIR, CONFIG_FILE))
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in (DATA_DIR, CONFIG_FILE, TRUTH_FILE))
     if foreign or not root.is_dir():
         raise FileExistsError(f"{root}: not a synth output (holds {foreign}); refusing to delete it")
     shutil.rmtree(root)

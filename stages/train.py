@@ -18,7 +18,7 @@ from roadwork.features.backbone import read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
 from roadwork.features.masks import open_masks
 from roadwork.features.sam import MasksConfig
-from roadwork.features.sam import read_manifest as read_sam_manifest
+from roadwork.features.truth import source_manifest
 from roadwork.train.checkpoint import save_head
 from roadwork.train.config import member_config
 from roadwork.train.data import prepare_tables
@@ -36,12 +36,11 @@ def main(member: str) -> None:
     expected = expected_attrs(
         section(ExtractConfig, params, "extract"), backbone=backbone, plan_meta=plan_meta
     )
-    masks = None  # SAM 3 pseudo-masks: targets of the full head's Dice term
+    masks = None  # SAM 3 pseudo-masks (or true masks): targets of the full head's Dice term
     if config.model == "head" and config.masks:
-        sam = read_sam_manifest(Path(paths.sam))
-        masks = open_masks(
-            Path(paths.masks), section(MasksConfig, params, "masks"), sam=sam, plan_meta=plan_meta
-        )
+        masks_config = section(MasksConfig, params, "masks")
+        source = source_manifest(masks_config, sam_dir=Path(paths.sam), raw_root=Path(paths.raw))
+        masks = open_masks(Path(paths.masks), masks_config, sam=source, plan_meta=plan_meta)
     tables, vocab = prepare_tables(
         read_index(Path(paths.prepared)),
         cache=FeatureCache.open_checked(Path(paths.features), expected),

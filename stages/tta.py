@@ -43,8 +43,13 @@ def main() -> None:
         )
     )
     heads, skipped = full_heads(Path(paths.heads), names)
-    if not heads:
-        raise ValueError(f"tta: none of the members {names} is a full head (FOODS needs its embedding)")
+    if not heads:  # an MLP-only ensemble: nothing to augment; submit then has no +tta variants
+        print(f"tta: none of the members {names} is a full head (FOODS needs its embedding); nothing to do")
+        for out in (paths.tta, paths.tta_predictions):
+            Path(out).mkdir(parents=True, exist_ok=True)
+        save_json({"skipped": skipped, "parts": {}}, Path(paths.metrics) / "tta.json")
+        save_resolved(tta, Path(paths.tta_predictions) / "tta_config.json")
+        return
     index = read_index(Path(paths.prepared))
     _, plan_meta = read_plan(Path(paths.views))
     frames = [read_predictions(Path(paths.predictions), n, p) for n in heads for p in tta.parts]

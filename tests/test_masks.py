@@ -40,6 +40,7 @@ from tests.natix_fixture import make_row, write_shard
 
 VIEWS = ViewsConfig(grid=3, overlap=0.25)
 CONFIG = MasksConfig(
+    source="sam",
     model="tiny",
     prompts=("traffic cone", "construction barrier", "road work sign"),
     score_threshold=0.3,

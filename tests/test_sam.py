@@ -35,6 +35,7 @@ TINY = TinySamConfig(
     seed=0, image_size=56, patch_size=14, hidden_size=32, layers=1, heads=2, queries=8, init_range=0.2
 )
 CONFIG = MasksConfig(
+    source="sam",
     model="tiny",
     prompts=PROMPTS,
     score_threshold=0.3,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import multiprocessing
 import zlib
@@ -21,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -29,6 +31,10 @@ from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, shard_name
 
 SCHEMA = RAW_SCHEMA.with_metadata(HF_METADATA)
 DATA_DIR = "data"
+# Side table of the objects drawn on every image (shard, row, polygons): the ground truth that
+# `masks.source: truth` rasterises. Kept out of the shards so they stay in the exact NATIX schema, and
+# an Arrow file rather than parquet so that ingest (which takes every *.parquet for a shard) skips it.
+TRUTH_FILE = "truth_masks.arrow"
 # Real cities with their real coordinates (lat, lon); GPS is jittered a few km around the centre.
 CITIES = (
     ("indianapolis", 39.76838, -86.15804),
@@ -439,18 +445,48 @@ def generate(cfg: SynthConfig, workers: int = 1) -> dict[str, list[SynthRow]]:
 def write_split(rows: list[SynthRow], data_dir: Path, split: str, n_shards: int) -> list[Path]:
     """Write a split as `n_shards` contiguous parquet shards named like the hub's."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    bounds = np.linspace(0, len(rows), n_shards + 1).round().astype(int)
     paths = []
-    for i in range(n_shards):
-        table = pa.Table.from_pylist([r.row for r in rows[bounds[i] : bounds[i + 1]]], schema=SCHEMA)
+    for i, part in enumerate(_shard_rows(rows, n_shards)):
+        table = pa.Table.from_pylist([r.row for r in part], schema=SCHEMA)
         path = data_dir / shard_name(split, i, n_shards)
         pq.write_table(table, path, row_group_size=_ROW_GROUP)
         paths.append(path)
     return paths
 
 
+def _shard_rows(rows: list[SynthRow], n_shards: int) -> list[list[SynthRow]]:
+    bounds = np.linspace(0, len(rows), n_shards + 1).round().astype(int)
+    return [rows[bounds[i] : bounds[i + 1]] for i in range(n_shards)]
+
+
+def truth_table(data: dict[str, list[SynthRow]], shards: dict[str, int]) -> pa.Table:
+    """One row per written image: its shard (relative to the dataset root, as the index has it), its row
+    there and the roadwork objects drawn on it as JSON [{"kind", "polygons"}] in image pixels."""
+    out: dict[str, list] = {"shard": [], "row": [], "objects": []}
+    for split, rows in data.items():
+        for i, part in enumerate(_shard_rows(rows, shards[split])):
+            shard = f"{DATA_DIR}/{shard_name(split, i, shards[split])}"
+            for row, r in enumerate(part):
+                objects = [
+                    {
+                        "kind": o.kind,
+                        "polygons": [[[round(x, 2), round(y, 2)] for x, y in poly] for poly in o.polygons],
+                    }
+                    for o in r.objects
+                ]
+                out["shard"].append(shard)
+                out["row"].append(row)
+                out["objects"].append(json.dumps(objects, separators=(",", ":")))
+    return pa.table(
+        out, schema=pa.schema([("shard", pa.string()), ("row", pa.int64()), ("objects", pa.string())])
+    )
+
+
 def write_dataset(cfg: SynthConfig, root: str | Path, workers: int = 1) -> dict[str, list[Path]]:
-    """Generate the dataset and write its shards under `<root>/data/`; returns the shard paths per split."""
+    """Generate the dataset, write its shards under `<root>/data/` and the ground-truth side table
+    `<root>/TRUTH_FILE`; returns the shard paths per split."""
     data = generate(cfg, workers)
     data_dir = Path(root) / DATA_DIR
-    return {split: write_split(rows, data_dir, split, cfg.shards[split]) for split, rows in data.items()}
+    written = {split: write_split(rows, data_dir, split, cfg.shards[split]) for split, rows in data.items()}
+    feather.write_feather(truth_table(data, cfg.shards), Path(root) / TRUTH_FILE)
+    return written

@@ -80,6 +80,7 @@ class TinySamConfig:
 class MasksConfig:
     """params.yaml `masks:`: which SAM 3, which prompts, how masks become grids, how the stage runs."""
 
+    source: str  # "sam": SAM 3 pseudo-masks | "truth": the synthetic data's true object masks
     model: str  # "tiny", a Hugging Face id (facebook/sam3) or a local directory
     prompts: tuple[str, ...]  # text prompts; one mask per prompt
     score_threshold: float  # an instance counts when its score (query x presence) is above this
@@ -95,6 +96,8 @@ class MasksConfig:
     tiny: TinySamConfig  # used only when model == "tiny"
 
     def __post_init__(self) -> None:
+        if self.source not in ("sam", "truth"):
+            raise ValueError(f"masks.source: expected 'sam' or 'truth', got {self.source!r}")
         if not self.prompts or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise ValueError(f"masks.prompts: expected non-empty strings, got {list(self.prompts)!r}")
         if len(set(self.prompts)) != len(self.prompts):
