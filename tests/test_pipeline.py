@@ -138,6 +138,15 @@ def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) ->
     assert "test.brier" in changed and changed["test.brier"]["diff"] != 0
 
 
+@pytest.mark.e2e
+def test_tta_param_reruns_only_tta_and_what_reads_it_without_backbone_passes(project: Path) -> None:
+    out = run(project, "dvc", "exp", "run", "-S", "tta.temperature=2.0")
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"tta", "submit", "report"}
+    summary = json.loads((project / "metrics/tta.json").read_text())
+    assert summary["temperature"] == 2.0 and summary["computed_views"] == 0  # augmentations were cached
+
+
 def predict(project: Path, *args: str, stdin: str | None = None) -> tuple[int, list[dict]]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(

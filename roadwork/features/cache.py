@@ -91,7 +91,11 @@ class RowCache:
     def __init__(self, path: Path, group: zarr.Group):
         self.path = Path(path)
         self.group = group
-        self.row_of = {str(i): r for r, i in enumerate(group["image_id"][:])}
+        ids = [str(i) for i in group["image_id"][:]]
+        # Rows are appended with their ids written last: an append killed half-way leaves rows
+        # without an id (""), which are not rows yet and are taken again by the next append.
+        count = ids.index("") if "" in ids else len(ids)
+        self.row_of = {i: r for r, i in enumerate(ids[:count])}
 
     @classmethod
     def create_or_open(
@@ -152,10 +156,12 @@ class RowCache:
         if new:
             start = len(self.row_of)
             n = start + len(new)
-            for name in (*self.array_names, "image_id", "done"):
+            for name in (*self.array_names, "done", "image_id"):
                 array = self.group[name]
                 array.resize((n, *array.shape[1:]))
-            self.group["image_id"][start:n] = np.array(new, dtype=object)
+            # Resizing can bring back values of a killed append (zarr keeps a partly cut chunk).
+            self.group["done"][start:n] = False
+            self.group["image_id"][start:n] = np.array(new, dtype=object)  # last: the rows now exist
             self.row_of.update({i: start + k for k, i in enumerate(new)})
         return np.array([self.row_of[i] for i in image_ids], dtype=np.int64)
 

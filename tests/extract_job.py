@@ -1,0 +1,132 @@
+"""A small `extract` run over a NATIX-schema dataset, importable by tests and runnable as a child process
+that SIGKILLs itself at a chosen point (the kill-and-resume test).
+
+    python -m tests.extract_job ROOT INDEX CACHE POINT K
+        POINT: forward (in the K-th backbone forward), resize (at the K-th zarr array resize, i.e. while
+        appending rows) or write (at the K-th zarr orthogonal write: values written, `done` not yet)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import zarr
+from PIL import Image
+
+from roadwork.features.backbone import TinyBackboneConfig, build_tiny
+from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
+from roadwork.features.extract import extract_with_model, plan_jobs
+from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, rule_fingerprint
+from tests.natix_fixture import make_row, write_shard
+
+VIEWS = ViewsConfig(grid=3, overlap=0.25)
+TINY = TinyBackboneConfig(
+    seed=0,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_register_tokens=4,
+    patch_size=16,
+)
+# chunk_rows a multiple of batch_images: a resumed run cuts the same batches as an uninterrupted one.
+CONFIG = ExtractConfig(
+    side=32,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    aug_copies=1,
+    seed=0,
+    batch_images=2,
+    chunk_rows=4,
+    workers=0,
+    device="cpu",
+    splits=("train", "test"),
+)
+MANIFEST = {"fingerprint": "tiny-test", "patch_size": 16}
+
+
+def scene(i: int, width: int, height: int) -> bytes:
+    """A JPEG with a bright box whose place depends on i."""
+    pixels = np.full((height, width, 3), (60 + 7 * i, 90, 120), dtype=np.uint8)
+    x0, y0 = (13 * i) % (width // 2), (7 * i) % (height // 2)
+    pixels[y0 : y0 + height // 3, x0 : x0 + width // 4] = (250, 140, 20)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_images(root: Path, shard: str, first: int, count: int) -> pl.DataFrame:
+    """`count` images of mixed sizes as shard `shard` (train, the last one test); their index rows."""
+    sizes = [(160, 90), (120, 160), (96, 72)]
+    rows, index = [], []
+    for k in range(count):
+        i = first + k
+        width, height = sizes[i % len(sizes)]
+        rows.append(make_row(i, image=scene(i, width, height), width=width, height=height))
+        split = "test" if k == count - 1 else "train"
+        index.append({"image_id": f"img{i:03d}", "split": split, "shard": shard, "row": k})
+        index[-1] |= {"width": width, "height": height}
+    write_shard(root / shard, rows)
+    return pl.DataFrame(index)
+
+
+def run(
+    root: Path, index: pl.DataFrame, path: Path, model: torch.nn.Module
+) -> tuple[FeatureCache, pl.DataFrame]:
+    """One `extract` stage run over `index` into the cache at `path`; returns (cache, jobs done)."""
+    plan = build_plan(index, VIEWS)
+    plan_meta = {"rule_fingerprint": rule_fingerprint(VIEWS), "n_views": 12}
+    attrs = expected_attrs(CONFIG, backbone=MANIFEST, plan_meta=plan_meta)
+    cache = FeatureCache.create(path, copies=2, views=12, dim=TINY.hidden_size, chunk_rows=4, attrs=attrs)
+    jobs = plan_jobs(index, cache, CONFIG)
+    extract_with_model(
+        model=model,
+        cache=cache,
+        jobs=jobs,
+        raw_root=root,
+        boxes=boxes_by_image(plan),
+        config=CONFIG,
+        dim=TINY.hidden_size,
+        views=12,
+    )
+    return cache, jobs
+
+
+def kill_at(point: str, k: int, model: torch.nn.Module) -> None:
+    """Arrange for this process to SIGKILL itself (no cleanup of any kind) at the k-th `point`."""
+    calls = [0]
+
+    def tick() -> None:
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "forward":
+        model.register_forward_pre_hook(lambda *_: tick())
+        return
+    name = {"resize": "resize", "write": "set_orthogonal_selection"}[point]
+    original = getattr(zarr.Array, name)
+
+    def patched(self, *args, **kwargs):
+        tick()
+        return original(self, *args, **kwargs)
+
+    setattr(zarr.Array, name, patched)
+
+
+def main() -> None:
+    root, index, cache, point, k = sys.argv[1:]
+    model = build_tiny(TINY)
+    kill_at(point, int(k), model)
+    run(Path(root), pl.read_parquet(index), Path(cache), model)
+
+
+if __name__ == "__main__":
+    main()
