@@ -9,9 +9,11 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# --no-compile: byte-compiling all of torch & co. took 80 s of a 2.6 min install; Python compiles
-	# the modules it actually imports on first use instead.
+	# pip byte-compiles on one core (80 s of a 2.6 min install): compile on every core instead. Without
+	# .pyc files every stage would recompile torch at import where PYTHONDONTWRITEBYTECODE is set.
+	# torch ships one Python 3.12-only test module, which 3.11 cannot compile.
 	$(PY) -m pip install -q --no-compile -c requirements.lock -e '.[dev]'
+	$(PY) -m compileall -q -j 0 -x py312_intrinsics $(VENV)/lib
 	touch $(STAMP)
 
 setup: $(STAMP)
