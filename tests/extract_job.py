@@ -8,23 +8,20 @@ that SIGKILLs itself at a chosen point (the kill-and-resume test).
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import sys
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 import zarr
-from PIL import Image
 
 from roadwork.features.backbone import TinyBackboneConfig, build_tiny
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
 from roadwork.features.extract import extract_with_model, plan_jobs
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, rule_fingerprint
-from tests.natix_fixture import make_row, write_shard
+from tests.natix_fixture import scene_shard
 
 VIEWS = ViewsConfig(grid=3, overlap=0.25)
 TINY = TinyBackboneConfig(
@@ -52,29 +49,9 @@ CONFIG = ExtractConfig(
 MANIFEST = {"fingerprint": "tiny-test", "patch_size": 16}
 
 
-def scene(i: int, width: int, height: int) -> bytes:
-    """A JPEG with a bright box whose place depends on i."""
-    pixels = np.full((height, width, 3), (60 + 7 * i, 90, 120), dtype=np.uint8)
-    x0, y0 = (13 * i) % (width // 2), (7 * i) % (height // 2)
-    pixels[y0 : y0 + height // 3, x0 : x0 + width // 4] = (250, 140, 20)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def write_images(root: Path, shard: str, first: int, count: int) -> pl.DataFrame:
-    """`count` images of mixed sizes as shard `shard` (train, the last one test); their index rows."""
-    sizes = [(160, 90), (120, 160), (96, 72)]
-    rows, index = [], []
-    for k in range(count):
-        i = first + k
-        width, height = sizes[i % len(sizes)]
-        rows.append(make_row(i, image=scene(i, width, height), width=width, height=height))
-        split = "test" if k == count - 1 else "train"
-        index.append({"image_id": f"img{i:03d}", "split": split, "shard": shard, "row": k})
-        index[-1] |= {"width": width, "height": height}
-    write_shard(root / shard, rows)
-    return pl.DataFrame(index)
+    """`count` images as shard `shard`, all train but the last (test: no augmented copy)."""
+    return scene_shard(root, shard, first, count, test_last=True)
 
 
 def run(

@@ -5,7 +5,8 @@
 
 `make_row(i)` gives distinct, valid rows for distinct `i`; any RAW_SCHEMA column can be overridden
 (dotted names through a dict: `make_row(3, **{"video_info.vid_id": "v1"})`). `write_shard` can drop
-columns or change their parquet types to test schema problems.
+columns or change their parquet types to test schema problems. `scene_shard` writes images of mixed
+sizes with distinct content and returns their index rows, for the stages that read pixels.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -120,3 +122,29 @@ def write_shard(
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_size)
     return path
+
+
+def scene_jpeg(i: int, width: int, height: int) -> bytes:
+    """A JPEG with a bright box whose place depends on i (so features and masks differ between images)."""
+    pixels = np.full((height, width, 3), (60 + 7 * i, 90, 120), dtype=np.uint8)
+    x0, y0 = (13 * i) % (width // 2), (7 * i) % (height // 2)
+    pixels[y0 : y0 + height // 3, x0 : x0 + width // 4] = (250, 140, 20)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def scene_shard(root: Path, shard: str, first: int, count: int, *, test_last: bool = False) -> pl.DataFrame:
+    """Write images first..first+count-1 (mixed sizes) as `root/shard`; return their index rows
+    (split train, or test for the last one with `test_last`)."""
+    sizes = [(160, 90), (120, 160), (96, 72)]
+    rows, index = [], []
+    for k in range(count):
+        i = first + k
+        width, height = sizes[i % len(sizes)]
+        rows.append(make_row(i, image=scene_jpeg(i, width, height), width=width, height=height))
+        split = "test" if test_last and k == count - 1 else "train"
+        index.append({"image_id": f"img{i:03d}", "split": split, "shard": shard, "row": k})
+        index[-1] |= {"width": width, "height": height}
+    write_shard(root / shard, rows)
+    return pl.DataFrame(index)

@@ -36,7 +36,7 @@ from roadwork.features.sam import (
     predict_masks,
 )
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, rule_fingerprint, view_boxes
-from tests.natix_fixture import make_row, write_shard
+from tests.natix_fixture import scene_shard
 
 VIEWS = ViewsConfig(grid=3, overlap=0.25)
 CONFIG = MasksConfig(
@@ -57,38 +57,6 @@ CONFIG = MasksConfig(
         seed=0, image_size=56, patch_size=14, hidden_size=32, layers=1, heads=2, queries=8, init_range=0.2
     ),
 )
-
-
-def _scene(i: int, width: int, height: int) -> bytes:
-    """A JPEG with a bright box whose place depends on i (so masks differ between images)."""
-    pixels = np.full((height, width, 3), (60 + 7 * i, 90, 120), dtype=np.uint8)
-    x0, y0 = (13 * i) % (width // 2), (7 * i) % (height // 2)
-    pixels[y0 : y0 + height // 3, x0 : x0 + width // 4] = (250, 140, 20)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def _shard(root: Path, name: str, first: int, count: int) -> pl.DataFrame:
-    """Write `count` images (mixed sizes) as shard `name`; return their index rows."""
-    sizes = [(160, 90), (120, 160), (96, 72)]
-    rows, index = [], []
-    for k in range(count):
-        i = first + k
-        width, height = sizes[i % len(sizes)]
-        rows.append(make_row(i, image=_scene(i, width, height), width=width, height=height))
-        index.append(
-            {
-                "image_id": f"img{i:03d}",
-                "split": "train",
-                "shard": name,
-                "row": k,
-                "width": width,
-                "height": height,
-            }
-        )
-    write_shard(root / name, rows)
-    return pl.DataFrame(index)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +108,7 @@ def _run(sam, root: Path, index: pl.DataFrame, path: Path, fail_after: int | Non
 
 
 def test_cache_holds_the_masks_of_each_image(tmp_path, sam):
-    index = _shard(tmp_path, "data/train-00000-of-00001.parquet", 0, 5)
+    index = scene_shard(tmp_path, "data/train-00000-of-00001.parquet", 0, 5)
     cache, jobs, counter = _run(sam, tmp_path, index, tmp_path / "masks.zarr")
     assert counter.images == 5 and counter.calls == 3  # batches of 2: every image encoded once
     values = cache.read(index["image_id"].to_list())
@@ -172,7 +140,7 @@ def test_cache_holds_the_masks_of_each_image(tmp_path, sam):
 
 
 def test_killed_run_resumes_and_new_images_are_incremental(tmp_path, sam):
-    index = _shard(tmp_path, "data/train-00000-of-00002.parquet", 0, 10)
+    index = scene_shard(tmp_path, "data/train-00000-of-00002.parquet", 0, 10)
     path = tmp_path / "masks.zarr"
     with pytest.raises(RuntimeError, match="killed"):
         _run(sam, tmp_path, index, path, fail_after=3)  # 3 batches of 2: chunk 0 (rows 0-3) written
@@ -186,7 +154,7 @@ def test_killed_run_resumes_and_new_images_are_incremental(tmp_path, sam):
     # Nothing left to do: no image is encoded.
     assert _run(sam, tmp_path, index, path)[2].images == 0
     # New images: only they are computed; the rows already there keep their place and values.
-    more = pl.concat([index, _shard(tmp_path, "data/train-00001-of-00002.parquet", 10, 3)])
+    more = pl.concat([index, scene_shard(tmp_path, "data/train-00001-of-00002.parquet", 10, 3)])
     cache, jobs, counter = _run(sam, tmp_path, more, path)
     assert counter.images == 3 and jobs["cache_row"].to_list() == [10, 11, 12]
     np.testing.assert_array_equal(cache.read(ids)["view_masks"], fresh.read(ids)["view_masks"])
@@ -194,7 +162,7 @@ def test_killed_run_resumes_and_new_images_are_incremental(tmp_path, sam):
 
 
 def test_reader_refuses_a_cache_of_another_model(tmp_path, sam):
-    index = _shard(tmp_path, "data/train-00000-of-00001.parquet", 0, 2)
+    index = scene_shard(tmp_path, "data/train-00000-of-00001.parquet", 0, 2)
     path = tmp_path / "masks.zarr"
     _run(sam, tmp_path, index, path)
     manifest = sam[0]
@@ -224,7 +192,7 @@ def test_load_image_stretches_the_whole_image_and_checks_its_size():
 
 
 def test_failed_image_names_its_shard_and_row(tmp_path, sam):
-    index = _shard(tmp_path, "data/train-00000-of-00001.parquet", 0, 2)
+    index = scene_shard(tmp_path, "data/train-00000-of-00001.parquet", 0, 2)
     index = index.with_columns(width=pl.when(pl.col("row") == 1).then(999).otherwise(pl.col("width")))
     with pytest.raises(ValueError, match=r"img001 \(data/train-00000-of-00001.parquet row 1\)"):
         _run(sam, tmp_path, index, tmp_path / "masks.zarr")
