@@ -1,7 +1,8 @@
 """Stage `extract`: every image's views through the backbone once, into the zarr feature cache.
 
 Resumable (a killed run continues at the first unfinished chunk) and incremental (new images only):
-dvc.yaml keeps the cache with `persist: true`.
+dvc.yaml keeps the cache with `persist: true`. `torchrun --nproc-per-node N -m stages.extract` splits
+the work by cache chunk over N processes (one GPU each, or N CPU processes).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 from roadwork.config import load_params, load_paths, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
+from roadwork.distributed import barrier, init_ranks, rank_device
 from roadwork.features.backbone import BackboneConfig, load_backbone, read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
-from roadwork.features.extract import extract_with_model, plan_jobs
+from roadwork.features.extract import extract_with_model, plan_for_rank
 from roadwork.views.plan import boxes_by_image, read_plan
 
 
@@ -25,18 +27,24 @@ def main() -> None:
     index = read_index(Path(paths.prepared))
     plan, plan_meta = read_plan(Path(paths.views))
     manifest = read_manifest(Path(paths.backbone))
-    cache = FeatureCache.create(
-        Path(paths.features),
-        copies=1 + config.aug_copies,
-        views=plan_meta["n_views"],
-        dim=manifest["hidden_size"],
-        chunk_rows=config.chunk_rows,
-        attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta),
-    )
-    jobs = plan_jobs(index, cache, config)
-    print(f"extract: {len(jobs)} image(s) to do, {len(cache.row_of) - len(jobs)} already cached")
+    device = resolve_device(config.device)
+    ranks = init_ranks(device)
+
+    def open_cache() -> FeatureCache:
+        return FeatureCache.create(
+            Path(paths.features),
+            copies=1 + config.aug_copies,
+            views=plan_meta["n_views"],
+            dim=manifest["hidden_size"],
+            chunk_rows=config.chunk_rows,
+            attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta),
+        )
+
+    cache, jobs = plan_for_rank(index, open_cache, config, ranks)
+    where = f"extract[{ranks.rank}/{ranks.world}]" if ranks.world > 1 else "extract"
+    print(f"{where}: {len(jobs)} image(s) to do, {len(cache.row_of) - len(jobs)} already cached or elsewhere")
     if len(jobs):
-        model = load_backbone(Path(paths.backbone), backbone_config.dtype, resolve_device(config.device))
+        model = load_backbone(Path(paths.backbone), backbone_config.dtype, rank_device(device, ranks))
         counts = extract_with_model(
             model=model,
             cache=cache,
@@ -49,10 +57,12 @@ def main() -> None:
         )
         rate = counts["images"] / max(counts["seconds"], 1e-9)
         print(
-            f"extract: {counts['images']} images, {counts['views']} views in {counts['seconds']} s "
+            f"{where}: {counts['images']} images, {counts['views']} views in {counts['seconds']} s "
             f"({rate:.1f} images/s)"
         )
-    save_resolved(config, Path(paths.features) / "extract_config.json")
+    barrier(ranks)  # every rank's chunks are written before the stage counts as done
+    if ranks.rank == 0:
+        save_resolved(config, Path(paths.features) / "extract_config.json")
 
 
 if __name__ == "__main__":

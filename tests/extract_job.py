@@ -3,7 +3,8 @@ that SIGKILLs itself at a chosen point (the kill-and-resume test).
 
     python -m tests.extract_job ROOT INDEX CACHE POINT K
         POINT: forward (in the K-th backbone forward), resize (at the K-th zarr array resize, i.e. while
-        appending rows) or write (at the K-th zarr orthogonal write: values written, `done` not yet)
+        appending rows), write (at the K-th zarr orthogonal write: values written, `done` not yet), or
+        none (no kill: e.g. under `torchrun --nproc-per-node 2`, where the ranks split the chunks)
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import polars as pl
 import torch
 import zarr
 
+from roadwork.distributed import Ranks, barrier, init_ranks
 from roadwork.features.backbone import TinyBackboneConfig, build_tiny
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
-from roadwork.features.extract import extract_with_model, plan_jobs
+from roadwork.features.extract import extract_with_model, plan_for_rank
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, rule_fingerprint
 from tests.natix_fixture import scene_shard
 
@@ -47,6 +49,7 @@ CONFIG = ExtractConfig(
     splits=("train", "test"),
 )
 MANIFEST = {"fingerprint": "tiny-test", "patch_size": 16}
+SINGLE = Ranks(rank=0, world=1, local=0)
 
 
 def write_images(root: Path, shard: str, first: int, count: int) -> pl.DataFrame:
@@ -55,14 +58,18 @@ def write_images(root: Path, shard: str, first: int, count: int) -> pl.DataFrame
 
 
 def run(
-    root: Path, index: pl.DataFrame, path: Path, model: torch.nn.Module
+    root: Path, index: pl.DataFrame, path: Path, model: torch.nn.Module, ranks: Ranks = SINGLE
 ) -> tuple[FeatureCache, pl.DataFrame]:
-    """One `extract` stage run over `index` into the cache at `path`; returns (cache, jobs done)."""
+    """One `extract` stage run (this rank's part of it) over `index` into the cache at `path`;
+    returns (cache, the jobs this rank did)."""
     plan = build_plan(index, VIEWS)
     plan_meta = {"rule_fingerprint": rule_fingerprint(VIEWS), "n_views": 12}
     attrs = expected_attrs(CONFIG, backbone=MANIFEST, plan_meta=plan_meta)
-    cache = FeatureCache.create(path, copies=2, views=12, dim=TINY.hidden_size, chunk_rows=4, attrs=attrs)
-    jobs = plan_jobs(index, cache, CONFIG)
+
+    def open_cache() -> FeatureCache:
+        return FeatureCache.create(path, copies=2, views=12, dim=TINY.hidden_size, chunk_rows=4, attrs=attrs)
+
+    cache, jobs = plan_for_rank(index, open_cache, CONFIG, ranks)
     extract_with_model(
         model=model,
         cache=cache,
@@ -73,6 +80,7 @@ def run(
         dim=TINY.hidden_size,
         views=12,
     )
+    barrier(ranks)
     return cache, jobs
 
 
@@ -85,6 +93,8 @@ def kill_at(point: str, k: int, model: torch.nn.Module) -> None:
         if calls[0] == k:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    if point == "none":
+        return
     if point == "forward":
         model.register_forward_pre_hook(lambda *_: tick())
         return
@@ -102,7 +112,9 @@ def main() -> None:
     root, index, cache, point, k = sys.argv[1:]
     model = build_tiny(TINY)
     kill_at(point, int(k), model)
-    run(Path(root), pl.read_parquet(index), Path(cache), model)
+    ranks = init_ranks(torch.device("cpu"))
+    _, jobs = run(Path(root), pl.read_parquet(index), Path(cache), model, ranks)
+    print(f"rank {ranks.rank}/{ranks.world}: rows {jobs['cache_row'].to_list()}")
 
 
 if __name__ == "__main__":

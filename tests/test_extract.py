@@ -11,9 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import zarr
 
 from roadwork.data.images import ShardReader
 from roadwork.features.backbone import build_tiny, pooled_tokens
+from roadwork.features.cache import FeatureCache
 from roadwork.features.extract import embed_views
 from roadwork.views.crops import load_views
 from roadwork.views.plan import boxes_by_image, build_plan
@@ -119,3 +121,23 @@ def test_new_shards_extract_only_new_images_and_removed_ones_are_never_read(data
     full = read_all(cache, more["image_id"].to_list())["features"]
     keep_rows = [i for i, name in enumerate(more["image_id"]) if name not in ("img002", "img011")]
     np.testing.assert_array_equal(features, full[keep_rows])
+
+
+def test_two_processes_under_torchrun_build_the_cache_of_one(data, tmp_path):
+    root, index = data
+    index_file = tmp_path / "index.parquet"
+    index.write_parquet(index_file)
+    path = tmp_path / "two.zarr"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    args = [str(root), str(index_file), str(path), "none", "0"]
+    done = subprocess.run(
+        [*torchrun, "-m", "tests.extract_job", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Ranks own whole chunks of 4 rows: rank 0 chunks 0 and 2, rank 1 chunk 1.
+    assert "rank 0/2: rows [0, 1, 2, 3, 8, 9]" in done.stdout and "rank 1/2: rows [4, 5, 6, 7]" in done.stdout
+    two = FeatureCache(path, zarr.open_group(path, mode="r"))
+    one, _ = job.run(root, index, tmp_path / "one.zarr", build_tiny(job.TINY))
+    ids = index["image_id"].to_list()
+    for name, value in read_all(one, ids).items():
+        np.testing.assert_array_equal(read_all(two, ids)[name], value)

@@ -10,6 +10,7 @@ the first unfinished chunk.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from roadwork.data.images import ShardReader
+from roadwork.distributed import Ranks, barrier, owned_chunks
 from roadwork.features.backbone import pooled_tokens
 from roadwork.features.cache import ExtractConfig, FeatureCache
 from roadwork.views.augment import augment_views, build_augment
@@ -68,6 +70,21 @@ def plan_jobs(index: pl.DataFrame, cache: FeatureCache, config: ExtractConfig) -
         copies=pl.when(pl.col("split") == "train").then(1 + config.aug_copies).otherwise(1).cast(pl.Int64),
     )
     return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
+
+
+def plan_for_rank(
+    index: pl.DataFrame, open_cache: Callable[[], FeatureCache], config: ExtractConfig, ranks: Ranks
+) -> tuple[FeatureCache, pl.DataFrame]:
+    """The cache and this rank's jobs. Rank 0 creates the cache and appends the new rows (the only
+    resizes); the other ranks open it once rank 0 is done, and find nothing left to append."""
+    if ranks.rank == 0:
+        cache = open_cache()
+        jobs = plan_jobs(index, cache, config)
+    barrier(ranks)
+    if ranks.rank != 0:
+        cache = open_cache()
+        jobs = plan_jobs(index, cache, config)
+    return cache, owned_chunks(jobs, cache.chunk_rows, ranks)
 
 
 @torch.inference_mode()
