@@ -23,7 +23,7 @@ from roadwork.ensemble import average_logits
 from roadwork.features.backbone import read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
 from roadwork.train.adapt import MemberData, adapt_member, before_after
-from roadwork.train.dora import FinetuneConfig, chosen_members, full_heads
+from roadwork.train.dora import FinetuneConfig, full_heads, members_or_chosen
 from roadwork.views.plan import read_plan
 
 
@@ -32,16 +32,7 @@ def main() -> None:
     paths = load_paths(params)
     config = section(FinetuneConfig, params, "finetune")
     threshold, n_boot = float(params["submit"]["threshold"]), int(params["submit"]["bootstrap"])
-    names = (
-        list(config.members)
-        if config.members is not None
-        else chosen_members(
-            Path(paths.predictions),
-            params["ensemble"]["members"],
-            int(params["ensemble"]["top_k"]),
-            threshold,
-        )
-    )
+    names = members_or_chosen(config.members, params, Path(paths.predictions))
     heads, skipped = full_heads(Path(paths.heads), names)
     _, plan_meta = read_plan(Path(paths.views))
     extract = section(ExtractConfig, params, "extract")

@@ -20,7 +20,7 @@ from roadwork.ensemble import read_predictions
 from roadwork.features.backbone import BackboneConfig, read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
 from roadwork.train.adapt import MemberData, rows_for
-from roadwork.train.dora import chosen_members, full_heads
+from roadwork.train.dora import full_heads, members_or_chosen
 from roadwork.tta import TtaConfig
 from roadwork.tta.run import ensure_features, member_tta, score, write_member
 from roadwork.views.plan import ViewsConfig, read_plan
@@ -32,16 +32,7 @@ def main() -> None:
     tta = section(TtaConfig, params, "tta")
     extract = section(ExtractConfig, params, "extract")
     threshold, n_boot = float(params["submit"]["threshold"]), int(params["submit"]["bootstrap"])
-    names = (
-        list(tta.members)
-        if tta.members is not None
-        else chosen_members(
-            Path(paths.predictions),
-            params["ensemble"]["members"],
-            int(params["ensemble"]["top_k"]),
-            threshold,
-        )
-    )
+    names = members_or_chosen(tta.members, params, Path(paths.predictions))
     heads, skipped = full_heads(Path(paths.heads), names)
     if not heads:  # an MLP-only ensemble: nothing to augment; submit then has no +tta variants
         print(f"tta: none of the members {names} is a full head (FOODS needs its embedding); nothing to do")

@@ -298,6 +298,14 @@ def chosen_members(pred_dir: Path, members: Iterable[str], top_k: int, threshold
     return [name for name, _ in rank_members(val, threshold)[:top_k]]
 
 
+def members_or_chosen(configured: Iterable[str] | None, params: dict[str, Any], pred_dir: Path) -> list[str]:
+    """The configured members, or (None) submit's choice recomputed from the validation predictions."""
+    if configured is not None:
+        return list(configured)
+    ensemble, threshold = params["ensemble"], float(params["submit"]["threshold"])
+    return chosen_members(pred_dir, ensemble["members"], int(ensemble["top_k"]), threshold)
+
+
 def full_heads(heads_dir: Path, names: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     """The members among `names` whose checkpoint is a full head (DoRA targets), and why others are not."""
     keep, skipped = [], {}
