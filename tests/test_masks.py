@@ -28,8 +28,6 @@ from roadwork.features.masks import (
     plan_jobs,
 )
 from roadwork.features.sam import (
-    MasksConfig,
-    TinySamConfig,
     encode_prompts,
     load_sam,
     materialise,
@@ -37,26 +35,10 @@ from roadwork.features.sam import (
 )
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, rule_fingerprint, view_boxes
 from tests.natix_fixture import scene_shard
+from tests.test_sam import CONFIG as SAM_CONFIG
 
 VIEWS = ViewsConfig(grid=3, overlap=0.25)
-CONFIG = MasksConfig(
-    source="sam",
-    model="tiny",
-    prompts=("traffic cone", "construction barrier", "road work sign"),
-    score_threshold=0.3,
-    mask_threshold=0.5,
-    image_grid=8,
-    view_grid=4,
-    batch_images=2,
-    chunk_rows=4,
-    workers=0,
-    device="cpu",
-    dtype="float32",
-    splits=("train",),
-    tiny=TinySamConfig(
-        seed=0, image_size=56, patch_size=14, hidden_size=32, layers=1, heads=2, queries=8, init_range=0.2
-    ),
-)
+CONFIG = SAM_CONFIG  # the tiny SAM 3 of the SAM tests, three prompts, 8x8 image / 4x4 view grids
 
 
 @pytest.fixture(scope="module")
