@@ -104,6 +104,7 @@ def extract_config(side: int, aug_copies: int, workers: int) -> ExtractConfig:
         seed=0,
         batch_images=8,
         chunk_rows=32,
+        shard_rows=128,
         workers=workers,
         device="cpu",
         splits=("train",),
@@ -169,7 +170,9 @@ def memory_child(n_images: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         index = write_shard(root, noisy_frames(n_images), n_images, (1920, 1080))
-        cache = FeatureCache.create(root / "f.zarr", copies=1, views=12, dim=128, chunk_rows=32, attrs={})
+        cache = FeatureCache.create(
+            root / "f.zarr", copies=1, views=12, dim=128, chunk_rows=32, shard_rows=128, attrs={}
+        )
         counts = extract_with_model(
             model=model,
             cache=cache,
@@ -177,8 +180,6 @@ def memory_child(n_images: int) -> dict:
             raw_root=root,
             boxes=boxes_by_image(build_plan(index, VIEWS)),
             config=config,
-            dim=128,
-            views=12,
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

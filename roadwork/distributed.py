@@ -3,15 +3,18 @@
     torchrun --nproc-per-node N -m stages.extract        # N processes (N GPUs, or N CPU processes)
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process (rank 0 of 1)
-and nothing is initialised. Ranks own whole cache chunks, so no two processes ever write the same
-zarr chunk; rank 0 alone creates or resizes arrays, and the others wait for it at a barrier.
+and nothing is initialised. Ranks own whole cache shards, so no two processes ever write the same
+zarr shard file; rank 0 alone creates or resizes arrays, and the others wait for it at a barrier.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import polars as pl
 import torch
 import torch.distributed as dist
@@ -24,6 +27,9 @@ class Ranks:
     rank: int  # 0..world-1
     world: int  # number of processes
     local: int  # rank on this machine: which GPU to use
+
+
+SINGLE = Ranks(rank=0, world=1, local=0)  # a run without torchrun
 
 
 def init_ranks(device: torch.device) -> Ranks:
@@ -45,6 +51,40 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def owned_chunks(jobs: pl.DataFrame, chunk_rows: int, ranks: Ranks) -> pl.DataFrame:
-    """The jobs (with a `cache_row` column) whose cache chunk is this rank's: chunk k to rank k mod N."""
-    return jobs.filter((pl.col("cache_row") // chunk_rows) % ranks.world == ranks.rank)
+def total(value: float, ranks: Ranks, device: torch.device) -> float:
+    """`value` summed over the ranks (a counter of the work each did); `device` is this rank's."""
+    if ranks.world == 1:
+        return value
+    summed = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return summed.item()
+
+
+T = TypeVar("T")
+C = TypeVar("C")  # a row cache (roadwork.features.cache.RowCache): anything with `shard_rows`
+
+
+def rank_zero_first(open_and_plan: Callable[[], T], ranks: Ranks) -> T:
+    """`open_and_plan()` on rank 0, then on the other ranks once rank 0 is done. Rank 0 thereby alone
+    creates a cache and appends its new rows (the only resizes); the others find nothing to append."""
+    if ranks.rank == 0:
+        result = open_and_plan()
+    barrier(ranks)
+    if ranks.rank != 0:
+        result = open_and_plan()
+    return result
+
+
+def owns(rows: np.ndarray, shard_rows: int, ranks: Ranks) -> np.ndarray:
+    """bool mask of the cache `rows` whose shard is this rank's: shard k to rank k mod N."""
+    return (np.asarray(rows) // shard_rows) % ranks.world == ranks.rank
+
+
+def plan_for_rank(
+    open_and_plan: Callable[[], tuple[C, pl.DataFrame]], ranks: Ranks
+) -> tuple[C, pl.DataFrame]:
+    """The cache and this rank's jobs. `open_and_plan()` opens a row cache, appends the new images' rows
+    and returns the jobs (with their `cache_row`); rank 0 runs it first, and each rank keeps the jobs in
+    its own shards."""
+    cache, jobs = rank_zero_first(open_and_plan, ranks)
+    return cache, jobs.filter(pl.Series(owns(jobs["cache_row"].to_numpy(), cache.shard_rows, ranks)))

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
 from roadwork.config import load_params, load_paths, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
-from roadwork.distributed import barrier, init_ranks, rank_device
+from roadwork.distributed import barrier, init_ranks, plan_for_rank, rank_device
 from roadwork.features.backbone import BackboneConfig, load_backbone, read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
-from roadwork.features.extract import extract_with_model, plan_for_rank
+from roadwork.features.extract import extract_with_model, plan_jobs
 from roadwork.views.plan import boxes_by_image, read_plan
 
 
@@ -30,17 +32,19 @@ def main() -> None:
     device = resolve_device(config.device)
     ranks = init_ranks(device)
 
-    def open_cache() -> FeatureCache:
-        return FeatureCache.create(
+    def open_and_plan() -> tuple[FeatureCache, pl.DataFrame]:
+        cache = FeatureCache.create(
             Path(paths.features),
             copies=1 + config.aug_copies,
             views=plan_meta["n_views"],
             dim=manifest["hidden_size"],
             chunk_rows=config.chunk_rows,
+            shard_rows=config.shard_rows,
             attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta),
         )
+        return cache, plan_jobs(index, cache, config)
 
-    cache, jobs = plan_for_rank(index, open_cache, config, ranks)
+    cache, jobs = plan_for_rank(open_and_plan, ranks)
     where = f"extract[{ranks.rank}/{ranks.world}]" if ranks.world > 1 else "extract"
     print(f"{where}: {len(jobs)} image(s) to do, {len(cache.row_of) - len(jobs)} already cached or elsewhere")
     if len(jobs):
@@ -52,8 +56,6 @@ def main() -> None:
             raw_root=Path(paths.raw),
             boxes=boxes_by_image(plan),
             config=config,
-            dim=manifest["hidden_size"],
-            views=plan_meta["n_views"],
         )
         rate = counts["images"] / max(counts["seconds"], 1e-9)
         print(

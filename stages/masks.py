@@ -2,16 +2,20 @@
 
 With `masks.source: truth` the masks are instead rasterised from the synthetic data's ground-truth
 polygons (an ablation; `roadwork.features.truth`). Resumable (a killed run continues at the first
-unfinished chunk) and incremental (new images only): dvc.yaml keeps the cache with `persist: true`.
+unfinished shard) and incremental (new images only): dvc.yaml keeps the cache with `persist: true`.
+`torchrun --nproc-per-node N -m stages.masks` splits the work by cache shard over N processes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
 from roadwork.config import load_params, load_paths, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
+from roadwork.distributed import barrier, init_ranks, plan_for_rank, rank_device
 from roadwork.features.masks import MaskCache, expected_attrs, fill_masks, plan_jobs
 from roadwork.features.sam import MasksConfig, load_sam
 from roadwork.features.truth import fill_truth_masks, read_truth, source_manifest, truth_path
@@ -25,15 +29,23 @@ def main() -> None:
     manifest = source_manifest(config, sam_dir=Path(paths.sam), raw_root=Path(paths.raw))
     index = read_index(Path(paths.prepared))
     plan, plan_meta = read_plan(Path(paths.views))
-    cache = MaskCache.create(
-        Path(paths.masks),
-        config=config,
-        views=plan_meta["n_views"],
-        attrs=expected_attrs(config, sam=manifest, plan_meta=plan_meta),
-    )
-    jobs = plan_jobs(index, cache, config)
+    device = resolve_device(config.device)
+    ranks = init_ranks(device)
+
+    def open_and_plan() -> tuple[MaskCache, pl.DataFrame]:
+        cache = MaskCache.create(
+            Path(paths.masks),
+            config=config,
+            views=plan_meta["n_views"],
+            attrs=expected_attrs(config, sam=manifest, plan_meta=plan_meta),
+        )
+        return cache, plan_jobs(index, cache, config)
+
+    cache, jobs = plan_for_rank(open_and_plan, ranks)
+    where = f"masks[{ranks.rank}/{ranks.world}]" if ranks.world > 1 else "masks"
     print(
-        f"masks ({config.source}): {len(jobs)} image(s) to do, {len(cache.row_of) - len(jobs)} already cached"
+        f"{where} ({config.source}): {len(jobs)} image(s) to do, "
+        f"{len(cache.row_of) - len(jobs)} already cached or elsewhere"
     )
     if len(jobs):
         boxes = boxes_by_image(plan)
@@ -41,7 +53,7 @@ def main() -> None:
             truth = read_truth(truth_path(Path(paths.raw)))
             counts = fill_truth_masks(cache=cache, jobs=jobs, truth=truth, boxes=boxes, config=config)
         else:
-            model, processor = load_sam(Path(paths.sam), config.dtype, resolve_device(config.device))
+            model, processor = load_sam(Path(paths.sam), config.dtype, rank_device(device, ranks))
             counts = fill_masks(
                 model=model,
                 processor=processor,
@@ -52,10 +64,12 @@ def main() -> None:
                 config=config,
             )
         rate = counts["images"] / max(counts["seconds"], 1e-9)
-        print(f"masks: {counts['images']} images in {counts['seconds']} s ({rate:.1f} images/s)")
+        print(f"{where}: {counts['images']} images in {counts['seconds']} s ({rate:.1f} images/s)")
         for prompt in config.prompts:
-            print(f"masks: mean image coverage {counts[f'coverage/{prompt}']:.3f}  {prompt!r}")
-    save_resolved(config, Path(paths.masks) / "masks_config.json")
+            print(f"{where}: mean image coverage {counts[f'coverage/{prompt}']:.3f}  {prompt!r}")
+    barrier(ranks)  # every rank's shards are written before the stage counts as done
+    if ranks.rank == 0:
+        save_resolved(config, Path(paths.masks) / "masks_config.json")
 
 
 if __name__ == "__main__":

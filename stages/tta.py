@@ -2,7 +2,8 @@
 
 1. Every image of the requested prediction parts, under each of the N augmentations, cut into its views
    and run through the backbone once, into `<tta>` (one cache per augmentation; only missing
-   (image, augmentation) pairs are computed, so FOODS settings never cost a backbone pass).
+   (image, augmentation) pairs are computed, so FOODS settings never cost a backbone pass). Under
+   `torchrun --nproc-per-node N -m stages.tta` the N processes split these passes by cache shard.
 2. Per member: each augmentation's head logit and embedding, its distance to the training distribution,
    the closest `keep` share weighted by softmax(-d / temperature), the weighted mean probability per image.
 Writes `<tta_predictions>/plain/<member>/<part>.parquet` (the trained head) and, for members `finetune`
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from roadwork.config import load_params, load_paths, save_json, save_resolved, section
 from roadwork.data.index import read_index
+from roadwork.device import resolve_device
+from roadwork.distributed import init_ranks
 from roadwork.ensemble import read_predictions
 from roadwork.features.backbone import BackboneConfig, read_manifest
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
@@ -34,12 +37,16 @@ def main() -> None:
     threshold, n_boot = float(params["submit"]["threshold"]), int(params["submit"]["bootstrap"])
     names = members_or_chosen(tta.members, params, Path(paths.predictions))
     heads, skipped = full_heads(Path(paths.heads), names)
+    ranks = init_ranks(resolve_device(tta.device))
     if not heads:  # an MLP-only ensemble: nothing to augment; submit then has no +tta variants
-        print(f"tta: none of the members {names} is a full head (FOODS needs its embedding); nothing to do")
-        for out in (paths.tta, paths.tta_predictions):
-            Path(out).mkdir(parents=True, exist_ok=True)
-        save_json({"skipped": skipped, "parts": {}}, Path(paths.metrics) / "tta.json")
-        save_resolved(tta, Path(paths.tta_predictions) / "tta_config.json")
+        if ranks.rank == 0:
+            print(
+                f"tta: none of the members {names} is a full head (FOODS needs its embedding); nothing to do"
+            )
+            for out in (paths.tta, paths.tta_predictions):
+                Path(out).mkdir(parents=True, exist_ok=True)
+            save_json({"skipped": skipped, "parts": {}}, Path(paths.metrics) / "tta.json")
+            save_resolved(tta, Path(paths.tta_predictions) / "tta_config.json")
         return
     index = read_index(Path(paths.prepared))
     _, plan_meta = read_plan(Path(paths.views))
@@ -53,8 +60,14 @@ def main() -> None:
         dtype=section(BackboneConfig, params, "backbone").dtype,
         plan_meta=plan_meta,
         jobs=rows_for(index, ids, "tta"),
+        ranks=ranks,
     )
-    print(f"tta: {counts['views']} views computed for {counts['images']} image(s) in {counts['seconds']} s")
+    where = f"tta[{ranks.rank}/{ranks.world}]" if ranks.world > 1 else "tta"
+    print(
+        f"{where}: {counts['views']} views computed for {counts['images']} image(s) in {counts['seconds']} s"
+    )
+    if ranks.rank != 0:  # the backbone passes are split; FOODS scoring is cheap and done by rank 0
+        return
     expected = expected_attrs(extract, backbone=read_manifest(Path(paths.backbone)), plan_meta=plan_meta)
     cache = FeatureCache.open_checked(Path(paths.features), expected)
     summary: dict = {

@@ -3,8 +3,8 @@ that SIGKILLs itself at a chosen point (the kill-and-resume test).
 
     python -m tests.extract_job ROOT INDEX CACHE POINT K
         POINT: forward (in the K-th backbone forward), resize (at the K-th zarr array resize, i.e. while
-        appending rows), write (at the K-th zarr orthogonal write: values written, `done` not yet), or
-        none (no kill: e.g. under `torchrun --nproc-per-node 2`, where the ranks split the chunks)
+        appending rows), write (at the K-th zarr slice write: values or `done` flags), or
+        none (no kill: e.g. under `torchrun --nproc-per-node 2`, where the ranks split the shards)
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import polars as pl
 import torch
 import zarr
 
-from roadwork.distributed import Ranks, barrier, init_ranks
+from roadwork.distributed import Ranks, barrier, init_ranks, plan_for_rank
 from roadwork.features.backbone import TinyBackboneConfig, build_tiny
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
-from roadwork.features.extract import extract_with_model, plan_for_rank
+from roadwork.features.extract import extract_with_model, plan_jobs
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, rule_fingerprint
 from tests.natix_fixture import scene_shard
 
@@ -35,7 +35,7 @@ TINY = TinyBackboneConfig(
     num_register_tokens=4,
     patch_size=16,
 )
-# chunk_rows a multiple of batch_images: a resumed run cuts the same batches as an uninterrupted one.
+# shard_rows a multiple of batch_images: a resumed run cuts the same batches as an uninterrupted one.
 CONFIG = ExtractConfig(
     side=32,
     mean=(0.485, 0.456, 0.406),
@@ -43,7 +43,8 @@ CONFIG = ExtractConfig(
     aug_copies=1,
     seed=0,
     batch_images=2,
-    chunk_rows=4,
+    chunk_rows=2,
+    shard_rows=4,
     workers=0,
     device="cpu",
     splits=("train", "test"),
@@ -66,10 +67,13 @@ def run(
     plan_meta = {"rule_fingerprint": rule_fingerprint(VIEWS), "n_views": 12}
     attrs = expected_attrs(CONFIG, backbone=MANIFEST, plan_meta=plan_meta)
 
-    def open_cache() -> FeatureCache:
-        return FeatureCache.create(path, copies=2, views=12, dim=TINY.hidden_size, chunk_rows=4, attrs=attrs)
+    def open_and_plan() -> tuple[FeatureCache, pl.DataFrame]:
+        cache = FeatureCache.create(
+            path, copies=2, views=12, dim=TINY.hidden_size, chunk_rows=2, shard_rows=4, attrs=attrs
+        )
+        return cache, plan_jobs(index, cache, CONFIG)
 
-    cache, jobs = plan_for_rank(index, open_cache, CONFIG, ranks)
+    cache, jobs = plan_for_rank(open_and_plan, ranks)
     extract_with_model(
         model=model,
         cache=cache,
@@ -77,8 +81,6 @@ def run(
         raw_root=root,
         boxes=boxes_by_image(plan),
         config=CONFIG,
-        dim=TINY.hidden_size,
-        views=12,
     )
     barrier(ranks)
     return cache, jobs
@@ -98,7 +100,7 @@ def kill_at(point: str, k: int, model: torch.nn.Module) -> None:
     if point == "forward":
         model.register_forward_pre_hook(lambda *_: tick())
         return
-    name = {"resize": "resize", "write": "set_orthogonal_selection"}[point]
+    name = {"resize": "resize", "write": "__setitem__"}[point]
     original = getattr(zarr.Array, name)
 
     def patched(self, *args, **kwargs):

@@ -1,13 +1,15 @@
 import numpy as np
 import pytest
 
-from roadwork.features.cache import FeatureCache, StaleCacheError
+from roadwork.features.cache import FeatureCache, StaleCacheError, row_runs
 
 ATTRS = {"backbone_fingerprint": "abc", "plan_fingerprint": "def", "side": 32}
 
 
-def make(path, attrs=ATTRS, chunk_rows=4):
-    return FeatureCache.create(path, copies=2, views=3, dim=5, chunk_rows=chunk_rows, attrs=attrs)
+def make(path, attrs=ATTRS, chunk_rows=2, shard_rows=4):
+    return FeatureCache.create(
+        path, copies=2, views=3, dim=5, chunk_rows=chunk_rows, shard_rows=shard_rows, attrs=attrs
+    )
 
 
 def features(n, seed=0):
@@ -38,7 +40,7 @@ def test_incremental_rows_keep_their_place(tmp_path):
     rows = cache.ensure_rows(["c", "a", "d"])
     assert rows.tolist() == [2, 0, 3]
     assert FeatureCache.create(
-        tmp_path / "c.zarr", copies=2, views=3, dim=5, chunk_rows=4, attrs=ATTRS
+        tmp_path / "c.zarr", copies=2, views=3, dim=5, chunk_rows=4, shard_rows=4, attrs=ATTRS
     ).row_of == {"a": 0, "b": 1, "c": 2, "d": 3}
 
 
@@ -77,3 +79,34 @@ def test_unknown_token(tmp_path):
     cache.write_features(cache.ensure_rows(["a"]), features(1), np.array([1]))
     with pytest.raises(ValueError, match=r"unknown token"):
         cache.read(["a"], ["max"])
+
+
+def test_one_file_per_array_and_shard_and_scattered_rows_written_in_runs(tmp_path):
+    cache = make(tmp_path / "c.zarr")  # chunks of 2 rows in shards of 4
+    ids = [f"img{i}" for i in range(10)]
+    rows = cache.ensure_rows(ids)
+    feats = features(10)
+    scattered = np.array([9, 0, 1, 5, 3])  # runs [0, 1], [3], [5], [9], given out of order
+    cache.write_features(scattered, feats[scattered], np.full(5, 2))
+    assert np.flatnonzero(cache.done_mask(rows)).tolist() == [0, 1, 3, 5, 9]
+    rest = np.setdiff1d(rows, scattered)
+    cache.write_features(rest, feats[rest], np.full(5, 2))
+    got, _ = FeatureCache.open_checked(tmp_path / "c.zarr", ATTRS).read(ids, ["cls"])
+    np.testing.assert_array_equal(got, feats[:, :, :, 0].astype(np.float16))
+    for name in ("cls", "patch_mean", "patch_max", "copies", "done", "image_id"):
+        files = sorted(p.name for p in (tmp_path / "c.zarr" / name / "c").iterdir())
+        assert files == ["0", "1", "2"], name  # 10 rows in shards of 4: 3 files, not 5 chunks
+
+
+def test_shard_rows_must_be_a_multiple_of_chunk_rows(tmp_path):
+    with pytest.raises(ValueError, match="shard_rows=6 must be a positive multiple of chunk_rows=4"):
+        make(tmp_path / "c.zarr", chunk_rows=4, shard_rows=6)
+
+
+def test_row_runs():
+    assert row_runs(np.array([0, 1, 2, 5, 7, 8])) == [
+        (0, 3, slice(0, 3)),
+        (5, 6, slice(3, 4)),
+        (7, 9, slice(4, 6)),
+    ]
+    assert row_runs(np.array([], dtype=np.int64)) == []

@@ -71,8 +71,17 @@ def test_features_equal_a_direct_forward_of_the_views(data, tmp_path):
     assert not np.array_equal(features[4, 1], features[4, 0])  # the augmented copy differs
 
 
-# Kill points: before any write, mid-run, while appending rows, between a chunk's values and its done flags.
-KILLS = [("forward", 1), ("forward", 4), ("resize", 3), ("resize", 6), ("write", 5), ("write", 9)]
+# Kill points: before any write, mid-run, while appending rows (between resizes; after the done flags of
+# the new rows, before their ids), between a shard's values and its done flags, half-way through a shard.
+# Writes: 2 to append the rows, then per shard of 4 rows cls, patch_mean, patch_max, copies and done.
+KILLS = [
+    ("forward", 1),
+    ("forward", 4),
+    ("resize", 3),
+    ("write", 2),
+    ("write", 7),
+    ("write", 10),
+]
 
 
 @pytest.mark.parametrize(("point", "k"), KILLS)
@@ -134,7 +143,7 @@ def test_two_processes_under_torchrun_build_the_cache_of_one(data, tmp_path):
         [*torchrun, "-m", "tests.extract_job", *args], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    # Ranks own whole chunks of 4 rows: rank 0 chunks 0 and 2, rank 1 chunk 1.
+    # Ranks own whole shards of 4 rows: rank 0 shards 0 and 2, rank 1 shard 1.
     assert "rank 0/2: rows [0, 1, 2, 3, 8, 9]" in done.stdout and "rank 1/2: rows [4, 5, 6, 7]" in done.stdout
     two = FeatureCache(path, zarr.open_group(path, mode="r"))
     one, _ = job.run(root, index, tmp_path / "one.zarr", build_tiny(job.TINY))

@@ -16,9 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
+import zarr
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +36,9 @@ def tiny_params() -> dict:
     """The project's params.yaml shrunk to seconds: few small images, a small view side, few epochs."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synth"].update(rows={"train": 48, "test": 16}, shards={"train": 2, "test": 1}, scale=0.1)
-    params["extract"].update(side=32, batch_images=16, chunk_rows=8, workers=0)
-    params["masks"].update(batch_images=16, chunk_rows=8, workers=0)
+    params["extract"].update(side=32, batch_images=16, chunk_rows=8, shard_rows=16, workers=0)
+    params["masks"].update(batch_images=16, chunk_rows=8, shard_rows=16, workers=0)
+    params["tta"].update(chunk_rows=4, shard_rows=8)
     params["masks"]["tiny"].update(image_size=56, layers=1)
     params["train"].update(epochs=3, patience=3)
     params["ingest"].update(workers=1)
@@ -122,6 +125,36 @@ def test_repro_end_to_end(project: Path) -> None:
     before = pl.read_parquet(project / "predictions/mlp/test.parquet")
     run(project, "dvc", "repro", "--force", "--single-item", "train@mlp")
     assert pl.read_parquet(project / "predictions/mlp/test.parquet").equals(before)
+
+
+def zarr_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array under a zarr group, by its path in the group."""
+    return {name: array[:] for name, array in zarr.open_group(path, mode="r").arrays()} | {
+        f"{name}/{sub}": value
+        for name, group in zarr.open_group(path, mode="r").groups()
+        for sub, value in zarr_arrays(path / name).items()
+    }
+
+
+@pytest.mark.e2e
+def test_masks_and_tta_under_torchrun_rebuild_the_caches_of_one_process(project: Path) -> None:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    views = json.loads((project / "metrics/tta.json").read_text())["computed_views"]
+    for stage, cache in (("masks", "features/masks.zarr"), ("tta", "features/tta.zarr")):
+        one = zarr_arrays(project / cache)
+        shutil.rmtree(project / cache)
+        out = run(project, *torchrun, "-m", f"stages.{stage}")
+        assert f"{stage}[1/2]" in out  # the second rank took part
+        two = zarr_arrays(project / cache)
+        assert sorted(two) == sorted(one) and len(one) >= 4
+        for name, value in one.items():
+            np.testing.assert_array_equal(two[name], value, err_msg=f"{cache}/{name}")
+    # DVC sees the same caches and the same TTA predictions: only tta.json's timings may differ.
+    status = json.loads(run(project, "dvc", "status", "--json"))
+    assert set(status) <= {"tta"}, status
+    changed = [out for entry in status.get("tta", []) for out in entry.get("changed outs", {})]
+    assert changed in ([], ["metrics/tta.json"]), status
+    assert json.loads((project / "metrics/tta.json").read_text())["computed_views"] == views > 0  # both ranks
 
 
 @pytest.mark.e2e

@@ -123,7 +123,7 @@ def build_world(root: Path) -> Path:
     (root / "backbone").mkdir()
     (root / "backbone" / "fingerprint.json").write_text(json.dumps({"fingerprint": "fake", "patch_size": 16}))
     cache = FeatureCache.create(
-        root / "features.zarr", copies=1, views=12, dim=DIM, chunk_rows=8, attrs=attrs
+        root / "features.zarr", copies=1, views=12, dim=DIM, chunk_rows=8, shard_rows=8, attrs=attrs
     )
     rows = cache.ensure_rows(ids)
     feats = np.random.default_rng(0).normal(size=(len(ids), 1, 12, 3, DIM)).astype(np.float16)
@@ -392,6 +392,7 @@ def test_report_with_masks_and_ablations(world, tmp_path, monkeypatch):
         tmp_path / "masks.zarr",
         arrays={"view_masks": ((12, 2, 4, 4), "float16")},
         chunk_rows=8,
+        shard_rows=8,
         attrs={"prompts": ["traffic cone", "road work sign"], "view_rule_fingerprint": rule},
     )
     masks = np.zeros((len(ids), 12, 2, 4, 4), np.float16)

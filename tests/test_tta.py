@@ -15,6 +15,7 @@ from PIL import Image
 
 from roadwork.combine import compare, pick_frames, read_layer, variants
 from roadwork.config import ConfigError, section
+from roadwork.distributed import SINGLE, Ranks
 from roadwork.features.cache import ExtractConfig
 from roadwork.models import build_model
 from roadwork.train.data import Table
@@ -46,7 +47,8 @@ def tta_config(**overrides) -> TtaConfig:
         "members": None,
         "augmentations": [{}, {"flip": True}],
         "batch_views": 24,
-        "chunk_rows": 2,
+        "chunk_rows": 1,
+        "shard_rows": 2,
         "workers": 0,
         "device": "cpu",
         **FOODS,
@@ -146,9 +148,9 @@ def shard(tmp_path):
 ATTRS = {"backbone_fingerprint": "b0", "view_rule_fingerprint": "v0", "side": 16}
 
 
-def run_extract(root, jobs, specs, embed, attrs=ATTRS, chunk_rows=2):
+def run_extract(root, jobs, specs, embed, attrs=ATTRS, ranks=SINGLE):
     caches = open_for_writing(
-        root / "tta.zarr", tuple(specs), attrs=attrs, views=12, dim=3, chunk_rows=chunk_rows
+        root / "tta.zarr", tuple(specs), attrs=attrs, views=12, dim=3, chunk_rows=1, shard_rows=2
     )
     counts = extract_tta(
         caches=caches,
@@ -158,7 +160,7 @@ def run_extract(root, jobs, specs, embed, attrs=ATTRS, chunk_rows=2):
         side=16,
         embed=embed,
         batch_views=30,
-        chunk_rows=chunk_rows,
+        ranks=ranks,
     )
     return caches, counts
 
@@ -214,6 +216,25 @@ def test_a_killed_run_resumes_to_the_same_cache(shard):
         np.testing.assert_array_equal(read_tokens(resumed[spec], ids), read_tokens(whole[spec], ids))
 
 
+def test_ranks_fill_only_their_own_shards_and_together_the_cache_of_one(shard):
+    root, jobs = shard
+    specs = [AugSpec(), AugSpec(flip=True)]
+    one, _ = run_extract(root, jobs, specs, CountingEmbed())
+    split = root / "split"
+    split.mkdir()
+    (split / "raw").symlink_to(root / "raw")
+    # Shards of 2 rows: rank 0 owns shards 0 and 2 (images 0, 1, 4), rank 1 shard 1 (images 2, 3).
+    caches, counts = run_extract(split, jobs, specs, CountingEmbed(), ranks=Ranks(0, 2, 0))
+    assert counts["computed"] == {"identity": 3, "flip": 3}
+    for cache in caches.values():
+        assert cache.done_mask(np.arange(5)).tolist() == [True, True, False, False, True]
+    caches, counts = run_extract(split, jobs, specs, CountingEmbed(), ranks=Ranks(1, 2, 1))
+    assert counts["computed"] == {"identity": 2, "flip": 2}
+    ids = jobs["image_id"].to_list()
+    for spec in specs:
+        np.testing.assert_array_equal(read_tokens(caches[spec], ids), read_tokens(one[spec], ids))
+
+
 def test_tta_attrs_ignore_the_training_augmentation_seed():
     config = ExtractConfig(
         side=16,
@@ -223,6 +244,7 @@ def test_tta_attrs_ignore_the_training_augmentation_seed():
         seed=0,
         batch_images=1,
         chunk_rows=1,
+        shard_rows=1,
         workers=0,
         device="cpu",
         splits=("test",),

@@ -7,6 +7,11 @@ Layout of `features/backbone.zarr`:
     done                         [N] bool              (written last: a row is usable only when True)
     attrs                        fingerprints of everything the features depend on
 
+Every array is stored in zarr shards of `shard_rows` rows (one file per array and shard, holding
+compressed chunks of `chunk_rows` rows), so the number of files DVC tracks grows with N / shard_rows,
+not N / chunk_rows. A shard is the unit of writing, of resuming and of work per process: writers
+write a shard's rows in one go, and under torchrun no two processes ever write the same shard file.
+
 Rows are appended in the order images are first seen, so adding images never moves existing rows, and
 readers look rows up by image id, so images removed from the index are simply never read.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +44,8 @@ class ExtractConfig:
     aug_copies: int  # augmented copies per training image, besides the clean copy 0
     seed: int  # augmentation seed
     batch_images: int  # images per forward pass (x views x copies)
-    chunk_rows: int  # cache chunk along images: the unit of writing and of resuming
+    chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
+    shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
     workers: int  # DataLoader worker processes decoding images (0 = in the main process)
     device: str  # auto | cpu | cuda
     splits: tuple[str, ...]  # index splits to extract; only "train" rows get augmented copies
@@ -78,6 +85,12 @@ def check_attrs(path: Path, attrs: dict[str, Any], expected: dict[str, Any]) -> 
         raise StaleCacheError(f"{path}: stale cache, rebuild it (`dvc repro`):\n  " + "\n  ".join(diffs))
 
 
+def row_runs(rows: np.ndarray) -> list[tuple[int, int, slice]]:
+    """Runs of consecutive rows in sorted, distinct `rows`: (first row, end row, their positions)."""
+    bounds = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
+    return [(int(rows[a]), int(rows[b - 1]) + 1, slice(a, b)) for a, b in pairwise(bounds) if b > a]
+
+
 class RowCache:
     """A zarr group of per-image arrays `[N, ...]` keyed by `image_id`, with a `done` flag per row.
 
@@ -104,10 +117,16 @@ class RowCache:
         *,
         arrays: dict[str, tuple[tuple[int, ...], str]],
         chunk_rows: int,
+        shard_rows: int,
         attrs: dict[str, Any],
     ) -> RowCache:
-        """Open for writing; a cache with other attrs or arrays is deleted and started anew."""
+        """Open for writing; a cache with other attrs or arrays is deleted and started anew. The chunk
+        and shard sizes apply to a new cache; an existing one keeps its own (storage layout only)."""
         path = Path(path)
+        if chunk_rows < 1 or shard_rows % chunk_rows:
+            raise ValueError(
+                f"{path}: shard_rows={shard_rows} must be a positive multiple of chunk_rows={chunk_rows}"
+            )
         layout = {name: [list(tail), dtype] for name, (tail, dtype) in arrays.items()}
         wanted = {**attrs, "arrays": layout, "format": FORMAT_VERSION}
         if path.exists():
@@ -118,17 +137,18 @@ class RowCache:
             shutil.rmtree(path)
         group = zarr.open_group(path, mode="w")
         codec = [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
-        for name, (tail, dtype) in arrays.items():
+        columns = {name: (tail, dtype, 0) for name, (tail, dtype) in arrays.items()}
+        columns |= {"image_id": ((), str, None), "done": ((), bool, False)}
+        for name, (tail, dtype, fill) in columns.items():
             group.create_array(
                 name,
                 shape=(0, *tail),
                 chunks=(chunk_rows, *tail),
+                shards=(shard_rows, *tail),
                 dtype=dtype,
                 compressors=codec,
-                fill_value=0,
+                fill_value=fill,
             )
-        group.create_array("image_id", shape=(0,), chunks=(chunk_rows,), dtype=str)
-        group.create_array("done", shape=(0,), chunks=(chunk_rows,), dtype=bool, fill_value=False)
         group.attrs.update(wanted)
         return cls(path, group)
 
@@ -143,8 +163,10 @@ class RowCache:
         return cls(path, group)
 
     @property
-    def chunk_rows(self) -> int:
-        return self.group["done"].chunks[0]
+    def shard_rows(self) -> int:
+        """Rows per shard file: the unit of writing, resuming and of work per process."""
+        done = self.group["done"]
+        return (done.shards or done.chunks)[0]  # caches from before sharding: one chunk per file
 
     @property
     def array_names(self) -> list[str]:
@@ -169,10 +191,18 @@ class RowCache:
         return self.group["done"].oindex[rows] if len(rows) else np.zeros(0, dtype=bool)
 
     def write(self, rows: np.ndarray, values: dict[str, np.ndarray]) -> None:
-        """Write every array's values for `rows`, then mark the rows done (done is written last)."""
+        """Write every array's values for `rows`, then mark the rows done (done is written last).
+
+        Rows go in as runs of consecutive rows (slices), one write per run: zarr 3.1's orthogonal
+        writes into sharded arrays fail (zarr-python issue 2834), and a run rewrites its shard once."""
+        order = np.argsort(rows, kind="stable")
+        runs = row_runs(np.asarray(rows)[order])
         for name in self.array_names:
-            self.group[name].oindex[rows] = values[name]
-        self.group["done"].oindex[rows] = True
+            ordered = np.asarray(values[name])[order]
+            for first, end, at in runs:
+                self.group[name][first:end] = ordered[at]
+        for first, end, _ in runs:
+            self.group["done"][first:end] = True
 
     def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
         """Rows of `image_ids`; every one must be present and done."""
@@ -194,6 +224,28 @@ class RowCache:
         return self.group[name].oindex[rows[order]][inverse]
 
 
+class ShardWriter:
+    """Collects per-row values and writes each shard once all of its pending rows are in: one write per
+    array and shard (zarr rewrites a whole shard file on any write into it), then the rows' done flags."""
+
+    def __init__(self, cache: RowCache, rows: Sequence[int]):
+        self.cache = cache
+        self.pending: dict[int, set[int]] = {}
+        for row in rows:
+            self.pending.setdefault(row // cache.shard_rows, set()).add(row)
+        self.buffers: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+
+    def add(self, row: int, values: dict[str, np.ndarray]) -> None:
+        shard = row // self.cache.shard_rows
+        self.buffers.setdefault(shard, {})[row] = values
+        self.pending[shard].discard(row)
+        if not self.pending[shard]:
+            rows = sorted(self.buffers[shard])
+            block = {name: np.stack([self.buffers[shard][r][name] for r in rows]) for name in values}
+            self.cache.write(np.array(rows, dtype=np.int64), block)
+            del self.buffers[shard], self.pending[shard]
+
+
 class FeatureCache(RowCache):
     """The backbone feature cache (module docstring): token arrays `[N, C, V, D]` plus valid copies."""
 
@@ -201,10 +253,19 @@ class FeatureCache(RowCache):
 
     @classmethod
     def create(
-        cls, path: Path, *, copies: int, views: int, dim: int, chunk_rows: int, attrs: dict[str, Any]
+        cls, path: Path, *, copies: int, views: int, dim: int, chunk_rows: int, shard_rows: int, attrs: dict
     ) -> FeatureCache:
         arrays = {name: ((copies, views, dim), "float16") for name in TOKENS} | {"copies": ((), "int8")}
-        return cls.create_or_open(path, arrays=arrays, chunk_rows=chunk_rows, attrs=attrs)
+        shape = {"chunk_rows": chunk_rows, "shard_rows": shard_rows}
+        return cls.create_or_open(path, arrays=arrays, attrs=attrs, **shape)
+
+    def row_values(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """One row's arrays from its `features` `[c, V, 3, D]` (c valid copies, the three tokens stacked);
+        copies beyond c stay zero."""
+        copies, views, dim = self.group[TOKENS[0]].shape[1:]
+        padded = np.zeros((copies, views, 3, dim), dtype=np.float16)
+        padded[: len(features)] = features
+        return {name: padded[:, :, k] for k, name in enumerate(TOKENS)} | {"copies": np.int8(len(features))}
 
     def write_features(self, rows: np.ndarray, features: np.ndarray, copies: np.ndarray) -> None:
         """`features` `[n, C, V, 3, D]` (the three tokens stacked) and valid copies `[n]`."""

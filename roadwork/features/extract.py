@@ -2,15 +2,14 @@
 
 Copy 0 is the clean view; copies 1..aug_copies of a training image go through the heavy augmentation
 pipeline, applied per view after resizing and seeded by (seed, image, copy, view), so that any run, in
-any order, on any number of workers, produces the same features. Work proceeds chunk by chunk of the
-cache; a chunk's rows are marked done only after their features are written, so a killed run resumes at
-the first unfinished chunk.
+any order, on any number of workers, produces the same features. Work proceeds shard by shard of the
+cache; a shard's rows are marked done only after their features are written, so a killed run resumes at
+the first unfinished shard.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from roadwork.data.images import ShardReader
-from roadwork.distributed import Ranks, barrier, owned_chunks
 from roadwork.features.backbone import pooled_tokens
-from roadwork.features.cache import ExtractConfig, FeatureCache
+from roadwork.features.cache import ExtractConfig, FeatureCache, ShardWriter
 from roadwork.views.augment import augment_views, build_augment
 from roadwork.views.crops import load_views
 
@@ -72,21 +70,6 @@ def plan_jobs(index: pl.DataFrame, cache: FeatureCache, config: ExtractConfig) -
     return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
 
 
-def plan_for_rank(
-    index: pl.DataFrame, open_cache: Callable[[], FeatureCache], config: ExtractConfig, ranks: Ranks
-) -> tuple[FeatureCache, pl.DataFrame]:
-    """The cache and this rank's jobs. Rank 0 creates the cache and appends the new rows (the only
-    resizes); the other ranks open it once rank 0 is done, and find nothing left to append."""
-    if ranks.rank == 0:
-        cache = open_cache()
-        jobs = plan_jobs(index, cache, config)
-    barrier(ranks)
-    if ranks.rank != 0:
-        cache = open_cache()
-        jobs = plan_jobs(index, cache, config)
-    return cache, owned_chunks(jobs, cache.chunk_rows, ranks)
-
-
 @torch.inference_mode()
 def embed_views(model: torch.nn.Module, views: np.ndarray, config: ExtractConfig) -> np.ndarray:
     """uint8 `[n, side, side, 3]` -> float32 `[n, 3, D]` pooled tokens."""
@@ -99,32 +82,6 @@ def embed_views(model: torch.nn.Module, views: np.ndarray, config: ExtractConfig
     return pooled_tokens(model, pixels).float().cpu().numpy()
 
 
-class _ChunkWriter:
-    """Collects pooled features row by row and writes each cache chunk once all its rows are in."""
-
-    def __init__(self, cache: FeatureCache, jobs: pl.DataFrame, shape: tuple[int, int, int, int]):
-        self.cache = cache
-        self.shape = shape  # (copies, views, 3, dim)
-        self.copies = dict(zip(jobs["cache_row"].to_list(), jobs["copies"].to_list(), strict=True))
-        self.pending: dict[int, set[int]] = {}
-        for row in self.copies:
-            self.pending.setdefault(row // cache.chunk_rows, set()).add(row)
-        self.buffers: dict[int, dict[int, np.ndarray]] = {}
-
-    def add(self, cache_row: int, features: np.ndarray) -> None:
-        chunk = cache_row // self.cache.chunk_rows
-        self.buffers.setdefault(chunk, {})[cache_row] = features
-        self.pending[chunk].discard(cache_row)
-        if not self.pending[chunk]:
-            rows = np.array(sorted(self.buffers[chunk]), dtype=np.int64)
-            block = np.zeros((len(rows), *self.shape), dtype=np.float32)
-            for k, row in enumerate(rows):
-                value = self.buffers[chunk][row]
-                block[k, : len(value)] = value
-            self.cache.write_features(rows, block, np.array([self.copies[r] for r in rows]))
-            del self.buffers[chunk], self.pending[chunk]
-
-
 def extract_with_model(
     *,
     model: torch.nn.Module,
@@ -133,11 +90,9 @@ def extract_with_model(
     raw_root: Path,
     boxes: dict[str, np.ndarray],
     config: ExtractConfig,
-    dim: int,
-    views: int,
 ) -> dict[str, float]:
     """Fill the cache for `jobs` (sorted by cache row); returns counters for the metrics."""
-    writer = _ChunkWriter(cache, jobs, (1 + config.aug_copies, views, 3, dim))
+    writer = ShardWriter(cache, jobs["cache_row"].to_list())
     loader = DataLoader(
         ViewDataset(raw_root, jobs, boxes, config),
         batch_size=config.batch_images,
@@ -151,8 +106,9 @@ def extract_with_model(
         pooled = embed_views(model, stacked, config)
         offset = 0
         for cache_row, v in batch:
-            n = v.shape[0] * v.shape[1]
-            writer.add(cache_row, pooled[offset : offset + n].reshape(v.shape[0], views, 3, dim))
-            offset += n
+            copies, views = v.shape[:2]
+            features = pooled[offset : offset + copies * views].reshape(copies, views, 3, -1)
+            writer.add(cache_row, cache.row_values(features))
+            offset += copies * views
         n_views += len(stacked)
     return {"images": len(jobs), "views": n_views, "seconds": round(time.perf_counter() - started, 2)}

@@ -10,10 +10,11 @@ Geometry: the processor stretches the whole image to its square input, so pixel 
 mask covers the full-resolution box [c W/w, (c+1) W/w) x [r H/h, (r+1) H/h). Grid values are exact
 area fractions of that piecewise-constant mask over equal cells of a box (whole image or view).
 
-Work proceeds chunk by chunk of the cache, like `extract`: a chunk's rows are marked done only after
-their values are written, so a killed run resumes at the first unfinished chunk, and new images only
-append rows (incremental). Images are decoded at the reduced JPEG scale that still covers the model
-input (the masks are coarse) and resized with PIL's antialiasing filter in the DataLoader workers.
+Work proceeds shard by shard of the cache, like `extract`: a shard's rows are marked done only after
+their values are written, so a killed run resumes at the first unfinished shard, and new images only
+append rows (incremental); under torchrun each rank fills its own shards. Images are decoded at the
+reduced JPEG scale that still covers the model input (the masks are coarse) and resized with PIL's
+antialiasing filter in the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from roadwork.data.images import ShardReader, decode
-from roadwork.features.cache import RowCache
+from roadwork.features.cache import RowCache, ShardWriter
 from roadwork.features.sam import MasksConfig, encode_prompts, input_size, predict_masks
 
 if TYPE_CHECKING:
@@ -99,7 +100,9 @@ class MaskCache(RowCache):
             "view_masks": ((views, p, g, g), "float16"),
             "coverage": ((views, p), "float32"),
         }
-        return cls.create_or_open(path, arrays=arrays, chunk_rows=config.chunk_rows, attrs=attrs)
+        return cls.create_or_open(
+            path, arrays=arrays, chunk_rows=config.chunk_rows, shard_rows=config.shard_rows, attrs=attrs
+        )
 
     def read(self, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Every mask array for `image_ids`, in their order."""
@@ -183,27 +186,6 @@ def plan_jobs(index: pl.DataFrame, cache: MaskCache, config: MasksConfig) -> pl.
     return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
 
 
-class ChunkWriter:
-    """Collects per-row values and writes each cache chunk once all of its pending rows are in."""
-
-    def __init__(self, cache: RowCache, rows: Sequence[int]):
-        self.cache = cache
-        self.pending: dict[int, set[int]] = {}
-        for row in rows:
-            self.pending.setdefault(row // cache.chunk_rows, set()).add(row)
-        self.buffers: dict[int, dict[int, dict[str, np.ndarray]]] = {}
-
-    def add(self, row: int, values: dict[str, np.ndarray]) -> None:
-        chunk = row // self.cache.chunk_rows
-        self.buffers.setdefault(chunk, {})[row] = values
-        self.pending[chunk].discard(row)
-        if not self.pending[chunk]:
-            rows = sorted(self.buffers[chunk])
-            block = {name: np.stack([self.buffers[chunk][r][name] for r in rows]) for name in values}
-            self.cache.write(np.array(rows, dtype=np.int64), block)
-            del self.buffers[chunk], self.pending[chunk]
-
-
 def pixel_values(processor: Sam3Processor, images: list[np.ndarray], model: Sam3Model) -> torch.Tensor:
     """The processor's rescale + normalisation of already resized images, on the model's device/dtype."""
     pixels = processor.image_processor(images=images, do_resize=False, return_tensors="pt")["pixel_values"]
@@ -225,7 +207,7 @@ def fill_masks(
     prompts = encode_prompts(model, processor, config.prompts)  # once per run, shared by every image
     ids = dict(zip(jobs["cache_row"].to_list(), jobs["image_id"].to_list(), strict=True))
     sizes = {r: (w, h) for r, w, h in jobs.select("cache_row", "width", "height").iter_rows()}
-    writer = ChunkWriter(cache, list(ids))
+    writer = ShardWriter(cache, list(ids))
     loader = DataLoader(
         ImageDataset(raw_root, jobs, input_size(processor)),
         batch_size=config.batch_images,

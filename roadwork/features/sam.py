@@ -88,7 +88,8 @@ class MasksConfig:
     image_grid: int  # side M of the coarse whole-image mask [P, M, M]
     view_grid: int  # side G of the per-view masks [V, P, G, G]
     batch_images: int  # images per image-encoder forward (x prompts in the decoder)
-    chunk_rows: int  # cache chunk along images: the unit of writing and of resuming
+    chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
+    shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
     workers: int  # DataLoader worker processes decoding images (0 = in the main process)
     device: str  # auto | cpu | cuda
     dtype: str  # weights dtype: float32 | bfloat16 | float16
@@ -105,7 +106,7 @@ class MasksConfig:
         for name in ("score_threshold", "mask_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"masks.{name}: expected a value in [0, 1), got {getattr(self, name)!r}")
-        for name in ("image_grid", "view_grid", "batch_images", "chunk_rows"):
+        for name in ("image_grid", "view_grid", "batch_images", "chunk_rows", "shard_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"masks.{name}: expected an int >= 1, got {getattr(self, name)!r}")
         if self.workers < 0:

@@ -24,7 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from roadwork.data.synth import TRUTH_FILE
-from roadwork.features.masks import ChunkWriter, MaskCache, mask_grids
+from roadwork.features.cache import ShardWriter
+from roadwork.features.masks import MaskCache, mask_grids
 from roadwork.features.sam import MasksConfig, read_manifest
 
 # Which drawn kind answers which prompt. No synthetic object answers "construction equipment": its
@@ -98,7 +99,7 @@ def fill_truth_masks(
 ) -> dict[str, float]:
     """Fill the cache for `jobs` (sorted by cache row) from the true polygons; counters for the log."""
     side = RASTER_PER_CELL * config.image_grid
-    writer = ChunkWriter(cache, jobs["cache_row"].to_list())
+    writer = ShardWriter(cache, jobs["cache_row"].to_list())
     started, coverage = time.perf_counter(), np.zeros(len(config.prompts))
     columns = ("cache_row", "image_id", "shard", "row", "width", "height")
     for cache_row, image_id, shard, row, width, height in jobs.select(columns).iter_rows():

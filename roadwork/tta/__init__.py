@@ -24,7 +24,8 @@ class TtaConfig:
     members: tuple[str, ...] | None  # members to augment; null: submit's top_k (those with an embedding)
     augmentations: tuple[AugSpec, ...]  # the N augmentations; cached per (image, augmentation)
     batch_views: int  # views per backbone forward pass
-    chunk_rows: int  # cache chunk along images: the unit of writing and of resuming
+    chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
+    shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
     workers: int  # DataLoader worker processes decoding and cutting images (0 = in the main process)
     device: str  # auto | cpu | cuda
     distance: str  # mahalanobis (Gaussian fit, shrunk covariance) | knn (mean distance to k nearest)
@@ -44,8 +45,8 @@ class TtaConfig:
             raise ConfigError(f"tta.distance={self.distance!r}: expected one of {list(DISTANCES)}")
         if not 0.0 < self.keep <= 1.0:
             raise ConfigError(f"tta.keep={self.keep}: expected a fraction in (0, 1]")
-        if self.temperature <= 0 or self.knn_k < 1 or self.batch_views < 1 or self.chunk_rows < 1:
-            raise ConfigError("tta: temperature must be > 0; knn_k, batch_views, chunk_rows >= 1")
+        if self.temperature <= 0 or min(self.knn_k, self.batch_views, self.chunk_rows, self.shard_rows) < 1:
+            raise ConfigError("tta: temperature must be > 0; knn_k, batch_views, chunk_rows, shard_rows >= 1")
         if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
             raise ConfigError(f"tta.shrinkage={self.shrinkage}: expected null or a value in [0, 1]")
         unknown = sorted(set(self.parts) - {"val", "test"})

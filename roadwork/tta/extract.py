@@ -7,9 +7,9 @@ view rule, side, mean, std) plus the spec itself, so:
 - adding an augmentation computes only the new one (a new sub-cache), removing one computes nothing;
 - changing the backbone, view rule or preprocessing rebuilds exactly the affected sub-caches;
 - FOODS settings (distance, keep share, temperature) are not in any attrs: changing them computes nothing.
-Each image is decoded once for all its missing augmentations; rows are marked done per block of
-`chunk_rows` images after their features are written, so a killed run resumes at the first unfinished
-block, and new images are appended (incremental), as in `extract`.
+Each image is decoded once for all its missing augmentations; rows are marked done shard by shard after
+their features are written, so a killed run resumes at the first unfinished shard, and new images are
+appended (incremental), as in `extract`. Under torchrun each rank fills its own shards of every spec.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import zarr
 from torch.utils.data import DataLoader, Dataset
 
 from roadwork.data.images import ShardReader
-from roadwork.features.cache import ExtractConfig, RowCache, expected_attrs
+from roadwork.distributed import SINGLE, Ranks, owns
+from roadwork.features.cache import ExtractConfig, RowCache, ShardWriter, expected_attrs
 from roadwork.tta.augment import AugSpec, ImageViews
 from roadwork.views.plan import ViewsConfig, n_views
 
@@ -57,16 +58,22 @@ def spec_attrs(attrs: dict[str, Any], spec: AugSpec) -> dict[str, Any]:
 
 
 def open_for_writing(
-    root: Path, specs: tuple[AugSpec, ...], *, attrs: dict, views: int, dim: int, chunk_rows: int
+    root: Path,
+    specs: tuple[AugSpec, ...],
+    *,
+    attrs: dict,
+    views: int,
+    dim: int,
+    chunk_rows: int,
+    shard_rows: int,
 ) -> dict[AugSpec, TtaCache]:
     """The sub-cache of every spec, created when new or stale; the root group lists them by name."""
     group = zarr.open_group(Path(root), mode="a")
     group.attrs.update({f"aug-{s.digest()}": s.key() for s in specs})
     arrays = {TOKENS: ((views, 3, dim), "float16")}
+    shape = {"chunk_rows": chunk_rows, "shard_rows": shard_rows}
     return {
-        s: TtaCache.create_or_open(
-            spec_path(root, s), arrays=arrays, chunk_rows=chunk_rows, attrs=spec_attrs(attrs, s)
-        )
+        s: TtaCache.create_or_open(spec_path(root, s), arrays=arrays, attrs=spec_attrs(attrs, s), **shape)
         for s in specs
     }
 
@@ -98,17 +105,21 @@ def _as_is(item: Any) -> Any:
     return item  # keep numpy views (the default would convert them to tensors)
 
 
-def plan_tta_jobs(jobs: pl.DataFrame, caches: dict[AugSpec, TtaCache]) -> tuple[list[dict], dict]:
-    """Per image (index rows: image_id, shard, row, width, height) the specs not cached yet, and the cache
-    row of every (spec, image); images with nothing to do are dropped."""
+def plan_tta_jobs(
+    jobs: pl.DataFrame, caches: dict[AugSpec, TtaCache], ranks: Ranks = SINGLE
+) -> tuple[list[dict], dict]:
+    """Per image (index rows: image_id, shard, row, width, height) the specs not cached yet whose row lies
+    in this rank's shards, and the cache row of every (spec, image); images with nothing to do are dropped."""
     specs = list(caches)
     ids = jobs["image_id"].to_list()
     rows = {s: caches[s].ensure_rows(ids) for s in specs}
-    missing = np.stack([~caches[s].done_mask(rows[s]) for s in specs], axis=1)  # [n, N]
+    todo = np.stack(
+        [~caches[s].done_mask(rows[s]) & owns(rows[s], caches[s].shard_rows, ranks) for s in specs], axis=1
+    )
     out = []
     for i, job in enumerate(jobs.select("image_id", "shard", "row", "width", "height").iter_rows(named=True)):
-        if missing[i].any():
-            out.append(job | {"index": i, "todo": np.flatnonzero(missing[i]).tolist()})
+        if todo[i].any():
+            out.append(job | {"index": i, "todo": np.flatnonzero(todo[i]).tolist()})
     return out, rows
 
 
@@ -121,12 +132,17 @@ def extract_tta(
     side: int,
     embed: Embed,
     batch_views: int,
-    chunk_rows: int,
     workers: int = 0,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, Any]:
-    """Fill every spec's cache for the images of `jobs`; only (image, spec) pairs not done are computed."""
+    """Fill every spec's cache for the images of `jobs` (this rank's shards); only (image, spec) pairs not
+    done are computed. Rank 0 must have appended the rows first (`roadwork.distributed.rank_zero_first`)."""
     specs = list(caches)
-    todo, rows = plan_tta_jobs(jobs, caches)
+    todo, rows = plan_tta_jobs(jobs, caches, ranks)
+    writers = [
+        ShardWriter(caches[s], [int(rows[s][job["index"]]) for job in todo if k in job["todo"]])
+        for k, s in enumerate(specs)
+    ]
     started, counts = time.perf_counter(), {s.key(): 0 for s in specs}
     loader = DataLoader(
         _ImageJobs(raw_root, todo, specs, views, side),
@@ -136,35 +152,22 @@ def extract_tta(
         prefetch_factor=4 if workers else None,
     )
     queue: list[tuple[int, int, np.ndarray]] = []  # (spec index, cache row, views) awaiting the backbone
-    block: dict[int, dict[int, np.ndarray]] = {k: {} for k in range(len(specs))}  # spec -> row -> features
 
     def run_queue() -> None:
         if queue:
-            pooled = embed(np.concatenate([v for _, _, v in queue]))
+            pooled = embed(np.concatenate([v for _, _, v in queue])).astype(np.float16)
             n = len(queue[0][2])
             for j, (k, row, _) in enumerate(queue):
-                block[k][row] = pooled[j * n : (j + 1) * n]
+                writers[k].add(row, {TOKENS: pooled[j * n : (j + 1) * n]})
+                counts[specs[k].key()] += 1
             queue.clear()
 
-    def flush() -> None:
-        run_queue()
-        for k, features in block.items():
-            if features:
-                order = np.array(sorted(features), dtype=np.int64)
-                caches[specs[k]].write(
-                    order, {TOKENS: np.stack([features[r] for r in order]).astype(np.float16)}
-                )
-                counts[specs[k].key()] += len(order)
-                features.clear()
-
-    for done, (i, items) in enumerate(loader, start=1):
+    for i, items in loader:
         for k, v in items:
             queue.append((k, int(rows[specs[k]][todo[i]["index"]]), v))
             if sum(len(q[2]) for q in queue) >= batch_views:
                 run_queue()
-        if done % chunk_rows == 0:
-            flush()
-    flush()
+    run_queue()
     return {
         "images": len(todo),
         "views": sum(counts.values()) * n_views(views),

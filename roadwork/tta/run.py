@@ -12,6 +12,7 @@ import polars as pl
 from roadwork.combine import compare
 from roadwork.config import Paths
 from roadwork.device import resolve_device
+from roadwork.distributed import SINGLE, Ranks, rank_device, rank_zero_first, total
 from roadwork.ensemble import read_predictions
 from roadwork.features.backbone import load_backbone, read_manifest
 from roadwork.features.cache import ExtractConfig
@@ -34,25 +35,36 @@ def ensure_features(
     dtype: str,
     plan_meta: dict[str, Any],
     jobs: pl.DataFrame,
+    ranks: Ranks = SINGLE,
 ) -> tuple[dict[AugSpec, TtaCache], dict[str, Any]]:
-    """Fill the TTA cache for the images of `jobs`; the backbone is loaded only if something is missing."""
+    """Fill the TTA cache for the images of `jobs` (this rank's shards, then wait for the other ranks);
+    the backbone is loaded only if something is missing."""
     if rule_fingerprint(views) != plan_meta["rule_fingerprint"]:
         raise ValueError(f"params.yaml views: {views} is not the rule of {paths.views}; re-run `views`")
     manifest = read_manifest(Path(paths.backbone))
-    caches = open_for_writing(
-        Path(paths.tta),
-        tta.augmentations,
-        attrs=tta_attrs(extract, backbone=manifest, plan_meta=plan_meta),
-        views=n_views(views),
-        dim=manifest["hidden_size"],
-        chunk_rows=tta.chunk_rows,
-    )
+
+    def open_and_append() -> dict[AugSpec, TtaCache]:
+        caches = open_for_writing(
+            Path(paths.tta),
+            tta.augmentations,
+            attrs=tta_attrs(extract, backbone=manifest, plan_meta=plan_meta),
+            views=n_views(views),
+            dim=manifest["hidden_size"],
+            chunk_rows=tta.chunk_rows,
+            shard_rows=tta.shard_rows,
+        )
+        for cache in caches.values():
+            cache.ensure_rows(jobs["image_id"].to_list())
+        return caches
+
+    caches = rank_zero_first(open_and_append, ranks)
     model = None
+    device = rank_device(resolve_device(tta.device), ranks)
 
     def embed(batch: np.ndarray) -> np.ndarray:
         nonlocal model
         if model is None:
-            model = load_backbone(Path(paths.backbone), dtype, resolve_device(tta.device))
+            model = load_backbone(Path(paths.backbone), dtype, device)
         return embed_views(model, batch, extract)
 
     counts = extract_tta(
@@ -63,9 +75,11 @@ def ensure_features(
         side=extract.side,
         embed=embed,
         batch_views=tta.batch_views,
-        chunk_rows=tta.chunk_rows,
         workers=tta.workers,
+        ranks=ranks,
     )
+    for key in ("images", "views"):  # every rank's shards are written before anyone reads them
+        counts[key] = int(total(counts[key], ranks, device))
     return caches, counts
 
 
