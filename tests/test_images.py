@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from roadwork.data.images import ImageDecodeError, ShardReader, decode
+from roadwork.data.images import ImageDecodeError, ShardReader, decode, pixel_view
 from roadwork.data.schema import IMAGE_STRUCT
 
 
@@ -185,3 +185,14 @@ def test_shard_reader_null_bytes_and_plain_binary(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"shard 's\.parquet', row 1: field 'image' has no bytes"):
         reader.read("s.parquet", 1)
     assert reader.read("b.parquet", 1) == b"uvw"
+
+
+@pytest.mark.parametrize("size", [(640, 480), (4032, 3024)])  # one memory block, and several (copied)
+def test_pixel_view_holds_the_rgb_pixels(size):
+    rgb = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    view = pixel_view(image)
+    assert view.shape == (size[1], size[0], 4) and view.dtype == np.uint8
+    np.testing.assert_array_equal(view[..., :3], rgb)
+    with pytest.raises(ValueError, match="expected an RGB image, got mode L"):
+        pixel_view(image.convert("L"))

@@ -151,6 +151,22 @@ def decode(data: bytes, *, min_side_scale: float = 1.0) -> tuple[Image.Image, fl
         raise ImageDecodeError(f"image of {len(data)} bytes does not decode: {_reason(e, data)}") from e
 
 
+def pixel_view(image: Image.Image) -> np.ndarray:
+    """Read-only uint8 [h, w, 4] of an RGB image's own memory, without a copy: Pillow keeps RGB pixels in
+    4 bytes (the 4th unused) and exports them through the Arrow C data interface. Images stored in
+    several blocks (beyond ~16 MB of pixels, e.g. 12 MP at full scale) cannot be exported: those are
+    copied, padded to 4 channels. `np.asarray(image)` would copy every time (~8 ms for 1920x1080)."""
+    if image.mode != "RGB":
+        raise ValueError(f"pixel_view: expected an RGB image, got mode {image.mode}")
+    try:
+        exported = pa.array(image)
+    except ValueError:  # "Image rows are not contiguous in memory"
+        rgb = np.asarray(image)
+        return np.concatenate([rgb, np.zeros((*rgb.shape[:2], 1), np.uint8)], axis=-1)
+    flat = np.frombuffer(exported.buffers()[-1], dtype=np.uint8)  # holds the export, which holds the image
+    return flat[: image.height * image.width * 4].reshape(image.height, image.width, 4)
+
+
 def _reason(error: Exception, data: bytes) -> str:
     """PIL's message, without the object address it puts in "cannot identify image file <...>"."""
     if isinstance(error, UnidentifiedImageError):

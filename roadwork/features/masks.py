@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 # Bump when the meaning of the stored masks changes (post-processing, geometry): old caches go stale.
 MASKS_FORMAT = 1
-# As in roadwork.views.crops: shrink by an integer factor with a box filter, then resample bilinearly.
+# One resize per image (views have twelve): PIL shrinks by an integer factor with a box filter, then
+# resamples the rest bilinearly, antialiased.
 REDUCING_GAP = 2.0
 RESAMPLE = Image.Resampling.BILINEAR
 
