@@ -108,6 +108,7 @@ def extract_config(side: int, aug_copies: int, workers: int) -> ExtractConfig:
         workers=workers,
         device="cpu",
         splits=("train",),
+        compile=False,
     )
 
 

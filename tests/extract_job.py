@@ -48,6 +48,7 @@ CONFIG = ExtractConfig(
     workers=0,
     device="cpu",
     splits=("train", "test"),
+    compile=False,
 )
 MANIFEST = {"fingerprint": "tiny-test", "patch_size": 16}
 SINGLE = Ranks(rank=0, world=1, local=0)

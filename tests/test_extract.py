@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 import zarr
 
 from roadwork.data.images import ShardReader
+from roadwork.features import extract
 from roadwork.features.backbone import build_tiny, pooled_tokens
 from roadwork.features.cache import FeatureCache
 from roadwork.features.extract import embed_views
@@ -150,3 +152,27 @@ def test_two_processes_under_torchrun_build_the_cache_of_one(data, tmp_path):
     ids = index["image_id"].to_list()
     for name, value in read_all(one, ids).items():
         np.testing.assert_array_equal(read_all(two, ids)[name], value)
+
+
+def test_compiled_backbone_sees_one_batch_shape_and_matches_eager(monkeypatch):
+    """`extract.compile`: fixed-size batches (the last padded), so the graph compiles once; same values.
+    Dynamo's eager backend traces the real graph without generating code (fast on a CPU)."""
+    model = build_tiny(job.TINY)
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compile_(module, backend="eager", **kw))
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    sizes = []
+
+    def recording(model, views, config):
+        sizes.append(len(views))
+        return embed_views(model, views, config)
+
+    monkeypatch.setattr(extract, "embed_views", recording)
+    views = np.random.default_rng(0).integers(0, 256, (19, 32, 32, 3), dtype=np.uint8)
+    embed = extract.view_embedder(model, dataclasses.replace(job.CONFIG, compile=True), batch_views=8)
+    got = np.concatenate([embed(views), embed(views[:5])])
+    assert sizes == [8, 8, 8, 8] and got.shape == (24, 3, job.TINY.hidden_size)
+    want = embed_views(model, np.concatenate([views, views[:5]]), job.CONFIG)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()

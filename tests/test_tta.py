@@ -248,6 +248,7 @@ def test_tta_attrs_ignore_the_training_augmentation_seed():
         workers=0,
         device="cpu",
         splits=("test",),
+        compile=False,
     )
     backbone, plan = {"fingerprint": "f", "patch_size": 16}, {"rule_fingerprint": "r"}
     other = ExtractConfig(**{**config.__dict__, "seed": 7, "batch_images": 4})

@@ -49,6 +49,7 @@ class ExtractConfig:
     workers: int  # DataLoader worker processes decoding images (0 = in the main process)
     device: str  # auto | cpu | cuda
     splits: tuple[str, ...]  # index splits to extract; only "train" rows get augmented copies
+    compile: bool  # torch.compile the backbone, run in fixed-size batches (one compilation per run)
 
 
 def expected_attrs(config: ExtractConfig, *, backbone: dict[str, Any], plan_meta: dict[str, Any]) -> dict:

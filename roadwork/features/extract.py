@@ -10,6 +10,7 @@ the first unfinished shard.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,9 @@ def plan_jobs(index: pl.DataFrame, cache: FeatureCache, config: ExtractConfig) -
     return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
 
 
+Embed = Callable[[np.ndarray], np.ndarray]  # uint8 [n, side, side, 3] -> float32 [n, 3, D]
+
+
 @torch.inference_mode()
 def embed_views(model: torch.nn.Module, views: np.ndarray, config: ExtractConfig) -> np.ndarray:
     """uint8 `[n, side, side, 3]` -> float32 `[n, 3, D]` pooled tokens."""
@@ -80,6 +84,25 @@ def embed_views(model: torch.nn.Module, views: np.ndarray, config: ExtractConfig
     std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
     pixels = ((pixels - mean) / std).to(dtype)
     return pooled_tokens(model, pixels).float().cpu().numpy()
+
+
+def view_embedder(model: torch.nn.Module, config: ExtractConfig, batch_views: int) -> Embed:
+    """`embed_views` with `model`, or with `extract.compile` with the compiled model, fed batches of
+    exactly `batch_views` views (the last one padded with copies of its last view): a compiled graph is
+    specialised to its input shape, and each new batch size would compile again (~30 s on a GPU)."""
+    if not config.compile:
+        return lambda views: embed_views(model, views, config)
+    compiled = torch.compile(model, dynamic=False)
+
+    def embed(views: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(views), batch_views):
+            part = views[start : start + batch_views]
+            padded = np.concatenate([part, np.repeat(part[-1:], batch_views - len(part), axis=0)])
+            out.append(embed_views(compiled, padded, config)[: len(part)])
+        return np.concatenate(out)
+
+    return embed
 
 
 def extract_with_model(
@@ -93,6 +116,8 @@ def extract_with_model(
 ) -> dict[str, float]:
     """Fill the cache for `jobs` (sorted by cache row); returns counters for the metrics."""
     writer = ShardWriter(cache, jobs["cache_row"].to_list())
+    views = len(next(iter(boxes.values()))) if boxes else 1
+    embed = view_embedder(model, config, config.batch_images * (1 + config.aug_copies) * views)
     loader = DataLoader(
         ViewDataset(raw_root, jobs, boxes, config),
         batch_size=config.batch_images,
@@ -103,7 +128,7 @@ def extract_with_model(
     started, n_views = time.perf_counter(), 0
     for batch in loader:
         stacked = np.concatenate([v.reshape(-1, *v.shape[2:]) for _, v in batch])
-        pooled = embed_views(model, stacked, config)
+        pooled = embed(stacked)
         offset = 0
         for cache_row, v in batch:
             copies, views = v.shape[:2]

@@ -15,7 +15,6 @@ appended (incremental), as in `extract`. Under torchrun each rank fills its own 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 from roadwork.data.images import ShardReader
 from roadwork.distributed import SINGLE, Ranks, owns
 from roadwork.features.cache import ExtractConfig, RowCache, ShardWriter, expected_attrs
+from roadwork.features.extract import Embed
 from roadwork.tta.augment import AugSpec, ImageViews
 from roadwork.views.plan import ViewsConfig, n_views
 
 TOKENS = "tokens"
 CACHE_FORMAT = 1  # bump when the meaning of the stored TTA features changes
-Embed = Callable[[np.ndarray], np.ndarray]  # uint8 [n, side, side, 3] -> float [n, 3, D]
 
 
 class TtaCache(RowCache):

@@ -16,7 +16,7 @@ from roadwork.distributed import SINGLE, Ranks, rank_device, rank_zero_first, to
 from roadwork.ensemble import read_predictions
 from roadwork.features.backbone import load_backbone, read_manifest
 from roadwork.features.cache import ExtractConfig
-from roadwork.features.extract import embed_views
+from roadwork.features.extract import view_embedder
 from roadwork.train.adapt import MemberData, rows_for
 from roadwork.train.dora import load_fold_models
 from roadwork.tta import TtaConfig
@@ -58,14 +58,16 @@ def ensure_features(
         return caches
 
     caches = rank_zero_first(open_and_append, ranks)
-    model = None
+    embedder = None
     device = rank_device(resolve_device(tta.device), ranks)
 
     def embed(batch: np.ndarray) -> np.ndarray:
-        nonlocal model
-        if model is None:
-            model = load_backbone(Path(paths.backbone), dtype, device)
-        return embed_views(model, batch, extract)
+        nonlocal embedder
+        if embedder is None:  # only when something is missing
+            embedder = view_embedder(
+                load_backbone(Path(paths.backbone), dtype, device), extract, tta.batch_views
+            )
+        return embedder(batch)
 
     counts = extract_tta(
         caches=caches,
