@@ -188,7 +188,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.train >= args.images:
         parser.error("--train must be below --images (the rest are the test images TTA augments)")
-    results = {"machine": platform.node(), "cpus": os.cpu_count(), "args": vars(args) | {"json": None}}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "dvc": sh(Path.cwd(), "dvc", "--version").strip(),
+        "args": vars(args) | {"json": None},
+    }
     for name, caches in (("dvc_floor", False), ("caches", True)):
         root = Path(tempfile.mkdtemp(prefix=f"cache-scale-{name}-"))
         try:

@@ -63,3 +63,30 @@ def test_masks_bench_runs_tiny_on_cpu(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert set(result["tiny"]) == {"encode", "decode/1", "decode/3", "decode/6"}
     assert result["stage"]["images"] == 2 and result["stage"]["images_per_s"] > 0
+
+
+def test_cache_scale_bench_tracks_one_file_per_array_and_shard(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    args = ["--images", "40", "--train", "30", "--dim", "8", "--tta-augs", "2", "--chunk-rows", "4"]
+    args += ["--shard-rows", "8", "--repeats", "1", "--json", str(out)]
+    subprocess.run([sys.executable, "bench/cache_scale.py", *args], cwd=ROOT, check=True, capture_output=True)
+    caches = json.loads(out.read_text())["caches"]
+    # Per array: its shards plus its zarr.json; per group one zarr.json. 40 rows in shards of 8 = 5 shards;
+    # TTA holds the 10 test rows (2 shards) per augmentation.
+    assert caches["files"] == {
+        "backbone.zarr": 6 * (5 + 1) + 1,  # cls, patch_mean, patch_max, copies, image_id, done
+        "masks.zarr": 5 * (5 + 1) + 1,  # image_mask, view_masks, coverage, image_id, done
+        "tta.zarr": 2 * (3 * (2 + 1) + 1) + 1,  # per augmentation: tokens, image_id, done
+    }
+    assert len(caches["noop_repro_s"]) == 1 and caches["noop_repro_s"][0] > 0
+
+
+def test_jpeg_bench_runs_on_cpu(tmp_path: Path) -> None:
+    folder, out = tmp_path / "jpegs", tmp_path / "jpeg.json"
+    bench = [sys.executable, "bench/jpeg_gpu.py"]
+    subprocess.run([*bench, "make", str(folder), "--images", "1"], cwd=ROOT, check=True, capture_output=True)
+    run = [*bench, "run", str(folder), "--repeats", "1", "--json", str(out)]
+    subprocess.run(run, cwd=ROOT, check=True, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["image"] for row in rows] == ["1920x1080", "4032x3024"]
+    assert all(row["pil_ms"] > 0 and row["tv_cpu_ms"] > 0 for row in rows)
