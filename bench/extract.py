@@ -1,18 +1,23 @@
-"""Benchmark of `extract` on the CPU: the JPEG decode floor, the view path, and peak memory.
+"""Benchmark of `extract`: the JPEG decode floor, the view path, peak memory, and the stage on a GPU.
 
     python bench/extract.py decode --images 6 --side 112 512   # per image, one core, full-size JPEGs
     python bench/extract.py memory --images 500 2000           # peak RSS of the stage on N images
+    python bench/extract.py stage --images 192 --side 512 --workers 12 --full [--compile]
 
 `decode` renders full-size synthetic scenes (4032x3024 phone photos and 1920x1080 frames, the
 generator at scale 1) and times, per image on one core:
     decode      bare JPEG decode at full resolution (PIL), the floor of any view path
     naive       full decode, then each of the 12 views cropped and resized with LANCZOS (the obvious code)
     views       what `extract` does: `load_views` (reduced-scale JPEG decode where the views allow it,
-                antialiasing resize from fractional boxes)
+                antialiased resize straight from the decoded pixels)
     item        the whole `extract` data path minus the model: a `ViewDataset` item (views + one
                 augmented copy), as the DataLoader workers compute it
 `memory` runs `extract_with_model` (tiny backbone) over N generated 1920x1080 images in a child
-process per N and reports its peak RSS: with streaming chunk writes it must not grow with N.
+process per N and reports its peak RSS: with streaming shard writes it must not grow with N.
+`stage` runs `extract_with_model` over N generated 1920x1080 training images (one augmented copy each)
+with the full ViT-H+/16 (random weights, bf16; `--full`) or the tiny backbone, on the GPU when there is
+one: images and views per second of the whole stage (DataLoader decode and views in `--workers`
+processes, forward, shard writes), a cold run (with `--compile`: compilation included) then a warm one.
 """
 
 from __future__ import annotations
@@ -44,6 +49,15 @@ from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, view_boxes
 
 SIZES = {"4032x3024": (4032, 3024), "1920x1080": (1920, 1080)}
+TINY = TinyBackboneConfig(
+    seed=0,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=256,
+    num_register_tokens=4,
+    patch_size=16,
+)
 VIEWS = ViewsConfig(grid=3, overlap=0.25)
 
 
@@ -95,20 +109,27 @@ def decode_rows(n_images: int, sides: list[int]) -> list[dict]:
     return rows
 
 
-def extract_config(side: int, aug_copies: int, workers: int) -> ExtractConfig:
+def extract_config(
+    side: int,
+    aug_copies: int,
+    workers: int,
+    batch_images: int = 8,
+    compile: bool = False,
+    device: str = "cpu",
+) -> ExtractConfig:
     return ExtractConfig(
         side=side,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         aug_copies=aug_copies,
         seed=0,
-        batch_images=8,
+        batch_images=batch_images,
         chunk_rows=32,
         shard_rows=128,
         workers=workers,
-        device="cpu",
+        device=device,
         splits=("train",),
-        compile=False,
+        compile=compile,
     )
 
 
@@ -156,23 +177,13 @@ def noisy_frames(n: int):
 
 def memory_child(n_images: int) -> dict:
     """The stage's extraction over n generated images; peak RSS (MB) of this process and its workers."""
-    model = build_tiny(
-        TinyBackboneConfig(
-            seed=0,
-            hidden_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=256,
-            num_register_tokens=4,
-            patch_size=16,
-        )
-    )
+    model = build_tiny(TINY)
     config = extract_config(112, aug_copies=0, workers=1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         index = write_shard(root, noisy_frames(n_images), n_images, (1920, 1080))
         cache = FeatureCache.create(
-            root / "f.zarr", copies=1, views=12, dim=128, chunk_rows=32, shard_rows=128, attrs={}
+            root / "f.zarr", copies=1, views=12, dim=TINY.hidden_size, chunk_rows=32, shard_rows=128, attrs={}
         )
         counts = extract_with_model(
             model=model,
@@ -187,13 +198,62 @@ def memory_child(n_images: int) -> dict:
     return {"images": n_images, "peak_rss_mb": round(peak), "worker_peak_rss_mb": round(workers), **counts}
 
 
+def stage_rows(args: argparse.Namespace) -> list[dict]:
+    """The stage over `args.images` generated frames, twice (cold, warm) on fresh caches."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.full:
+        from backbone import vith16plus  # bench/backbone.py: this script's folder is on sys.path
+        from transformers import DINOv3ViTModel
+
+        with torch.device(device):
+            model = DINOv3ViTModel(vith16plus()).to(torch.bfloat16 if device == "cuda" else torch.float32)
+        dim = model.config.hidden_size
+    else:
+        model, dim = build_tiny(TINY), TINY.hidden_size
+    model.eval()
+    config = extract_config(args.side[0], 1, args.workers, args.batch_images, args.compile, device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        index = write_shard(root, noisy_frames(args.images[0]), args.images[0], (1920, 1080))
+        for run in ("cold", "warm"):
+            cache = FeatureCache.create(
+                root / f"{run}.zarr", copies=2, views=12, dim=dim, chunk_rows=32, shard_rows=128, attrs={}
+            )
+            counts = extract_with_model(
+                model=model,
+                cache=cache,
+                jobs=plan_jobs(index, cache, config),
+                raw_root=root,
+                boxes=boxes_by_image(build_plan(index, VIEWS)),
+                config=config,
+            )
+            seconds = counts["seconds"]
+            rows.append(
+                {
+                    "run": run,
+                    "device": device,
+                    "full": args.full,
+                    "compile": args.compile,
+                    "side": config.side,
+                }
+                | {"workers": args.workers, "batch_images": args.batch_images, **counts}
+                | {"images_per_s": counts["images"] / seconds, "views_per_s": counts["views"] / seconds}
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["decode", "memory", "memory-child"])
+    parser.add_argument("what", choices=["decode", "memory", "memory-child", "stage"])
     parser.add_argument("--images", type=int, nargs="+", default=[6])
     parser.add_argument("--side", type=int, nargs="+", default=[112, 512])
+    parser.add_argument("--workers", type=int, default=1, help="stage: DataLoader workers")
+    parser.add_argument("--batch-images", type=int, default=8, help="stage: images per forward")
+    parser.add_argument("--full", action="store_true", help="stage: the full ViT-H+/16 (random weights)")
+    parser.add_argument("--compile", action="store_true", help="stage: extract.compile")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     if args.what == "memory-child":
@@ -201,6 +261,8 @@ def main() -> None:
         return
     if args.what == "decode":
         rows = decode_rows(args.images[0], args.side)
+    elif args.what == "stage":
+        rows = stage_rows(args)
     else:
         rows = []
         for n in args.images:

@@ -26,7 +26,8 @@ from roadwork.views.crops import load_views
 
 
 class ViewDataset(Dataset):
-    """Item i: all copies of image i as uint8 `[copies, V, side, side, 3]` (decoded once)."""
+    """Item i: all copies of image i as a uint8 tensor `[copies, V, side, side, 3]` (decoded once; a
+    tensor, so that DataLoader workers hand it over in shared memory instead of pickling ~19 MB)."""
 
     def __init__(
         self, raw_root: Path, jobs: pl.DataFrame, boxes: dict[str, np.ndarray], config: ExtractConfig
@@ -42,7 +43,7 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         job = self.jobs[i]
         data = self.reader.read(job["shard"], job["row"])
         size = (job["width"], job["height"])  # the plan's size: a mismatching image fails loudly
@@ -53,10 +54,10 @@ class ViewDataset(Dataset):
             out[copy] = augment_views(
                 clean, transform=self.augment, seed=self.config.seed, image_id=job["image_id"], copy=copy
             )
-        return job["cache_row"], out
+        return job["cache_row"], torch.from_numpy(out)
 
 
-def _collate(items: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+def _collate(items: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
     return items  # images carry different numbers of copies: keep them apart
 
 
@@ -71,36 +72,46 @@ def plan_jobs(index: pl.DataFrame, cache: FeatureCache, config: ExtractConfig) -
     return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
 
 
-Embed = Callable[[np.ndarray], np.ndarray]  # uint8 [n, side, side, 3] -> float32 [n, 3, D]
+Embed = Callable[[np.ndarray | torch.Tensor], torch.Tensor]  # uint8 [n, side, side, 3] -> [n, 3, D]
 
 
 @torch.inference_mode()
-def embed_views(model: torch.nn.Module, views: np.ndarray, config: ExtractConfig) -> np.ndarray:
-    """uint8 `[n, side, side, 3]` -> float32 `[n, 3, D]` pooled tokens."""
+def pooled_views(
+    model: torch.nn.Module, views: np.ndarray | torch.Tensor, config: ExtractConfig
+) -> torch.Tensor:
+    """uint8 `[n, side, side, 3]` -> float32 `[n, 3, D]` pooled tokens on the model's device. On a GPU
+    the work is only queued: reading the values waits for it, so the caller can do other work first."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    pixels = torch.from_numpy(views).to(device).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    pixels = torch.as_tensor(views).to(device).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
     mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
     pixels = ((pixels - mean) / std).to(dtype)
-    return pooled_tokens(model, pixels).float().cpu().numpy()
+    return pooled_tokens(model, pixels).float()
+
+
+def embed_views(
+    model: torch.nn.Module, views: np.ndarray | torch.Tensor, config: ExtractConfig
+) -> np.ndarray:
+    """uint8 `[n, side, side, 3]` -> float32 `[n, 3, D]` pooled tokens, as numpy."""
+    return pooled_views(model, views, config).cpu().numpy()
 
 
 def view_embedder(model: torch.nn.Module, config: ExtractConfig, batch_views: int) -> Embed:
-    """`embed_views` with `model`, or with `extract.compile` with the compiled model, fed batches of
+    """`pooled_views` with `model`, or with `extract.compile` with the compiled model, fed batches of
     exactly `batch_views` views (the last one padded with copies of its last view): a compiled graph is
     specialised to its input shape, and each new batch size would compile again (~30 s on a GPU)."""
     if not config.compile:
-        return lambda views: embed_views(model, views, config)
+        return lambda views: pooled_views(model, views, config)
     compiled = torch.compile(model, dynamic=False)
 
-    def embed(views: np.ndarray) -> np.ndarray:
-        out = []
+    def embed(views: np.ndarray | torch.Tensor) -> torch.Tensor:
+        views, out = torch.as_tensor(views), []
         for start in range(0, len(views), batch_views):
             part = views[start : start + batch_views]
-            padded = np.concatenate([part, np.repeat(part[-1:], batch_views - len(part), axis=0)])
-            out.append(embed_views(compiled, padded, config)[: len(part)])
-        return np.concatenate(out)
+            padding = part[-1:].expand(batch_views - len(part), *part.shape[1:])
+            out.append(pooled_views(compiled, torch.cat([part, padding]), config)[: len(part)])
+        return torch.cat(out)
 
     return embed
 
@@ -125,15 +136,22 @@ def extract_with_model(
         collate_fn=_collate,
         prefetch_factor=4 if config.workers else None,
     )
-    started, n_views = time.perf_counter(), 0
-    for batch in loader:
-        stacked = np.concatenate([v.reshape(-1, *v.shape[2:]) for _, v in batch])
-        pooled = embed(stacked)
-        offset = 0
+    started, n_views, pending = time.perf_counter(), 0, None
+
+    def write(batch: list[tuple[int, torch.Tensor]], pooled: torch.Tensor) -> None:
+        pooled, offset = pooled.cpu().numpy(), 0  # waits for the forward
         for cache_row, v in batch:
             copies, views = v.shape[:2]
             features = pooled[offset : offset + copies * views].reshape(copies, views, 3, -1)
             writer.add(cache_row, cache.row_values(features))
             offset += copies * views
-        n_views += len(stacked)
+
+    for batch in loader:
+        stacked = torch.cat([v.flatten(0, 1) for _, v in batch])
+        pooled = embed(stacked)  # queued on a GPU: the previous batch is written while this one runs
+        if pending:
+            write(*pending)
+        pending, n_views = (batch, pooled), n_views + len(stacked)
+    if pending:
+        write(*pending)
     return {"images": len(jobs), "views": n_views, "seconds": round(time.perf_counter() - started, 2)}

@@ -15,6 +15,7 @@ appended (incremental), as in `extract`. Under torchrun each rank fills its own 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from torch.utils.data import DataLoader, Dataset
 from roadwork.data.images import ShardReader
 from roadwork.distributed import SINGLE, Ranks, owns
 from roadwork.features.cache import ExtractConfig, RowCache, ShardWriter, expected_attrs
-from roadwork.features.extract import Embed
 from roadwork.tta.augment import AugSpec, ImageViews
 from roadwork.views.plan import ViewsConfig, n_views
 
@@ -129,7 +129,7 @@ def extract_tta(
     raw_root: Path,
     views: ViewsConfig,
     side: int,
-    embed: Embed,
+    embed: Callable[[np.ndarray], np.ndarray],  # uint8 [n, side, side, 3] -> float [n, 3, D]
     batch_views: int,
     workers: int = 0,
     ranks: Ranks = SINGLE,

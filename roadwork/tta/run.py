@@ -67,7 +67,7 @@ def ensure_features(
             embedder = view_embedder(
                 load_backbone(Path(paths.backbone), dtype, device), extract, tta.batch_views
             )
-        return embedder(batch)
+        return embedder(batch).cpu().numpy()
 
     counts = extract_tta(
         caches=caches,
