@@ -4,6 +4,7 @@
     python bench/masks.py --images 64      # more images for the end-to-end stage timing
     python bench/masks.py --full           # also a full-size SAM 3 (Sam3Config(), random weights:
                                            # speed does not depend on the weight values); meant for a GPU
+    python bench/masks.py --memory 500 2000  # peak RSS of the stage over N generated 1920x1080 images
 
 Three measurements:
 1. model only, per image: the image encoding (once per image) and the prompt decoding (DETR + mask
@@ -12,6 +13,8 @@ Three measurements:
 2. the stage end to end (decode + resize in the DataLoader, model, grids, zarr writes) on synthetic
    JPEGs of the real 1920x1080 size written to a temporary parquet shard.
 3. with --full, measurement 1 for the real architecture at 1008 px.
+With --memory, instead: the stage (tiny SAM 3) over N streamed images in a child process per N, and
+its peak RSS (and its DataLoader workers'): with shard-by-shard writes it must not grow with N.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import argparse
 import io
 import json
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -156,6 +161,37 @@ def stage_rate(model, processor, config: MasksConfig, n: int) -> dict[str, float
         )
 
 
+def memory_child(n: int) -> dict:
+    """The stage over n generated 1920x1080 images in this process; peak RSS (MB) of it and its workers."""
+    import resource
+
+    from extract import noisy_frames, write_shard  # bench/extract.py: this script's folder is on sys.path
+
+    from roadwork.features.masks import MaskCache, fill_masks, plan_jobs
+    from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
+
+    config = section(MasksConfig, load_params(), "masks")
+    model, processor = build_tiny(config.tiny)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        index = write_shard(root, noisy_frames(n), n, (1920, 1080))  # streamed: 100 images at a time
+        cache = MaskCache.create(root / "masks.zarr", config=config, views=12, attrs={"bench": True})
+        counts = fill_masks(
+            model=model.requires_grad_(False),
+            processor=processor,
+            cache=cache,
+            jobs=plan_jobs(index, cache, config),
+            raw_root=root,
+            boxes=boxes_by_image(build_plan(index, ViewsConfig(grid=3, overlap=0.25))),
+            config=config,
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"images": n, "peak_rss_mb": round(peak), "worker_peak_rss_mb": round(workers)} | {
+        "seconds": counts["seconds"]
+    }
+
+
 def available_gb() -> float:
     """MemAvailable of the machine (Linux), in GB; infinity when unknown."""
     try:
@@ -184,10 +220,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per model measurement")
     parser.add_argument("--full", action="store_true", help="also time a full-size SAM 3")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--memory", type=int, nargs="+", help="peak RSS of the stage over N images, per N")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child)))
+        return
+    if args.memory:
+        rows = []
+        for n in args.memory:
+            child = [sys.executable, __file__, "--memory-child", str(n)]
+            rows.append(json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout))
+            print(rows[-1], flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return
 
     config = section(MasksConfig, load_params(), "masks")
     device = resolve_device(config.device)
