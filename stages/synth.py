@@ -15,7 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from roadwork.config import load_params, load_paths, save_resolved, section
-from roadwork.data.synth import DATA_DIR, TRUTH_FILE, SynthConfig, write_dataset
+from roadwork.data.schema import TRUTH_FILE
+from roadwork.data.synth import DATA_DIR, SynthConfig, write_dataset
 
 CONFIG_FILE = "synth_config.json"
 

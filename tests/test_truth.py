@@ -9,7 +9,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from roadwork.data.synth import TRUTH_FILE, generate, write_dataset
+from roadwork.data.schema import TRUTH_FILE
+from roadwork.data.synth import generate, write_dataset
 from roadwork.features.masks import MaskCache, expected_attrs, plan_jobs
 from roadwork.features.truth import (
     PROMPT_KINDS,

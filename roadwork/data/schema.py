@@ -55,6 +55,12 @@ HF_METADATA = {b"huggingface": json.dumps({"info": {"features": _HF_FEATURES}}).
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
 
 
+# Side table of the objects drawn on every synthetic image (shard, row, polygons): the ground truth that
+# `masks.source: truth` rasterises. Kept out of the shards so they stay in the exact NATIX schema, and
+# an Arrow file rather than parquet so that ingest (which takes every *.parquet for a shard) skips it.
+TRUTH_FILE = "truth_masks.arrow"
+
+
 def shard_name(split: str, index: int, total: int) -> str:
     """`train-00003-of-00026.parquet`, the hub's shard naming."""
     return f"{split}-{index:05d}-of-{total:05d}.parquet"

@@ -27,14 +27,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from roadwork.data.scene import DrawnObject, SceneSpec, render_frames
-from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, shard_name
+from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, TRUTH_FILE, shard_name
 
 SCHEMA = RAW_SCHEMA.with_metadata(HF_METADATA)
 DATA_DIR = "data"
-# Side table of the objects drawn on every image (shard, row, polygons): the ground truth that
-# `masks.source: truth` rasterises. Kept out of the shards so they stay in the exact NATIX schema, and
-# an Arrow file rather than parquet so that ingest (which takes every *.parquet for a shard) skips it.
-TRUTH_FILE = "truth_masks.arrow"
 # Real cities with their real coordinates (lat, lon); GPS is jittered a few km around the centre.
 CITIES = (
     ("indianapolis", 39.76838, -86.15804),

@@ -23,7 +23,7 @@ import polars as pl
 import torch
 from PIL import Image, ImageDraw
 
-from roadwork.data.synth import TRUTH_FILE
+from roadwork.data.schema import TRUTH_FILE
 from roadwork.features.cache import ShardWriter
 from roadwork.features.masks import MaskCache, mask_grids
 from roadwork.features.sam import MasksConfig, read_manifest
