@@ -129,12 +129,14 @@ def extract_with_model(
     writer = ShardWriter(cache, jobs["cache_row"].to_list())
     views = len(next(iter(boxes.values()))) if boxes else 1
     embed = view_embedder(model, config, config.batch_images * (1 + config.aug_copies) * views)
+    device = next(model.parameters()).device
     loader = DataLoader(
         ViewDataset(raw_root, jobs, boxes, config),
         batch_size=config.batch_images,
         num_workers=config.workers,
         collate_fn=_collate,
         prefetch_factor=4 if config.workers else None,
+        pin_memory=device.type == "cuda",  # page-locked: the copies to the GPU below do not block
     )
     started, n_views, pending = time.perf_counter(), 0, None
 
@@ -147,7 +149,7 @@ def extract_with_model(
             offset += copies * views
 
     for batch in loader:
-        stacked = torch.cat([v.flatten(0, 1) for _, v in batch])
+        stacked = torch.cat([v.flatten(0, 1).to(device, non_blocking=True) for _, v in batch])
         pooled = embed(stacked)  # queued on a GPU: the previous batch is written while this one runs
         if pending:
             write(*pending)
