@@ -60,53 +60,44 @@ def fill(cache: RowCache, ids: list[str], make_rows) -> None:
 def build_caches(root: Path, args: argparse.Namespace) -> None:
     """The three caches at the sizes of `args`, with chunk and shard rows of `args`."""
     ids = [f"{i:064x}" for i in range(args.images)]
-    shape = {"chunk_rows": args.chunk_rows, "shard_rows": args.shard_rows}
+    layout = {"chunk_rows": args.chunk_rows, "shard_rows": args.shard_rows}
     features = FeatureCache.create(
-        root / "features/backbone.zarr", copies=2, views=VIEWS, dim=args.dim, attrs={}, **shape
+        root / "features/backbone.zarr", copies=2, views=VIEWS, dim=args.dim, attrs={}, **layout
     )
-
-    def feature_rows(rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        shape = (len(rows), 2, VIEWS, args.dim)
-        values = {t: rng.standard_normal(shape, dtype=np.float32).astype(np.float16) for t in TOKENS}
-        train = rows < args.train  # the first images are the training ones
-        for t in TOKENS:
-            values[t][~train, 1] = 0  # test rows have no augmented copy
-        return values | {"copies": np.where(train, 2, 1).astype(np.int8)}
-
-    fill(features, ids, feature_rows)
-    params = load_params()["masks"] | shape
-    masks = MaskCache.create(
-        root / "features/masks.zarr",
-        config=section(MasksConfig, {"masks": params}, "masks"),
-        views=VIEWS,
-        attrs={},
-    )
-    prompts, grid, view_grid = len(params["prompts"]), params["image_grid"], params["view_grid"]
-
-    def mask_rows(rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        n = len(rows)
-        on = rng.random((n, prompts)) < 0.2  # a fifth of the (image, prompt) pairs find an object
-        image = np.zeros((n, prompts, grid, grid), np.float16)
-        image[on, grid // 2 :, : grid // 4] = 1.0
-        views = np.zeros((n, VIEWS, prompts, view_grid, view_grid), np.float16)
-        views[:, 0] = image[:, :, :: grid // view_grid, :: grid // view_grid]
-        return {
-            "image_mask": image,
-            "view_masks": views,
-            "coverage": views.mean(axis=(-2, -1), dtype=np.float32),
-        }
-
-    fill(masks, ids, mask_rows)
+    fill(features, ids, lambda rows, rng: feature_rows(rows, rng, args))
+    config = section(MasksConfig, {"masks": load_params()["masks"] | layout}, "masks")
+    masks = MaskCache.create(root / "features/masks.zarr", config=config, views=VIEWS, attrs={})
+    fill(masks, ids, lambda rows, rng: mask_rows(rows, rng, config))
     specs = tuple(AugSpec(scale=1.0 + k / 100) for k in range(args.tta_augs))
-    tta = open_for_writing(root / "features/tta.zarr", specs, attrs={}, views=VIEWS, dim=args.dim, **shape)
-    test_ids = ids[args.train :]
+    tta = open_for_writing(root / "features/tta.zarr", specs, attrs={}, views=VIEWS, dim=args.dim, **layout)
+    shape = (VIEWS, 3, args.dim)
+    for cache in tta.values():  # the test images: those after the training ones
+        fill(cache, ids[args.train :], lambda rows, rng: {TTA_TOKENS: normal(rng, len(rows), shape)})
 
-    def tta_rows(rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        shape = (len(rows), VIEWS, 3, args.dim)
-        return {TTA_TOKENS: rng.standard_normal(shape, dtype=np.float32).astype(np.float16)}
 
-    for cache in tta.values():
-        fill(cache, test_ids, tta_rows)
+def normal(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.standard_normal((n, *shape), dtype=np.float32).astype(np.float16)
+
+
+def feature_rows(rows: np.ndarray, rng: np.random.Generator, args: argparse.Namespace) -> dict:
+    """Random tokens; training rows (the first `args.train`) have an augmented copy, the others zeros."""
+    values = {t: normal(rng, len(rows), (2, VIEWS, args.dim)) for t in TOKENS}
+    train = rows < args.train
+    for t in TOKENS:
+        values[t][~train, 1] = 0
+    return values | {"copies": np.where(train, 2, 1).astype(np.int8)}
+
+
+def mask_rows(rows: np.ndarray, rng: np.random.Generator, config: MasksConfig) -> dict:
+    """Sparse masks: a fifth of the (image, prompt) pairs cover a block of the image and of view 0."""
+    n, prompts, grid, view_grid = len(rows), len(config.prompts), config.image_grid, config.view_grid
+    on = rng.random((n, prompts)) < 0.2
+    image = np.zeros((n, prompts, grid, grid), np.float16)
+    image[on, grid // 2 :, : grid // 4] = 1.0
+    views = np.zeros((n, VIEWS, prompts, view_grid, view_grid), np.float16)
+    views[:, 0] = image[:, :, :: grid // view_grid, :: grid // view_grid]
+    coverage = views.mean(axis=(-2, -1), dtype=np.float32)
+    return {"image_mask": image, "view_masks": views, "coverage": coverage}
 
 
 def pipeline(caches: bool) -> dict:
