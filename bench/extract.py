@@ -175,6 +175,23 @@ def noisy_frames(n: int):
         yield buffer.getvalue()
 
 
+def run_stage(
+    model: torch.nn.Module, root: Path, index: pl.DataFrame, config: ExtractConfig, cache: Path, dim: int
+) -> dict[str, float]:
+    """`extract_with_model` over the images of `index` (in `root`) into a new cache at `cache`."""
+    features = FeatureCache.create(
+        cache, copies=1 + config.aug_copies, views=12, dim=dim, chunk_rows=32, shard_rows=128, attrs={}
+    )
+    return extract_with_model(
+        model=model,
+        cache=features,
+        jobs=plan_jobs(index, features, config),
+        raw_root=root,
+        boxes=boxes_by_image(build_plan(index, VIEWS)),
+        config=config,
+    )
+
+
 def memory_child(n_images: int) -> dict:
     """The stage's extraction over n generated images; peak RSS (MB) of this process and its workers."""
     model = build_tiny(TINY)
@@ -182,17 +199,7 @@ def memory_child(n_images: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         index = write_shard(root, noisy_frames(n_images), n_images, (1920, 1080))
-        cache = FeatureCache.create(
-            root / "f.zarr", copies=1, views=12, dim=TINY.hidden_size, chunk_rows=32, shard_rows=128, attrs={}
-        )
-        counts = extract_with_model(
-            model=model,
-            cache=cache,
-            jobs=plan_jobs(index, cache, config),
-            raw_root=root,
-            boxes=boxes_by_image(build_plan(index, VIEWS)),
-            config=config,
-        )
+        counts = run_stage(model, root, index, config, root / "f.zarr", TINY.hidden_size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"images": n_images, "peak_rss_mb": round(peak), "worker_peak_rss_mb": round(workers), **counts}
@@ -217,17 +224,7 @@ def stage_rows(args: argparse.Namespace) -> list[dict]:
         root = Path(tmp)
         index = write_shard(root, noisy_frames(args.images[0]), args.images[0], (1920, 1080))
         for run in ("cold", "warm"):
-            cache = FeatureCache.create(
-                root / f"{run}.zarr", copies=2, views=12, dim=dim, chunk_rows=32, shard_rows=128, attrs={}
-            )
-            counts = extract_with_model(
-                model=model,
-                cache=cache,
-                jobs=plan_jobs(index, cache, config),
-                raw_root=root,
-                boxes=boxes_by_image(build_plan(index, VIEWS)),
-                config=config,
-            )
+            counts = run_stage(model, root, index, config, root / f"{run}.zarr", dim)
             seconds = counts["seconds"]
             rows.append(
                 {
