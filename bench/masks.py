@@ -20,7 +20,6 @@ its peak RSS (and its DataLoader workers'): with shard-by-shard writes it must n
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import subprocess
@@ -32,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
 
 from roadwork.config import load_params, section
@@ -110,43 +108,16 @@ def report_costs(title: str, costs: dict[str, float]) -> None:
     print(f"  each extra prompt                {slope * 1e3:9.1f} ms / image")
 
 
-def synthetic_shard(root: Path, n: int, size: tuple[int, int]):
-    """n noisy 1920x1080-like JPEGs in one shard; their index rows (a polars DataFrame)."""
-    import polars as pl  # the stage's data libraries: only the end-to-end timing needs them
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rng = np.random.default_rng(0)
-    images = []
-    for i in range(n):
-        pixels = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR)
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=90)
-        images.append({"bytes": buffer.getvalue(), "path": f"{i}.jpg"})
-    shard = "data/train-00000-of-00001.parquet"
-    (root / "data").mkdir(parents=True)
-    pq.write_table(pa.table({"image": images}), root / shard)
-    return pl.DataFrame(
-        {
-            "image_id": [f"img{i:05d}" for i in range(n)],
-            "split": ["train"] * n,
-            "shard": [shard] * n,
-            "row": list(range(n)),
-            "width": [size[0]] * n,
-            "height": [size[1]] * n,
-        }
-    )
-
-
 def stage_rate(model, processor, config: MasksConfig, n: int) -> dict[str, float]:
     """The stage end to end on n synthetic full-size images: images per second."""
+    from extract import noisy_frames, write_shard  # bench/extract.py: this script's folder is on sys.path
+
     from roadwork.features.masks import MaskCache, fill_masks, plan_jobs
     from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        index = synthetic_shard(root, n, (1920, 1080))
+        index = write_shard(root, noisy_frames(n), n, (1920, 1080))  # streamed: 100 images at a time
         plan = build_plan(index, ViewsConfig(grid=3, overlap=0.25))
         cache = MaskCache.create(root / "masks.zarr", config=config, views=12, attrs={"bench": True})
         jobs = plan_jobs(index, cache, config)
