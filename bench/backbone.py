@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from roadwork.config import load_params, section
-from roadwork.features.backbone import DTYPES, BackboneConfig, build_tiny, pooled_tokens
+from roadwork.features.backbone import BackboneConfig, build_tiny, pooled_tokens
+from roadwork.features.manifest import DTYPES
 
 DATASHEET_TFLOPS = 989.4  # H100 / H200 SXM, dense bf16 tensor-core peak
 

@@ -32,8 +32,8 @@ import yaml
 
 from roadwork.config import load_params, section
 from roadwork.features.cache import TOKENS, FeatureCache, RowCache
+from roadwork.features.mask_config import MasksConfig
 from roadwork.features.masks import MaskCache
-from roadwork.features.sam import MasksConfig
 from roadwork.tta.augment import AugSpec
 from roadwork.tta.extract import TOKENS as TTA_TOKENS
 from roadwork.tta.extract import open_for_writing

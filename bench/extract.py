@@ -41,10 +41,10 @@ import torch
 from PIL import Image
 
 from roadwork.data.images import decode
-from roadwork.data.scene import SceneSpec, render_scene
 from roadwork.features.backbone import TinyBackboneConfig, build_tiny
 from roadwork.features.cache import ExtractConfig, FeatureCache
 from roadwork.features.extract import ViewDataset, extract_with_model, plan_jobs
+from roadwork.synth.scene import SceneSpec, render_scene
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, view_boxes
 

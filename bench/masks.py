@@ -35,9 +35,9 @@ from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processo
 
 from roadwork.config import load_params, section
 from roadwork.device import resolve_device
-from roadwork.features.backbone import DTYPES
+from roadwork.features.manifest import DTYPES
+from roadwork.features.mask_config import MasksConfig
 from roadwork.features.sam import (
-    MasksConfig,
     build_tiny,
     build_tiny_tokenizer,
     decode_prompts,
@@ -112,7 +112,8 @@ def stage_rate(model, processor, config: MasksConfig, n: int) -> dict[str, float
     """The stage end to end on n synthetic full-size images: images per second."""
     from extract import noisy_frames, write_shard  # bench/extract.py: this script's folder is on sys.path
 
-    from roadwork.features.masks import MaskCache, fill_masks, plan_jobs
+    from roadwork.features.mask_fill import fill_masks, plan_jobs
+    from roadwork.features.masks import MaskCache
     from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +139,8 @@ def memory_child(n: int) -> dict:
 
     from extract import noisy_frames, write_shard  # bench/extract.py: this script's folder is on sys.path
 
-    from roadwork.features.masks import MaskCache, fill_masks, plan_jobs
+    from roadwork.features.mask_fill import fill_masks, plan_jobs
+    from roadwork.features.masks import MaskCache
     from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
 
     config = section(MasksConfig, load_params(), "masks")

@@ -9,10 +9,8 @@ NULL metadata, as a StreetVision validator's images do; NATIX parquet rows bring
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +22,18 @@ from roadwork.config import load_paths, section
 from roadwork.data.images import ImageDecodeError, ShardReader, displayed_size
 from roadwork.data.ingest import IngestConfig, ingest
 from roadwork.device import resolve_device
-from roadwork.ensemble import CHOICE_FILE
+from roadwork.ensemble.submit import read_choice
 from roadwork.features.backbone import BackboneConfig, load_backbone
-from roadwork.features.cache import TOKENS, ExtractConfig
+from roadwork.features.cache import ExtractConfig
 from roadwork.features.extract import embed_views
 from roadwork.features.text import embed_texts, load_encoder
+from roadwork.metrics import sigmoid
 from roadwork.train.checkpoint import load_head
-from roadwork.train.config import TOKEN_SETS
-from roadwork.train.data import Vocab, metadata_arrays
+from roadwork.train.data import metadata_arrays
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, view_boxes
 
 SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `predict` reproduces
-
-
-@dataclass
-class Member:
-    """One chosen head and how to feed it."""
-
-    name: str
-    model: torch.nn.Module
-    vocab: Vocab
-    tokens: tuple[str, ...]
-    views: list[int] | None  # None: all views
 
 
 class Predictor:
@@ -54,14 +41,11 @@ class Predictor:
 
     def __init__(self, params: dict[str, Any], device: str = "auto"):
         paths = load_paths(params)
-        choice_path = Path(paths.submission) / CHOICE_FILE
-        if not choice_path.is_file():
-            raise FileNotFoundError(f"{choice_path}: no ensemble chosen yet; run `dvc repro` first")
-        choice = json.loads(choice_path.read_text())
+        choice = read_choice(Path(paths.submission))
         if choice.get("use", "ensemble") not in SERVED:
             raise NotImplementedError(
-                f"{choice_path}: submit.use={choice['use']!r}; `roadwork predict` serves {sorted(SERVED)} "
-                "(the DoRA fold models and TTA are applied by the pipeline's stages only)"
+                f"{paths.submission}: submit.use={choice['use']!r}; `roadwork predict` serves "
+                f"{sorted(SERVED)} (the DoRA fold models and TTA are applied by the pipeline's stages only)"
             )
         self.threshold = float(choice["threshold"])
         self.device = resolve_device(device)
@@ -69,13 +53,8 @@ class Predictor:
         self.views = section(ViewsConfig, params, "views")
         backbone = section(BackboneConfig, params, "backbone")
         self.backbone = load_backbone(Path(paths.backbone), backbone.dtype, self.device)
-        self.members = [self._member(Path(paths.heads) / name, name) for name in choice["members"]]
+        self.members = [load_head(Path(paths.heads) / name, self.device) for name in choice["members"]]
         self._text_encoder = None
-
-    def _member(self, head_dir: Path, name: str) -> Member:
-        model, _, vocab, config = load_head(head_dir, self.device)
-        views = [0] if config["views"] == "global" else None
-        return Member(name, model, vocab, TOKEN_SETS[config["tokens"]], views)
 
     def view_features(self, data: bytes) -> np.ndarray:
         """`[V, 3, D]` pooled tokens of one image's clean views, rounded to float16 like the cache."""
@@ -96,11 +75,7 @@ class Predictor:
         text = self._text(meta_rows["scene_description"].to_list())
         out = []
         for member in self.members:
-            picked = features[:, :, [TOKENS.index(t) for t in member.tokens]]  # [n, V, T, D]
-            x = picked.reshape(*picked.shape[:2], -1)
-            if member.views is not None:
-                x = x[:, member.views]
-            batch = {"views": torch.from_numpy(x.astype(np.float32))}
+            batch = {"views": torch.from_numpy(member.view_features(features).astype(np.float32))}
             batch |= {
                 k: torch.from_numpy(v) for k, v in metadata_arrays(meta_rows, member.vocab, text).items()
             }
@@ -141,7 +116,7 @@ class Predictor:
                 yield {"id": row["source_id"], "image_id": row["image_id"], **self._scored(value)}
 
     def _scored(self, logit: float) -> dict[str, Any]:
-        prob = float(1.0 / (1.0 + np.exp(-logit)))
+        prob = float(sigmoid(logit))
         return {"probability": prob, "label": int(prob > self.threshold)}
 
 

@@ -16,50 +16,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.combine import compare
 from roadwork.config import load_params, load_paths, save_json, save_resolved, section
 from roadwork.data.index import read_index
-from roadwork.ensemble import average_logits
-from roadwork.features.backbone import read_manifest
-from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
-from roadwork.train.adapt import MemberData, adapt_member, before_after
-from roadwork.train.dora import FinetuneConfig, full_heads, members_or_chosen
-from roadwork.views.plan import read_plan
+from roadwork.device import resolve_device
+from roadwork.ensemble import EnsembleConfig, SubmitConfig
+from roadwork.ensemble.choose import full_heads, members_or_chosen
+from roadwork.features.cache import ExtractConfig, open_features
+from roadwork.train.adapt import finetune_members
+from roadwork.train.checkpoint import load_head
+from roadwork.train.dora import FinetuneConfig
 
 
 def main() -> None:
     params = load_params()
     paths = load_paths(params)
     config = section(FinetuneConfig, params, "finetune")
-    threshold, n_boot = float(params["submit"]["threshold"]), int(params["submit"]["bootstrap"])
-    names = members_or_chosen(config.members, params, Path(paths.predictions))
+    submit = section(SubmitConfig, params, "submit")
+    ensemble = section(EnsembleConfig, params, "ensemble")
+    names = members_or_chosen(config.members, ensemble, submit.threshold, Path(paths.predictions))
     heads, skipped = full_heads(Path(paths.heads), names)
-    _, plan_meta = read_plan(Path(paths.views))
-    extract = section(ExtractConfig, params, "extract")
-    expected = expected_attrs(extract, backbone=read_manifest(Path(paths.backbone)), plan_meta=plan_meta)
-    cache = FeatureCache.open_checked(Path(paths.features), expected)
-    index = read_index(Path(paths.prepared))
-    summary: dict = {"split": config.split, "folds": config.folds, "lr": config.lr, "epochs": config.epochs}
-    summary |= {"skipped": skipped, "members": {}}
-    held = []
-    for name in heads:
-        member = MemberData.load(name, params=params, paths=paths, cache=cache, device=config.device)
-        result, oof = adapt_member(
-            member, config=config, paths=paths, index=index, threshold=threshold, n_boot=n_boot
-        )
-        summary["members"][name] = result
-        held.append(oof)
+    device = resolve_device(config.device)
+    summary = finetune_members(
+        [load_head(Path(paths.heads) / name, device) for name in heads],
+        cache=open_features(paths, section(ExtractConfig, params, "extract")),
+        config=config,
+        paths=paths,
+        index=read_index(Path(paths.prepared)),
+        threshold=submit.threshold,
+        n_boot=submit.bootstrap,
+    )
+    for name, result in summary["members"].items():
         before, after = result["oof"]["before"]["mcc"], result["oof"]["after"]["mcc"]
         print(
             f"finetune@{name}: out-of-fold MCC {before:.3f} -> {after:.3f}, "
             f"mean |Δlogit| {result['oof']['mean_abs_delta_logit']:.2e}, {result['seconds']} s"
         )
-    if held:  # the adapted members averaged, before and after
-        befores = [before_after(frame)[0] for frame in held]
-        summary["overall"] = compare(average_logits(befores), average_logits(held), threshold, n_boot)
     for name, why in skipped.items():
         print(f"finetune: skipped {name}: {why}")
-    save_json(summary, Path(paths.metrics) / "finetune.json")
+    save_json(summary | {"skipped": skipped}, Path(paths.metrics) / "finetune.json")
     save_resolved(config, Path(paths.dora) / "finetune_config.json")
     Path(paths.dora_predictions).mkdir(parents=True, exist_ok=True)  # empty when no member is a full head
 

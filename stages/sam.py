@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 from roadwork.config import load_params, load_paths, save_json, section, to_dict
-from roadwork.features.sam import MasksConfig, materialise
+from roadwork.features.mask_config import MasksConfig
+from roadwork.features.sam import materialise
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from roadwork.config import load_params, load_paths, save_resolved, section
 from roadwork.data.schema import TRUTH_FILE
-from roadwork.data.synth import DATA_DIR, SynthConfig, write_dataset
+from roadwork.synth.dataset import DATA_DIR, SynthConfig, write_dataset
 
 CONFIG_FILE = "synth_config.json"
 

@@ -10,10 +10,9 @@ from roadwork.features.backbone import (
     load_backbone,
     materialise,
     pooled_tokens,
-    read_manifest,
     resolve,
-    weights_fingerprint,
 )
+from roadwork.features.manifest import read_manifest, weights_fingerprint
 
 TINY = TinyBackboneConfig(
     seed=0,
@@ -35,7 +34,11 @@ def test_tiny_is_seeded():
 
 def test_save_pretrained_round_trip(tmp_path):
     manifest = materialise(BackboneConfig(model="tiny", dtype="float32", tiny=TINY), tmp_path)
-    assert read_manifest(tmp_path) == manifest == json.loads((tmp_path / "fingerprint.json").read_text())
+    assert (
+        read_manifest(tmp_path, "backbone")
+        == manifest
+        == json.loads((tmp_path / "fingerprint.json").read_text())
+    )
     assert manifest["hidden_size"] == 32 and manifest["num_register_tokens"] == 4
     loaded = load_backbone(tmp_path)
     assert weights_fingerprint(loaded) == manifest["fingerprint"]

@@ -1,8 +1,10 @@
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
 
 from roadwork.config import ConfigError, from_dict, load_params, load_paths, section, to_dict
+from roadwork.ensemble import EnsembleConfig, SubmitConfig
 from roadwork.train.config import TrainConfig, member_config
 
 
@@ -51,19 +53,22 @@ def test_project_params_parse():
     params = load_params("params.yaml")
     paths = load_paths(params)
     assert paths.features.endswith(".zarr")
-    for member in params["ensemble"]["members"]:
-        assert isinstance(member_config(params, member), TrainConfig)
+    ensemble = section(EnsembleConfig, params, "ensemble")
+    for member in ensemble.members:
+        assert isinstance(member_config(params["train"], ensemble.overrides(member), member), TrainConfig)
     with pytest.raises(ConfigError, match=r"no member 'nope'"):
-        member_config(params, "nope")
+        ensemble.overrides("nope")
+    submit = section(SubmitConfig, params, "submit")
+    with pytest.raises(ConfigError, match=r"submit.use='ensemble\+x'"):
+        dataclasses.replace(submit, use="ensemble+x")
 
 
 def test_member_overrides_are_strict():
     params = load_params("params.yaml")
-    params["ensemble"]["members"] = {"m": {"lr": 1e-3, "layerz": 4}}
     with pytest.raises(ConfigError, match=r"ensemble.members.m: unknown key\(s\) \['layerz'\]"):
-        member_config(params, "m")
-    params["ensemble"]["members"] = {"m": {"lr": 1e-3}}
-    assert member_config(params, "m").lr == 1e-3
+        member_config(params["train"], {"lr": 1e-3, "layerz": 4}, "m")
+    assert member_config(params["train"], {"lr": 1e-3}, "m").lr == 1e-3
+    assert member_config(params["train"], None, "m").lr == params["train"]["lr"]
 
 
 def test_bad_token_choice():

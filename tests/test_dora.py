@@ -65,9 +65,8 @@ def finetune_config(**overrides) -> FinetuneConfig:
 
 def member():
     params = load_params("params.yaml")
-    params["ensemble"]["members"] = {"m": {"model": "head", "width": 16, "layers": 1, "heads": 2}}
-    params["train"] = {**params["train"], "batch_size": 16, "accumulation": 1, "device": "cpu"}
-    return member_config(params, "m")
+    train = {**params["train"], "batch_size": 16, "accumulation": 1, "device": "cpu"}
+    return member_config(train, {"model": "head", "width": 16, "layers": 1, "heads": 2}, "m")
 
 
 def toy_table(n=72, seed=0, unlabelled=0) -> Table:

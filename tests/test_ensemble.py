@@ -2,7 +2,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from roadwork.ensemble import average_logits, rank_members
+from roadwork.ensemble.choose import rank_members
+from roadwork.predictions import average_logits
 
 
 def frame(ids, logits, labels):

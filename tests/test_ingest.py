@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from roadwork.data.index import IndexFileError, index_fingerprint, read_index
+from roadwork.data.index import IndexFileError, read_index
 from roadwork.data.ingest import (
     IngestConfig,
     IngestError,
@@ -364,15 +364,6 @@ def test_write_and_read_prepared(tmp_path: Path) -> None:
         read_index(tmp_path / "prepared")
     with pytest.raises(IndexFileError, match="index not found"):
         read_index(tmp_path / "elsewhere")
-
-
-def test_index_fingerprint_tracks_ids_splits_and_order(tmp_path: Path) -> None:
-    write_shard(tmp_path / TRAIN, [make_row(0), make_row(1)])
-    index = ingest(tmp_path, _config()).index
-    expected = hashlib.sha256("".join(f"{i}\ttrain\n" for i in index["image_id"]).encode()).hexdigest()
-    assert index_fingerprint(index) == expected
-    assert index_fingerprint(index.reverse()) != expected
-    assert index_fingerprint(index.with_columns(split=pl.lit("test"))) != expected
 
 
 def test_config_rejects_bad_values() -> None:

@@ -15,17 +15,13 @@ from PIL import Image
 
 from roadwork.data.images import ShardReader
 from roadwork.features.cache import StaleCacheError
+from roadwork.features.mask_fill import fill_masks, load_image, pixel_values, plan_jobs
 from roadwork.features.masks import (
     MaskCache,
     area_weights,
     expected_attrs,
-    fill_masks,
     grid_fractions,
-    load_image,
     mask_grids,
-    open_masks,
-    pixel_values,
-    plan_jobs,
 )
 from roadwork.features.sam import (
     encode_prompts,
@@ -149,13 +145,17 @@ def test_reader_refuses_a_cache_of_another_model(tmp_path, sam):
     _run(sam, tmp_path, index, path)
     manifest = sam[0]
     plan_meta = {"rule_fingerprint": rule_fingerprint(VIEWS), "n_views": 12}
-    assert len(open_masks(path, CONFIG, sam=manifest, plan_meta=plan_meta).row_of) == 2
+
+    def open_masks(config, sam, meta):
+        return MaskCache.open_checked(path, expected_attrs(config, sam=sam, plan_meta=meta))
+
+    assert len(open_masks(CONFIG, manifest, plan_meta).row_of) == 2
     with pytest.raises(StaleCacheError, match=r"sam_fingerprint: cache has '.*', config wants 'other'"):
-        open_masks(path, CONFIG, sam={**manifest, "fingerprint": "other"}, plan_meta=plan_meta)
+        open_masks(CONFIG, {**manifest, "fingerprint": "other"}, plan_meta)
     with pytest.raises(StaleCacheError, match=r"prompts"):
-        open_masks(path, dataclasses.replace(CONFIG, prompts=("cone",)), sam=manifest, plan_meta=plan_meta)
+        open_masks(dataclasses.replace(CONFIG, prompts=("cone",)), manifest, plan_meta)
     with pytest.raises(StaleCacheError, match=r"view_rule_fingerprint"):
-        open_masks(path, CONFIG, sam=manifest, plan_meta={**plan_meta, "rule_fingerprint": "x"})
+        open_masks(CONFIG, manifest, {**plan_meta, "rule_fingerprint": "x"})
 
 
 def test_load_image_stretches_the_whole_image_and_checks_its_size():

@@ -6,17 +6,23 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, matthews_corrcoef, roc_auc_score
 
-from roadwork.report import metrics as M
-from roadwork.report.metrics import (
+from roadwork import metrics as M
+from roadwork.metrics import (
     CI_METRICS,
     METRICS,
     binary_metrics,
-    bootstrap_ci,
     expected_calibration_error,
     mcc,
     metrics_with_ci,
     reward_proxy,
+    sigmoid,
 )
+
+
+def bootstrap_ci(y, p, name, *, n=1000, seed=0, groups=None, alpha=0.05) -> tuple[float, float]:
+    """One metric's interval from `metrics_with_ci`."""
+    out = metrics_with_ci(y, p, n=n, seed=seed, groups=groups, alpha=alpha)
+    return out[f"{name}_lo"], out[f"{name}_hi"]
 
 
 def sample(n: int, seed: int = 0, signal: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +100,7 @@ def test_input_errors() -> None:
     with pytest.raises(ValueError, match="no rows"):
         binary_metrics([], [])
     with pytest.raises(ValueError, match="unknown"):
-        bootstrap_ci([0, 1], [0.1, 0.9], "precision")
+        M._weighted_metrics(np.array([0, 1]), np.array([0.1, 0.9]), np.ones((1, 2)), 0.5, ["precision"])
     with pytest.raises(ValueError, match="row 1 has no group"):
         bootstrap_ci([0, 1], [0.1, 0.9], "mcc", groups=["a", None])
 
@@ -159,3 +165,10 @@ def test_metrics_with_ci() -> None:
     )
     assert one["roc_auc"] is None and one["roc_auc_lo"] is None and one["roc_auc_hi"] is None
     assert one["accuracy_lo"] <= one["accuracy"] <= one["accuracy_hi"]
+
+
+def test_sigmoid_is_the_logistic_function_in_float64() -> None:
+    x = np.array([-800.0, -2.0, 0.0, 2.0, 800.0])
+    want = np.array([0.0, 1 / (1 + np.e**2), 0.5, 1 / (1 + np.e**-2), 1.0])
+    np.testing.assert_allclose(sigmoid(x), want, rtol=1e-15, atol=0)
+    assert sigmoid(np.float32(3.0)).dtype == np.float64

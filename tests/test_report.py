@@ -26,11 +26,12 @@ from roadwork.models import build_model
 from roadwork.report import analysis
 from roadwork.report.gallery import GateSource, masks_if_present, read_view_masks, thumbnail, view_gates
 from roadwork.report.html import SECTIONS, img, with_ci
-from roadwork.train.checkpoint import save_head
+from roadwork.train.checkpoint import load_head, save_head
 from roadwork.train.config import member_config
 from roadwork.train.data import Vocab
 from roadwork.views.plan import ViewsConfig, build_plan, view_boxes, write_plan
 from tests.natix_fixture import jpeg_bytes, make_row, write_shard
+from tests.test_cache import write_features
 
 DIM = 8  # per-token feature width of the fake backbone
 WEATHER = ["['Sunny']", "['Rainy']", "[]", "['Sunny', 'Foggy']"]
@@ -76,8 +77,7 @@ def _raw_rows(split: str, n: int, offset: int) -> list[dict]:
 def _member_config(model: str):
     params = roadwork_config.load_params("params.yaml")
     params["train"] = {**params["train"], "width": 16, "heads": 2, "layers": 1, "device": "cpu"}
-    params["ensemble"]["members"] = {"m": {"model": model}}
-    return member_config(params, "m")
+    return member_config(params["train"], {"model": model}, "m")
 
 
 def _write_curves(live: Path, member: str, terms: dict[str, list[float]]) -> None:
@@ -127,7 +127,7 @@ def build_world(root: Path) -> Path:
     )
     rows = cache.ensure_rows(ids)
     feats = np.random.default_rng(0).normal(size=(len(ids), 1, 12, 3, DIM)).astype(np.float16)
-    cache.write_features(rows, feats, np.ones(len(ids), np.int8))
+    write_features(cache, rows, feats, np.ones(len(ids), np.int8))
     write_text_cache(root / "text.zarr", ids, np.zeros((len(ids), 384), np.float32), np.zeros(len(ids), bool))
 
     vocab = Vocab.fit(index.filter(pl.col("split") == "train"))
@@ -308,7 +308,7 @@ def test_view_gates_are_the_heads_pooling_weights(world):
         plan_meta=json.loads((world / "views" / "plan.json").read_text()),
     )
     cache = FeatureCache.open_checked(world / "features.zarr", attrs)
-    gates = view_gates(GateSource("a", world / "heads" / "a", cache, world / "text.zarr"), rows, 12)
+    gates = view_gates(GateSource(load_head(world / "heads" / "a"), cache, world / "text.zarr"), rows, 12)
     kept = round(0.67 * 12)
     assert gates.shape == (4, 12)
     assert (np.isfinite(gates).sum(axis=1) == kept).all()  # pruned views carry no gate

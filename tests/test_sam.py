@@ -11,10 +11,10 @@ import torch
 from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
 from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput
 
+from roadwork.features.manifest import read_manifest, weights_fingerprint
+from roadwork.features.mask_config import MasksConfig, TinySamConfig
 from roadwork.features.sam import (
-    MasksConfig,
     Prompts,
-    TinySamConfig,
     build_tiny,
     build_tiny_tokenizer,
     encode_prompts,
@@ -24,10 +24,8 @@ from roadwork.features.sam import (
     materialise,
     predict_masks,
     prompt_outputs,
-    read_manifest,
     resolve,
     union_masks,
-    weights_fingerprint,
 )
 
 PROMPTS = ("traffic cone", "construction barrier", "road work sign")
@@ -90,7 +88,7 @@ def test_tiny_is_seeded(tiny):
 
 def test_save_pretrained_round_trip(tmp_path, tiny):
     manifest = materialise(CONFIG, tmp_path)
-    assert read_manifest(tmp_path) == manifest
+    assert read_manifest(tmp_path, "sam") == manifest
     assert manifest["input_size"] == [56, 56] and manifest["queries"] == 8
     model, processor = load_sam(tmp_path)
     assert weights_fingerprint(model) == manifest["weights_fingerprint"] == weights_fingerprint(tiny[0])

@@ -19,16 +19,8 @@ from PIL import Image
 
 from roadwork.config import load_params, section
 from roadwork.data.parse import ParseError, parse_gps, parse_list
-from roadwork.data.scene import (
-    DISTRACTOR_KINDS,
-    ENVIRONMENTS,
-    ROADWORK_KINDS,
-    SceneSpec,
-    render_frames,
-    render_scene,
-)
 from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, SHARD_RE
-from roadwork.data.synth import (
+from roadwork.synth.dataset import (
     CITIES,
     SynthConfig,
     SynthRow,
@@ -37,6 +29,14 @@ from roadwork.data.synth import (
     split_cities,
     write_dataset,
     write_split,
+)
+from roadwork.synth.scene import (
+    DISTRACTOR_KINDS,
+    ENVIRONMENTS,
+    ROADWORK_KINDS,
+    SceneSpec,
+    render_frames,
+    render_scene,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,8 +23,7 @@ def config(**overrides):
         "warmup_steps": 5,
         **overrides,
     }
-    params["ensemble"]["members"] = {"m": {}}
-    return member_config(params, "m")
+    return member_config(params["train"], {}, "m")
 
 
 def toy_table(n, seed, signal=1.5, copies=2):

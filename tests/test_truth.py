@@ -10,17 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from roadwork.data.schema import TRUTH_FILE
-from roadwork.data.synth import generate, write_dataset
-from roadwork.features.masks import MaskCache, expected_attrs, plan_jobs
-from roadwork.features.truth import (
-    PROMPT_KINDS,
-    RASTER_PER_CELL,
-    fill_truth_masks,
-    rasterise,
-    read_truth,
-    source_manifest,
-    truth_manifest,
-)
+from roadwork.features.mask_fill import plan_jobs
+from roadwork.features.masks import RASTER_PER_CELL, MaskCache, expected_attrs, source_manifest
+from roadwork.features.truth import PROMPT_KINDS, fill_truth_masks, rasterise, read_truth
+from roadwork.synth.dataset import generate, write_dataset
 from tests.test_masks import CONFIG
 from tests.test_synth import TINY
 
@@ -96,9 +89,12 @@ def test_truth_source_is_refused_without_a_table_and_fingerprints_it(tmp_path):
         dataclasses.replace(TRUTH, source="gt")
     table = tmp_path / TRUTH_FILE
     table.write_bytes(b"x")
-    first = truth_manifest(table, TRUTH)
+    first = source_manifest(TRUTH, sam_dir=tmp_path / "sam", raw_root=tmp_path)
     assert first["input_size"] == [RASTER_PER_CELL * TRUTH.image_grid] * 2
     table.write_bytes(b"y")
-    assert truth_manifest(table, TRUTH)["fingerprint"] != first["fingerprint"]
+    assert (
+        source_manifest(TRUTH, sam_dir=tmp_path / "sam", raw_root=tmp_path)["fingerprint"]
+        != first["fingerprint"]
+    )
     plan_meta = {"rule_fingerprint": "r"}
     assert expected_attrs(TRUTH, sam=first, plan_meta=plan_meta)["sam_fingerprint"].startswith("truth:")

@@ -13,11 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from roadwork.combine import compare, pick_frames, read_layer, variants
 from roadwork.config import ConfigError, section
 from roadwork.distributed import SINGLE, Ranks
+from roadwork.ensemble.combine import pick_frames, variants
 from roadwork.features.cache import ExtractConfig
+from roadwork.metrics import compare
 from roadwork.models import build_model
+from roadwork.predictions import read_layer
 from roadwork.train.data import Table
 from roadwork.train.loop import predict_with_model
 from roadwork.tta import TtaConfig

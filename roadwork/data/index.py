@@ -6,7 +6,6 @@ depend only on this small module.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import polars as pl
@@ -37,9 +36,11 @@ def read_index(prepared_dir: Path) -> pl.DataFrame:
     return index.select(schema.INDEX_SCHEMA.names)
 
 
-def index_fingerprint(index: pl.DataFrame) -> str:
-    """sha256 of (image_id, split) in row order: caches record it to notice a changed index."""
-    digest = hashlib.sha256()
-    for image_id, split in zip(index["image_id"].to_list(), index["split"].to_list(), strict=True):
-        digest.update(f"{image_id}\t{split}\n".encode())
-    return digest.hexdigest()
+def rows_for(index: pl.DataFrame, image_ids: list[str], where: str) -> pl.DataFrame:
+    """Index rows for `image_ids`, in that order; every id must be in the index (`where` names the
+    file the ids came from, for the error)."""
+    rows = pl.DataFrame({"image_id": image_ids}).join(index, on="image_id", how="left", maintain_order="left")
+    if rows["split"].null_count():
+        missing = rows.filter(pl.col("split").is_null())["image_id"][0]
+        raise ValueError(f"{where}: image {missing!r} is not in the index; re-run the train stages")
+    return rows

@@ -8,19 +8,17 @@ the stage saves the model with `save_pretrained`, so `extract` reads one hermeti
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from roadwork.features import manifest
+from roadwork.features.manifest import DTYPES, weights_fingerprint
+
 if TYPE_CHECKING:  # transformers takes seconds to import: stages that only read manifests skip it
     from transformers import DINOv3ViTModel
-
-MANIFEST = "fingerprint.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -77,41 +75,24 @@ def resolve(config: BackboneConfig) -> DINOv3ViTModel:
         ) from e
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes): which weights were used."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
 def materialise(config: BackboneConfig, out_dir: Path) -> dict[str, Any]:
     """Save the configured backbone to `out_dir` and write its manifest; returns the manifest."""
     model = resolve(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     vit = model.config
-    manifest = {
-        "source": config.model,
-        "fingerprint": weights_fingerprint(model),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "hidden_size": vit.hidden_size,
-        "patch_size": vit.patch_size,
-        "num_register_tokens": vit.num_register_tokens,
-        "num_hidden_layers": vit.num_hidden_layers,
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def read_manifest(backbone_dir: Path) -> dict[str, Any]:
-    """The manifest written by `materialise`."""
-    path = Path(backbone_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no backbone manifest; run `dvc repro backbone` first")
-    return json.loads(path.read_text())
+    return manifest.write_manifest(
+        out_dir,
+        {
+            "source": config.model,
+            "fingerprint": weights_fingerprint(model),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "hidden_size": vit.hidden_size,
+            "patch_size": vit.patch_size,
+            "num_register_tokens": vit.num_register_tokens,
+            "num_hidden_layers": vit.num_hidden_layers,
+        },
+    )
 
 
 def load_backbone(backbone_dir: Path, dtype: str = "float32", device: str = "cpu") -> DINOv3ViTModel:

@@ -29,6 +29,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from roadwork.config import Paths
+from roadwork.features.manifest import read_manifest
+from roadwork.views.plan import read_plan
+
 TOKENS = ("cls", "patch_mean", "patch_max")
 # Bump when the meaning of the stored features changes (pooling, preprocessing): old caches go stale.
 FORMAT_VERSION = 2
@@ -268,11 +272,6 @@ class FeatureCache(RowCache):
         padded[: len(features)] = features
         return {name: padded[:, :, k] for k, name in enumerate(TOKENS)} | {"copies": np.int8(len(features))}
 
-    def write_features(self, rows: np.ndarray, features: np.ndarray, copies: np.ndarray) -> None:
-        """`features` `[n, C, V, 3, D]` (the three tokens stacked) and valid copies `[n]`."""
-        values = {name: features[:, :, :, k].astype(np.float16) for k, name in enumerate(TOKENS)}
-        self.write(rows, values | {"copies": copies.astype(np.int8)})
-
     def read(
         self, image_ids: Sequence[str], tokens: Sequence[str], views: Sequence[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -284,3 +283,13 @@ class FeatureCache(RowCache):
         if views is not None:
             parts = [p[:, :, list(views)] for p in parts]
         return np.concatenate(parts, axis=-1), self.read_array("copies", image_ids).astype(np.int64)
+
+
+def open_features(paths: Paths, config: ExtractConfig) -> FeatureCache:
+    """The feature cache for reading, checked against the backbone manifest, the view rule and the
+    extract config (`StaleCacheError` naming every difference otherwise)."""
+    backbone = read_manifest(Path(paths.backbone), "backbone")
+    _, plan_meta = read_plan(Path(paths.views))
+    return FeatureCache.open_checked(
+        Path(paths.features), expected_attrs(config, backbone=backbone, plan_meta=plan_meta)
+    )

@@ -12,17 +12,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from roadwork.config import Paths
 from roadwork.data.images import ShardReader
-from roadwork.features.backbone import pooled_tokens
-from roadwork.features.cache import ExtractConfig, FeatureCache, ShardWriter
+from roadwork.device import resolve_device
+from roadwork.distributed import SINGLE, Ranks, plan_for_rank, rank_device
+from roadwork.features.backbone import load_backbone, pooled_tokens
+from roadwork.features.cache import ExtractConfig, FeatureCache, ShardWriter, expected_attrs
+from roadwork.features.manifest import read_manifest
 from roadwork.views.augment import augment_views, build_augment
 from roadwork.views.crops import load_views
+from roadwork.views.plan import boxes_by_image, read_plan
 
 
 class ViewDataset(Dataset):
@@ -157,3 +163,36 @@ def extract_with_model(
     if pending:
         write(*pending)
     return {"images": len(jobs), "views": n_views, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def run_extract(
+    *, paths: Paths, config: ExtractConfig, dtype: str, index: pl.DataFrame, ranks: Ranks = SINGLE
+) -> dict[str, Any]:
+    """The `extract` stage's work for this rank: open (or create) the cache, append the new images, and
+    fill the rows of this rank's shards that are not done yet; the backbone loads only if any are left.
+    Returns counters: images to do, already cached (or another rank's), and what was computed."""
+    plan, plan_meta = read_plan(Path(paths.views))
+    manifest = read_manifest(Path(paths.backbone), "backbone")
+
+    def open_and_plan() -> tuple[FeatureCache, pl.DataFrame]:
+        cache = FeatureCache.create(
+            Path(paths.features),
+            copies=1 + config.aug_copies,
+            views=plan_meta["n_views"],
+            dim=manifest["hidden_size"],
+            chunk_rows=config.chunk_rows,
+            shard_rows=config.shard_rows,
+            attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta),
+        )
+        return cache, plan_jobs(index, cache, config)
+
+    cache, jobs = plan_for_rank(open_and_plan, ranks)
+    counts: dict[str, Any] = {"todo": len(jobs), "skipped": len(cache.row_of) - len(jobs)}
+    if len(jobs):
+        device = rank_device(resolve_device(config.device), ranks)
+        model = load_backbone(Path(paths.backbone), dtype, device)
+        boxes = boxes_by_image(plan)
+        counts |= extract_with_model(
+            model=model, cache=cache, jobs=jobs, raw_root=Path(paths.raw), boxes=boxes, config=config
+        )
+    return counts

@@ -1,49 +1,40 @@
-"""The SAM 3 mask cache: each image decoded once, encoded once, masked for every prompt, reduced to grids.
+"""The mask cache: its config, its layout, how masks become its grids, and the checked reader.
 
 Layout of `features/masks.zarr` (a `RowCache`, rows keyed by image id):
     image_mask   [N, P, M, M]     float16  fraction of each cell of the whole image covered, per prompt
     view_masks   [N, V, P, G, G]  float16  the same over each view box of the plan
     coverage     [N, V, P]        float32  fraction of each view covered, per prompt
-    image_id [N], done [N]; attrs: SAM 3 and view-rule fingerprints, prompts, thresholds, grids
+    image_id [N], done [N]; attrs: the mask source's and view rule's fingerprints, prompts, thresholds, grids
 
-Geometry: the processor stretches the whole image to its square input, so pixel (r, c) of an h x w
-mask covers the full-resolution box [c W/w, (c+1) W/w) x [r H/h, (r+1) H/h). Grid values are exact
-area fractions of that piecewise-constant mask over equal cells of a box (whole image or view).
+Geometry: a source mask is stretched over the whole image, so pixel (r, c) of an h x w mask covers the
+full-resolution box [c W/w, (c+1) W/w) x [r H/h, (r+1) H/h). Grid values are exact area fractions of
+that piecewise-constant mask over equal cells of a box (whole image or view).
 
-Work proceeds shard by shard of the cache, like `extract`: a shard's rows are marked done only after
-their values are written, so a killed run resumes at the first unfinished shard, and new images only
-append rows (incremental); under torchrun each rank fills its own shards. Images are decoded at the
-reduced JPEG scale that still covers the model input (the masks are coarse) and resized with PIL's
-antialiasing filter in the DataLoader workers.
+The cache is filled by SAM 3 (`roadwork.features.mask_fill`) or, on synthetic data, from the true
+polygons (`roadwork.features.truth`); the heads read it through `open_masks` and depend on this module
+only, not on the model that filled it.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from roadwork.data.images import ShardReader, decode
-from roadwork.features.cache import RowCache, ShardWriter
-from roadwork.features.sam import MasksConfig, encode_prompts, input_size, predict_masks
-
-if TYPE_CHECKING:
-    from transformers import Sam3Model, Sam3Processor
+from roadwork.config import Paths
+from roadwork.data.schema import TRUTH_FILE
+from roadwork.features.cache import RowCache
+from roadwork.features.manifest import read_manifest
+from roadwork.features.mask_config import MasksConfig
+from roadwork.views.plan import read_plan
 
 # Bump when the meaning of the stored masks changes (post-processing, geometry): old caches go stale.
 MASKS_FORMAT = 1
-# One resize per image (views have twelve): PIL shrinks by an integer factor with a box filter, then
-# resamples the rest bilinearly, antialiased.
-REDUCING_GAP = 2.0
-RESAMPLE = Image.Resampling.BILINEAR
+RASTER_PER_CELL = 4  # true masks: raster pixels per coarse image-grid cell, along each axis
 
 
 def area_weights(start: float, end: float, length: float, pixels: int, cells: int) -> np.ndarray:
@@ -126,108 +117,35 @@ def expected_attrs(config: MasksConfig, *, sam: dict[str, Any], plan_meta: dict[
     }
 
 
-def open_masks(
-    path: Path, config: MasksConfig, *, sam: dict[str, Any], plan_meta: dict[str, Any]
-) -> MaskCache:
-    """Open the cache for reading; refuses one built with other weights, prompts, thresholds or views."""
-    return MaskCache.open_checked(path, expected_attrs(config, sam=sam, plan_meta=plan_meta))
-
-
-def load_image(data: bytes, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray:
-    """uint8 [h, w, 3]: the whole image (displayed `size` = (width, height)) resized to `target` (h, w).
-
-    Decoded at the coarsest JPEG reduction that still has at least `target` pixels along each axis;
-    the decoded size is checked against the planned size so that a wrong plan fails loudly.
-    """
-    width, height = size
-    min_scale = min(1.0, max(target[0] / height, target[1] / width))
-    image, scale = decode(data, min_side_scale=min_scale)
-    expected = (math.ceil(width * scale - 1e-9), math.ceil(height * scale - 1e-9))
-    if image.size != expected:
-        raise ValueError(
-            f"load_image: image decodes to {image.width}x{image.height} at scale {scale:.4g}, "
-            f"expected {expected[0]}x{expected[1]} for a planned size of {width}x{height}"
+def truth_path(raw_root: Path) -> Path:
+    """The true-polygon side table of a synthetic dataset; a clear error for data without one."""
+    path = Path(raw_root) / TRUTH_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no ground-truth masks (masks.source=truth); only the synthetic data written by "
+            "`synth` has them. Use masks.source=sam for real data."
         )
-    # The decoder rounds the reduced size up: the box keeps exactly the displayed image in view.
-    box = (0.0, 0.0, width * scale, height * scale)
-    resized = image.resize((target[1], target[0]), RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
-    return np.array(resized)  # writable: the processor turns it into a tensor
+    return path
 
 
-class ImageDataset(Dataset):
-    """Item i: (cache row, uint8 [h, w, 3] model-input image) of job i."""
-
-    def __init__(self, raw_root: Path, jobs: pl.DataFrame, target: tuple[int, int]):
-        self.reader = ShardReader(raw_root)
-        self.jobs = jobs.select("image_id", "shard", "row", "width", "height", "cache_row").to_dicts()
-        self.target = target
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        job = self.jobs[i]
-        data = self.reader.read(job["shard"], job["row"])
-        try:
-            image = load_image(data, (job["width"], job["height"]), self.target)
-        except ValueError as e:
-            raise ValueError(f"image {job['image_id']} ({job['shard']} row {job['row']}): {e}") from e
-        return job["cache_row"], image
+def source_manifest(config: MasksConfig, *, sam_dir: Path, raw_root: Path) -> dict[str, Any]:
+    """What the mask cache is built from, for its attrs: the saved SAM 3's manifest (checked against
+    `masks.model`) or, with `masks.source: truth`, the true-polygon table's hash and raster size."""
+    if config.source == "truth":
+        digest = hashlib.sha256(truth_path(raw_root).read_bytes()).hexdigest()
+        side = RASTER_PER_CELL * config.image_grid
+        return {"source": "truth", "fingerprint": f"truth:{digest}", "input_size": [side, side]}
+    manifest = read_manifest(Path(sam_dir), "sam")
+    if manifest["source"] != config.model:
+        raise ValueError(
+            f"{sam_dir}: holds {manifest['source']!r} but masks.model is {config.model!r}; "
+            "run `dvc repro sam` first"
+        )
+    return manifest
 
 
-def _collate(items: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
-    return items
-
-
-def plan_jobs(index: pl.DataFrame, cache: MaskCache, config: MasksConfig) -> pl.DataFrame:
-    """Rows of `index` (in `config.splits`) not yet done in the cache, with their cache row."""
-    rows = index.filter(pl.col("split").is_in(list(config.splits)))
-    cache_rows = cache.ensure_rows(rows["image_id"].to_list())
-    rows = rows.with_columns(cache_row=pl.Series(cache_rows, dtype=pl.Int64))
-    return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
-
-
-def pixel_values(processor: Sam3Processor, images: list[np.ndarray], model: Sam3Model) -> torch.Tensor:
-    """The processor's rescale + normalisation of already resized images, on the model's device/dtype."""
-    pixels = processor.image_processor(images=images, do_resize=False, return_tensors="pt")["pixel_values"]
-    parameter = next(model.parameters())
-    return pixels.to(parameter.device, parameter.dtype)
-
-
-def fill_masks(
-    *,
-    model: Sam3Model,
-    processor: Sam3Processor,
-    cache: MaskCache,
-    jobs: pl.DataFrame,
-    raw_root: Path,
-    boxes: dict[str, np.ndarray],
-    config: MasksConfig,
-) -> dict[str, float]:
-    """Fill the cache for `jobs` (sorted by cache row); returns counters for the log."""
-    prompts = encode_prompts(model, processor, config.prompts)  # once per run, shared by every image
-    ids = dict(zip(jobs["cache_row"].to_list(), jobs["image_id"].to_list(), strict=True))
-    sizes = {r: (w, h) for r, w, h in jobs.select("cache_row", "width", "height").iter_rows()}
-    writer = ShardWriter(cache, list(ids))
-    loader = DataLoader(
-        ImageDataset(raw_root, jobs, input_size(processor)),
-        batch_size=config.batch_images,
-        num_workers=config.workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if config.workers else None,
-    )
-    started, coverage = time.perf_counter(), np.zeros(len(config.prompts))
-    for batch in loader:
-        pixels = pixel_values(processor, [image for _, image in batch], model)
-        masks = predict_masks(model, processor, pixels, prompts, config)
-        for (row, _), image_masks in zip(batch, masks, strict=True):
-            values = mask_grids(image_masks, boxes[ids[row]], sizes[row], config.image_grid, config.view_grid)
-            coverage += values["image_mask"].astype(np.float32).mean(axis=(-2, -1))
-            writer.add(row, values)
-    seconds = time.perf_counter() - started
-    mean = coverage / max(len(jobs), 1)
-    return {
-        "images": len(jobs),
-        "seconds": round(seconds, 2),
-        **{f"coverage/{p}": round(float(c), 4) for p, c in zip(config.prompts, mean, strict=True)},
-    }
+def open_masks(paths: Paths, config: MasksConfig) -> MaskCache:
+    """The mask cache for reading; refuses one built from another source, prompts, thresholds or views."""
+    source = source_manifest(config, sam_dir=Path(paths.sam), raw_root=Path(paths.raw))
+    _, plan_meta = read_plan(Path(paths.views))
+    return MaskCache.open_checked(Path(paths.masks), expected_attrs(config, sam=source, plan_meta=plan_meta))

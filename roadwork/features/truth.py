@@ -11,7 +11,6 @@ Real data has no such table, and asking for truth masks there is an error, not a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -23,10 +22,9 @@ import polars as pl
 import torch
 from PIL import Image, ImageDraw
 
-from roadwork.data.schema import TRUTH_FILE
 from roadwork.features.cache import ShardWriter
-from roadwork.features.masks import MaskCache, mask_grids
-from roadwork.features.sam import MasksConfig, read_manifest
+from roadwork.features.mask_config import MasksConfig
+from roadwork.features.masks import RASTER_PER_CELL, MaskCache, mask_grids
 
 # Which drawn kind answers which prompt. No synthetic object answers "construction equipment": its
 # true mask is empty, which is the truth about these images.
@@ -37,25 +35,6 @@ PROMPT_KINDS = {
     "construction worker": "worker",
     "construction vehicle": "vehicle",
 }
-RASTER_PER_CELL = 4  # raster pixels per coarse image-grid cell, along each axis
-
-
-def truth_path(raw_root: Path) -> Path:
-    """The side table of a synthetic dataset; a clear error for data without one."""
-    path = Path(raw_root) / TRUTH_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no ground-truth masks (masks.source=truth); only the synthetic data written by "
-            "`synth` has them. Use masks.source=sam for real data."
-        )
-    return path
-
-
-def truth_manifest(path: Path, config: MasksConfig) -> dict[str, Any]:
-    """Stands in for the SAM 3 manifest in the cache attrs: the table's hash and the raster size."""
-    side = RASTER_PER_CELL * config.image_grid
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return {"source": "truth", "fingerprint": f"truth:{digest}", "input_size": [side, side]}
 
 
 def read_truth(path: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -115,17 +94,3 @@ def fill_truth_masks(
         "seconds": round(time.perf_counter() - started, 2),
         **{f"coverage/{p}": round(float(c), 4) for p, c in zip(config.prompts, mean, strict=True)},
     }
-
-
-def source_manifest(config: MasksConfig, *, sam_dir: Path, raw_root: Path) -> dict[str, Any]:
-    """What the mask cache is built from, for its attrs: the saved SAM 3's manifest (checked against
-    `masks.model`) or, with `masks.source: truth`, the ground-truth table's."""
-    if config.source == "truth":
-        return truth_manifest(truth_path(raw_root), config)
-    manifest = read_manifest(Path(sam_dir))
-    if manifest["source"] != config.model:
-        raise ValueError(
-            f"{sam_dir}: holds {manifest['source']!r} but masks.model is {config.model!r}; "
-            "run `dvc repro sam` first"
-        )
-    return manifest

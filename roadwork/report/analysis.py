@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from roadwork.ensemble import average_logits, read_predictions
+from roadwork.predictions import average_logits, read_predictions
 
 NULL = "NULL"  # a missing tag or metadata value, as its own slice
 NO_GPS = "no GPS"

@@ -19,14 +19,14 @@ import torch
 import zarr
 from PIL import Image, ImageDraw, ImageFont
 
-from roadwork.config import from_dict
+from roadwork.config import Paths
 from roadwork.data.images import ShardReader, decode
-from roadwork.features.cache import FeatureCache, RowCache, StaleCacheError
-from roadwork.features.text import read_text
+from roadwork.ensemble.choose import full_heads
+from roadwork.features.cache import ExtractConfig, FeatureCache, RowCache, StaleCacheError, open_features
+from roadwork.report.analysis import worst_errors
 from roadwork.report.figures import data_uri
-from roadwork.train.checkpoint import load_head
-from roadwork.train.config import TrainConfig
-from roadwork.train.data import load_table
+from roadwork.train.checkpoint import SavedHead, load_head
+from roadwork.views.plan import boxes_by_image
 
 JPEG_QUALITY = 80
 MASK_ALPHA = 0.6  # overlay opacity at full mask coverage
@@ -53,19 +53,9 @@ class GalleryItem:
 class GateSource:
     """A full-head member and the caches it reads: enough to recompute view gates for a few images."""
 
-    member: str
-    head_dir: Path
+    head: SavedHead
     cache: FeatureCache
     text_path: Path
-
-
-def first_full_head(heads_dir: Path, members: list[str]) -> str | None:
-    """The first of `members` (best first) trained as the full head, which has view gates; None if none."""
-    for member in members:
-        _, spec, _, _ = load_head(Path(heads_dir) / member)
-        if spec["model"] == "head":
-            return member
-    return None
 
 
 def view_gates(source: GateSource, rows: pl.DataFrame, n_views: int) -> np.ndarray:
@@ -74,15 +64,11 @@ def view_gates(source: GateSource, rows: pl.DataFrame, n_views: int) -> np.ndarr
     Fed exactly like training's clean path: copy 0 of the cached features, the member's tokens and
     views, its vocabulary for the metadata.
     """
-    model, _, vocab, saved = load_head(source.head_dir)
-    config = from_dict(TrainConfig, saved, f"{source.head_dir}/model.pt config")
-    ids = rows["image_id"].to_list()
-    table = load_table(
-        rows, cache=source.cache, text=read_text(source.text_path, ids), vocab=vocab, config=config
-    )
+    head = source.head
+    table = head.table(rows, cache=source.cache, text_path=source.text_path)
     with torch.no_grad():
-        out = model(table.batch(np.arange(len(rows))))
-    used_views = np.array([0] if config.views == "global" else np.arange(n_views))
+        out = head.model(table.batch(np.arange(len(rows))))
+    used_views = np.array(head.views if head.views is not None else np.arange(n_views))
     gates = np.full((len(rows), n_views), np.nan)
     index = used_views[out["view_index"].cpu().numpy()]
     np.put_along_axis(gates, index, out["view_gates"].float().cpu().numpy(), axis=1)
@@ -268,3 +254,47 @@ def build_gallery(
                 )
             )
     return items
+
+
+def failure_gallery(
+    test: pl.DataFrame,
+    *,
+    paths: Paths,
+    extract: ExtractConfig,
+    index: pl.DataFrame,
+    views: tuple[pl.DataFrame, dict[str, Any]],
+    chosen: list[str],
+    threshold: float,
+    count: int,
+    width: int,
+) -> tuple[list[GalleryItem], list[str]]:
+    """The `count` worst false positives and false negatives of `test` (scored rows) with thumbnails
+    `width` px wide, view gates (the best chosen full head) and masks (if cached); notes for the page.
+    `views` is `read_plan(paths.views)`."""
+    plan, plan_meta = views
+    fp, fn = worst_errors(test, threshold, count)
+    worst_ids = [*fp["image_id"], *fn["image_id"]]
+    notes, gates = [], None
+    members, _ = full_heads(Path(paths.heads), chosen)
+    if not members:
+        notes.append("No chosen member is a full head: no view gates to show.")
+    else:
+        source = GateSource(
+            load_head(Path(paths.heads) / members[0]), open_features(paths, extract), Path(paths.text)
+        )
+        rows = index.filter(pl.col("image_id").is_in(worst_ids))
+        gates = gates_by_image(source, rows, plan_meta["n_views"])
+        notes.append(
+            f"View gates: GAFM pooling weights of member {members[0]}, in % on the views it kept "
+            "(pruned views have none)."
+        )
+    masks, masks_note = masks_if_present(paths.masks, worst_ids, plan_meta["rule_fingerprint"])
+    items = build_gallery(
+        {"false positive": fp, "false negative": fn},
+        reader=ShardReader(Path(paths.raw)),
+        boxes=boxes_by_image(plan.filter(pl.col("image_id").is_in(worst_ids))),
+        width=width,
+        gates=gates,
+        masks=masks,
+    )
+    return items, [*notes, masks_note]

@@ -1,5 +1,5 @@
-"""One trained member, end to end through DoRA: its inputs, the K-fold cross-fit, the written adapters and
-prediction frames, and the before / after summary. Also the member loading that `tta` shares.
+"""One trained member, end to end through DoRA (`roadwork.train.dora`): its Table, the K-fold cross-fit,
+the written adapters and prediction frames, and the before / after summary.
 
 Outputs per member (see `stages/finetune.py`): `<dora>/<member>/fold<k>/`, `folds.parquet`;
 `<dora_predictions>/<member>/oof.parquet` (every adaptation-split row) and `val.parquet` / `test.parquet`
@@ -11,66 +11,30 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-from torch import nn
 
-from roadwork.combine import compare
 from roadwork.config import Paths
-from roadwork.device import resolve_device
-from roadwork.ensemble import read_predictions
+from roadwork.data.index import rows_for
 from roadwork.features.cache import FeatureCache
-from roadwork.features.text import read_text
-from roadwork.train.checkpoint import load_head
-from roadwork.train.config import TrainConfig
-from roadwork.train.data import Table, Vocab, load_table
+from roadwork.metrics import compare, sigmoid
+from roadwork.predictions import average_logits, read_predictions
+from roadwork.train.checkpoint import SavedHead
+from roadwork.train.data import Table
 from roadwork.train.dora import (
     CrossFit,
     FinetuneConfig,
-    adapted_frame,
     adapter_report,
     cross_fit,
     fold_average,
-    head_recipe,
     save_cross_fit,
 )
 from roadwork.train.loop import predict_with_model
 
 PARTS = ("val", "test")  # the member prediction files that get an adapted counterpart
-
-
-def rows_for(index: pl.DataFrame, image_ids: list[str], where: str) -> pl.DataFrame:
-    """Index rows for `image_ids`, in that order; every id must be in the index."""
-    rows = pl.DataFrame({"image_id": image_ids}).join(index, on="image_id", how="left", maintain_order="left")
-    if rows["split"].null_count():
-        missing = rows.filter(pl.col("split").is_null())["image_id"][0]
-        raise ValueError(f"{where}: image {missing!r} is not in the index; re-run the train stages")
-    return rows
-
-
-@dataclass
-class MemberData:
-    """A trained member's head, recipe and vocabulary, and how to turn index rows into its Table."""
-
-    name: str
-    model: nn.Module
-    config: TrainConfig
-    vocab: Vocab
-    cache: FeatureCache
-    text_path: Path
-
-    @classmethod
-    def load(cls, name: str, *, params: dict, paths: Paths, cache: FeatureCache, device: str) -> MemberData:
-        model, _, vocab, saved = load_head(Path(paths.heads) / name, resolve_device(device))
-        return cls(name, model, head_recipe(params, name, saved), vocab, cache, Path(paths.text))
-
-    def table(self, rows: pl.DataFrame) -> Table:
-        text = read_text(self.text_path, rows["image_id"].to_list())
-        return load_table(rows, cache=self.cache, text=text, vocab=self.vocab, config=self.config)
 
 
 def fold_summary(fit: CrossFit) -> dict[str, dict]:
@@ -91,15 +55,15 @@ def fold_summary(fit: CrossFit) -> dict[str, dict]:
 
 def before_after(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(the base head's frame, the adapted frame) of an adapted-prediction frame (`base_logit` column)."""
-    before = frame.with_columns(logit=pl.col("base_logit"), prob=1.0 / (1.0 + (-pl.col("base_logit")).exp()))
-    return before, frame
+    base = frame["base_logit"].to_numpy()
+    return frame.with_columns(logit=pl.Series(base), prob=pl.Series(sigmoid(base))), frame
 
 
 class _Predictor:
     """Adapted logits for any rows: the out-of-fold one where a fold held the row out, else the average."""
 
-    def __init__(self, member: MemberData, fit: CrossFit, adapt: Table):
-        self.member, self.models = member, [run.model for run in fit.runs]
+    def __init__(self, head: SavedHead, fit: CrossFit, adapt: Table):
+        self.head, self.models = head, [run.model for run in fit.runs]
         held = np.flatnonzero(fit.fold_of >= 0)
         self.pinned = pl.DataFrame(
             {
@@ -110,23 +74,24 @@ class _Predictor:
         )
 
     def frame(self, table: Table, part: str) -> pl.DataFrame:
+        """Member-prediction columns plus `fold` (the fold that held the row out; -1: fold average),
+        `member` and `base_logit` (the head before adaptation, on the same row)."""
         joined = pl.DataFrame({"image_id": table.image_id}).join(
             self.pinned, on="image_id", how="left", maintain_order="left"
         )
-        average = fold_average(self.models, table, self.member.config)
-        return adapted_frame(
-            table,
-            part,
-            logit=joined["oof"].fill_null(pl.Series(average)).to_numpy(),
-            base_logit=predict_with_model(model=self.member.model, table=table, config=self.member.config),
-            fold=joined["oof_fold"].fill_null(-1).to_numpy(),
-            member=self.member.name,
+        average = fold_average(self.models, table, self.head.config)
+        base = predict_with_model(model=self.head.model, table=table, config=self.head.config)
+        return table.predictions(part, joined["oof"].fill_null(pl.Series(average)).to_numpy()).with_columns(
+            fold=pl.Series(joined["oof_fold"].fill_null(-1).to_numpy(), dtype=pl.Int64),
+            member=pl.lit(self.head.name),
+            base_logit=pl.Series(base.astype(np.float64)),
         )
 
 
 def adapt_member(
-    member: MemberData,
+    head: SavedHead,
     *,
+    cache: FeatureCache,
     config: FinetuneConfig,
     paths: Paths,
     index: pl.DataFrame,
@@ -139,22 +104,23 @@ def adapt_member(
     adapt_rows = index.filter(pl.col("split") == config.split)
     if adapt_rows.is_empty():
         raise ValueError(f"finetune.split={config.split!r}: the index has no rows of that split")
-    adapt = member.table(adapt_rows)
-    fit = cross_fit(base=member.model, table=adapt, config=config, member=member.config)
-    out_dir = Path(paths.dora) / member.name
+    text = Path(paths.text)
+    adapt = head.table(adapt_rows, cache=cache, text_path=text)
+    fit = cross_fit(base=head.model, table=adapt, config=config, member=head.config)
+    out_dir = Path(paths.dora) / head.name
     shutil.rmtree(out_dir, ignore_errors=True)  # no stale fold<k> left from a run with more folds
     save_cross_fit(fit, adapt, out_dir)
-    predictor = _Predictor(member, fit, adapt)
-    pred_dir = Path(paths.dora_predictions) / member.name
+    predictor = _Predictor(head, fit, adapt)
+    pred_dir = Path(paths.dora_predictions) / head.name
     pred_dir.mkdir(parents=True, exist_ok=True)
     oof = predictor.frame(adapt, config.split)
     oof.write_parquet(pred_dir / "oof.parquet")
     held = oof.filter(pl.col("fold") >= 0)
     metrics: dict[str, Any] = {"oof": compare(*before_after(held), threshold, n_boot)}
     for part in PARTS:
-        ids = read_predictions(Path(paths.predictions), member.name, part)["image_id"].to_list()
-        rows = rows_for(index, ids, f"{paths.predictions}/{member.name}/{part}.parquet")
-        written = predictor.frame(member.table(rows), part)
+        ids = read_predictions(Path(paths.predictions), head.name, part)["image_id"].to_list()
+        rows = rows_for(index, ids, f"{paths.predictions}/{head.name}/{part}.parquet")
+        written = predictor.frame(head.table(rows, cache=cache, text_path=text), part)
         written.write_parquet(pred_dir / f"{part}.parquet")
         others = written.filter(pl.col("fold") < 0)
         if len(others):  # rows no fold held out: the fold average, on rows DoRA never trained on
@@ -171,3 +137,36 @@ def adapt_member(
         "seconds": round(time.perf_counter() - started, 2),
     }
     return metrics, held
+
+
+def finetune_members(
+    heads: list[SavedHead],
+    *,
+    cache: FeatureCache,
+    config: FinetuneConfig,
+    paths: Paths,
+    index: pl.DataFrame,
+    threshold: float,
+    n_boot: int,
+) -> dict[str, Any]:
+    """Adapt every head in turn; returns the summary `finetune.json` holds (per member, and the adapted
+    members averaged, before and after)."""
+    summary: dict[str, Any] = {"split": config.split, "folds": config.folds, "lr": config.lr}
+    summary |= {"epochs": config.epochs, "members": {}}
+    held = []
+    for head in heads:
+        result, oof = adapt_member(
+            head,
+            cache=cache,
+            config=config,
+            paths=paths,
+            index=index,
+            threshold=threshold,
+            n_boot=n_boot,
+        )
+        summary["members"][head.name] = result
+        held.append(oof)
+    if held:
+        befores = [before_after(frame)[0] for frame in held]
+        summary["overall"] = compare(average_logits(befores), average_logits(held), threshold, n_boot)
+    return summary

@@ -1,19 +1,59 @@
-"""Saving and loading a trained head with everything needed to rebuild and feed it."""
+"""A trained head on disk and in memory: weights, spec, vocabulary and recipe, and how to feed it.
+
+`save_head` writes `model.pt` (everything needed to rebuild the head) and a readable `config.json`;
+`load_head` gives back a `SavedHead`, the one typed view of a trained member that DoRA, TTA, the
+report and `roadwork predict` all use.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
 import torch
 from torch import nn
 
-from roadwork.config import save_json, to_dict
+from roadwork.config import ConfigError, from_dict, save_json, to_dict
+from roadwork.features.cache import FeatureCache
+from roadwork.features.text import read_text
 from roadwork.models import build_model
 from roadwork.train.config import TrainConfig
-from roadwork.train.data import Vocab
+from roadwork.train.data import Table, Vocab, load_table, view_features
 
 CHECKPOINT = "model.pt"
+
+
+@dataclass
+class SavedHead:
+    """A trained member's head (eval mode), its model spec, vocabulary and training recipe."""
+
+    name: str  # the member (the head's folder name)
+    model: nn.Module
+    spec: dict[str, Any]  # what `roadwork.models.build_model` built it from
+    vocab: Vocab  # categorical metadata vocabulary of its training rows
+    config: TrainConfig  # the recipe it was trained with
+
+    @property
+    def is_full_head(self) -> bool:
+        """The full head (attention layers, embedding, view gates), not the MLP baseline."""
+        return self.spec["model"] == "head"
+
+    @property
+    def views(self) -> list[int] | None:
+        """The views it reads: None for all, [0] for the global view alone."""
+        return [0] if self.config.views == "global" else None
+
+    def table(self, rows: pl.DataFrame, *, cache: FeatureCache, text_path: Path) -> Table:
+        """Its input Table for index `rows`, from the feature and text caches (clean and augmented copies)."""
+        text = read_text(text_path, rows["image_id"].to_list())
+        return load_table(rows, cache=cache, text=text, vocab=self.vocab, config=self.config)
+
+    def view_features(self, tokens: np.ndarray) -> np.ndarray:
+        """Its view features `[n, V', T*D]` from all pooled tokens `[n, V, 3, D]`."""
+        return view_features(tokens, self.config)
 
 
 def save_head(
@@ -33,14 +73,17 @@ def save_head(
     save_json({"spec": spec, "config": to_dict(config), "summary": summary}, out_dir / "config.json")
 
 
-def load_head(
-    head_dir: Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any], Vocab, dict[str, Any]]:
-    """The head in eval mode, its spec, its vocabulary and its training config."""
+def load_head(head_dir: Path, device: str | torch.device = "cpu") -> SavedHead:
+    """The saved head in eval mode on `device`; a checkpoint whose recipe no longer parses is refused."""
     path = Path(head_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained head")
     payload = torch.load(path, map_location=device, weights_only=True)
+    try:
+        config = from_dict(TrainConfig, payload["config"], f"{path} config")
+    except ConfigError as e:
+        raise ConfigError(f"{e}; the head predates the current code: re-run its train stage") from e
     model = build_model(payload["spec"])
     model.load_state_dict(payload["state"])
-    return model.to(device).eval(), payload["spec"], Vocab(payload["vocab"]), payload["config"]
+    model = model.to(device).eval()
+    return SavedHead(Path(head_dir).name, model, payload["spec"], Vocab(payload["vocab"]), config)

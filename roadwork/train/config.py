@@ -105,10 +105,6 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def member_config(params: dict[str, Any], member: str) -> TrainConfig:
-    """`train` with the overrides of ensemble member `member`."""
-    members = params.get("ensemble", {}).get("members", {})
-    if member not in members:
-        raise ConfigError(f"ensemble.members has no member {member!r}; known: {sorted(members)}")
-    merged = _merge(params["train"], members[member] or {})
-    return from_dict(TrainConfig, merged, f"ensemble.members.{member}")
+def member_config(train: dict[str, Any], overrides: dict[str, Any] | None, member: str) -> TrainConfig:
+    """The `train` section (raw, as read from params.yaml) with ensemble member `member`'s overrides."""
+    return from_dict(TrainConfig, _merge(train, overrides or {}), f"ensemble.members.{member}")

@@ -14,9 +14,10 @@ import polars as pl
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from roadwork.features.cache import FeatureCache
+from roadwork.features.cache import TOKENS, FeatureCache
 from roadwork.features.masks import MaskCache
 from roadwork.features.text import read_text
+from roadwork.predictions import predictions_frame
 from roadwork.train.config import TOKEN_SETS, TrainConfig
 
 CATEGORICAL = ("weather", "daytime", "scene_environment")
@@ -69,6 +70,12 @@ class Table:
     def __len__(self) -> int:
         return len(self.image_id)
 
+    def predictions(self, split: str, logit: np.ndarray) -> pl.DataFrame:
+        """The prediction frame (`roadwork.predictions`) of these rows for their `logit`s."""
+        return predictions_frame(
+            image_id=self.image_id, split=split, label=self.label, group=self.group, logit=logit
+        )
+
     def batch(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """Tensors for rows `idx`; with `rng`, one augmentation copy drawn per row and view, else copy 0."""
         n_views = self.features.shape[2]
@@ -86,6 +93,14 @@ class Table:
             out["masks"] = torch.from_numpy(self.masks[idx].astype(np.float32))
             out["mask_valid"] = torch.ones(len(idx), dtype=torch.bool)
         return out
+
+
+def view_features(tokens: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """A member's view features `[n, V', T*D]` from all pooled tokens `[n, V, 3, D]` (cache order
+    `TOKENS`): its token set concatenated as `FeatureCache.read` serves it, its views."""
+    picked = tokens[:, :, [TOKENS.index(t) for t in TOKEN_SETS[config.tokens]]]
+    features = picked.reshape(*picked.shape[:2], -1)
+    return features[:, [0]] if config.views == "global" else features
 
 
 def split_train_val(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:

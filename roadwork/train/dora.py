@@ -12,10 +12,9 @@ DoRA is `LoraConfig(use_dora=True)` (peft has no DoraConfig) on the attention pr
 `out_proj`; every other weight is frozen and the head's input statistics are kept as trained (refitting
 them on the adaptation rows would move every frozen layer's inputs).
 
-Caveat found while building this: GAFM's cross-view attention computes its queries/keys/values with
-`F.linear(x, qkv_proj.weight, ...)`, bypassing the module call, so the adapter placed on
-`gafm.cross.qkv_proj` never receives a gradient and stays at its (identity) initialisation.
-`adapter_report` lists such idle adapters after training instead of hiding them.
+`adapter_report` lists adapters that never received a gradient (an adapter on a layer the forward pass
+bypasses) instead of hiding them. This module is the mechanics on one head's Table; `roadwork.train.adapt`
+runs it for a trained member (its caches, its prediction files) and is its only caller in the library.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -34,14 +32,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
-from roadwork.config import ConfigError, from_dict, to_dict
-from roadwork.ensemble import rank_members, read_predictions
-from roadwork.report.metrics import mcc
+from roadwork.config import ConfigError
+from roadwork.metrics import mcc
 from roadwork.train.checkpoint import load_head
-from roadwork.train.config import TrainConfig, member_config
+from roadwork.train.config import TrainConfig
 from roadwork.train.data import Table, split_train_val
 from roadwork.train.loop import TrainResult, loss_for, predict_with_model, train_with_model
-from roadwork.train.member import predictions_frame
 
 FOLD_DIR = "fold{k}"
 FOLDS_FILE = "folds.parquet"
@@ -147,14 +143,6 @@ def take(table: Table, idx: np.ndarray) -> Table:
             value = {k: v[idx] for k, v in value.items()}
         values[f.name] = value
     return Table(**values)
-
-
-def head_recipe(params: dict[str, Any], member: str, saved: dict[str, Any]) -> TrainConfig:
-    """The recipe a head was trained with: its checkpoint's config; keys that `TrainConfig` gained since
-    the checkpoint was written come from the member's current params."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    merged = to_dict(member_config(params, member)) | {k: v for k, v in saved.items() if k in known}
-    return from_dict(TrainConfig, merged, f"checkpoint config of member {member!r}")
 
 
 def fold_train_config(member: TrainConfig, config: FinetuneConfig, fold: int) -> TrainConfig:
@@ -284,47 +272,5 @@ def load_fold_models(head_dir: Path, member_dir: Path, device: str | torch.devic
     dirs = sorted(found, key=lambda p: int(p.name[4:]))
     if not dirs:
         raise FileNotFoundError(f"{member_dir}: no fold adapters; run `dvc repro finetune`")
-    base, _, _, _ = load_head(Path(head_dir), device)
+    base = load_head(Path(head_dir), device).model
     return [PeftModel.from_pretrained(copy.deepcopy(base), d).to(device).eval() for d in dirs]
-
-
-def chosen_members(pred_dir: Path, members: Iterable[str], top_k: int, threshold: float) -> list[str]:
-    """submit's choice, recomputed from the validation predictions: the top_k members by validation MCC.
-
-    Recomputed rather than read from submit's output: `submit` consumes this stage's outputs, and
-    reading its choice back would make a cycle in the pipeline.
-    """
-    val = {m: read_predictions(Path(pred_dir), m, "val") for m in members}
-    return [name for name, _ in rank_members(val, threshold)[:top_k]]
-
-
-def members_or_chosen(configured: Iterable[str] | None, params: dict[str, Any], pred_dir: Path) -> list[str]:
-    """The configured members, or (None) submit's choice recomputed from the validation predictions."""
-    if configured is not None:
-        return list(configured)
-    ensemble, threshold = params["ensemble"], float(params["submit"]["threshold"])
-    return chosen_members(pred_dir, ensemble["members"], int(ensemble["top_k"]), threshold)
-
-
-def full_heads(heads_dir: Path, names: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """The members among `names` whose checkpoint is a full head (DoRA targets), and why others are not."""
-    keep, skipped = [], {}
-    for name in names:
-        _, spec, _, _ = load_head(Path(heads_dir) / name)
-        if spec["model"] == "head":
-            keep.append(name)
-        else:
-            skipped[name] = f"model {spec['model']!r} is not a full head (no attention layers, no embedding)"
-    return keep, skipped
-
-
-def adapted_frame(
-    table: Table, part: str, *, logit: np.ndarray, base_logit: np.ndarray, fold: np.ndarray, member: str
-) -> pl.DataFrame:
-    """Member-prediction columns plus `fold` (the fold that held the row out; -1: fold average),
-    `member` and `base_logit` (the head before adaptation, on the same row)."""
-    return predictions_frame(table, part, logit).with_columns(
-        fold=pl.Series(fold, dtype=pl.Int64),
-        member=pl.lit(member),
-        base_logit=pl.Series(base_logit.astype(np.float64)),
-    )

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from roadwork.device import resolve_device
-from roadwork.report.metrics import binary_metrics
+from roadwork.metrics import binary_metrics, sigmoid
 from roadwork.train.config import TrainConfig
 from roadwork.train.data import Table
 from roadwork.train.losses import HeadLoss
@@ -117,7 +117,7 @@ def predict_with_model(
 def evaluate(model: nn.Module, table: Table, config: TrainConfig) -> dict[str, float]:
     """Validation metrics at threshold 0.5."""
     logit = predict_with_model(model=model, table=table, config=config)
-    return binary_metrics(table.label, 1.0 / (1.0 + np.exp(-logit)), threshold=0.5)
+    return binary_metrics(table.label, sigmoid(logit), threshold=0.5)
 
 
 def train_with_model(

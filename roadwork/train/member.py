@@ -6,13 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import torch
 from torch import nn
 
+from roadwork.metrics import binary_metrics
 from roadwork.models import build_model
-from roadwork.report.metrics import binary_metrics
 from roadwork.train.config import TrainConfig
 from roadwork.train.data import Table, Vocab
 from roadwork.train.loop import TrainResult, loss_for, predict_with_model, train_with_model
@@ -38,22 +37,6 @@ def fit_member(
     return model, spec, result
 
 
-def predictions_frame(table: Table, split: str, logit: np.ndarray) -> pl.DataFrame:
-    """image_id, split, label (null when unlabelled), group, logit, prob."""
-    label = pl.Series("label", table.label, dtype=pl.Int64)
-    logit = logit.astype(np.float64)
-    return pl.DataFrame(
-        {
-            "image_id": table.image_id,
-            "split": [split] * len(table),
-            "label": label.set(label < 0, None),
-            "group": table.group,
-            "logit": logit,
-            "prob": 1.0 / (1.0 + np.exp(-logit)),
-        }
-    )
-
-
 def write_predictions(
     *, model: nn.Module, tables: dict[str, Table], config: TrainConfig, out_dir: Path
 ) -> tuple[dict[str, dict[str, float]], dict[str, pl.DataFrame]]:
@@ -62,8 +45,8 @@ def write_predictions(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, labelled_parts = {}, {}
     for part in ("val", "test"):
-        frame = predictions_frame(
-            tables[part], part, predict_with_model(model=model, table=tables[part], config=config)
+        frame = tables[part].predictions(
+            part, predict_with_model(model=model, table=tables[part], config=config)
         )
         frame.write_parquet(out_dir / f"{part}.parquet")
         labelled = frame.filter(pl.col("label").is_not_null())

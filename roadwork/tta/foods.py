@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from roadwork.metrics import sigmoid
+
 CHUNK = 4096  # query rows per distance block (bounds the [rows, train] distance matrix of knn)
 
 
@@ -115,5 +117,4 @@ def foods_weights(distance: np.ndarray, keep: float, temperature: float) -> np.n
 def foods_probability(logits: np.ndarray, distance: np.ndarray, keep: float, temperature: float):
     """(probability [n], weights [n, N]): the weighted mean probability of each row's augmentations."""
     weights = foods_weights(distance, keep, temperature)
-    prob = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-    return (weights * prob).sum(axis=1), weights
+    return (weights * sigmoid(logits)).sum(axis=1), weights

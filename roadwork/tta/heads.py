@@ -16,10 +16,8 @@ import polars as pl
 import torch
 from torch import nn
 
-from roadwork.features.cache import TOKENS
-from roadwork.train.config import TOKEN_SETS, TrainConfig
-from roadwork.train.data import Table, split_train_val
-from roadwork.train.member import predictions_frame
+from roadwork.train.config import TrainConfig
+from roadwork.train.data import Table, split_train_val, view_features
 from roadwork.tta import TtaConfig
 from roadwork.tta.foods import DistanceModel, fit_distance, foods_probability
 
@@ -47,10 +45,7 @@ def head_outputs(
 def with_tokens(table: Table, tokens: np.ndarray, config: TrainConfig) -> Table:
     """`table` with its features replaced by one augmentation's cached tokens [n, V, 3, D], picked and
     concatenated as the feature cache serves them to this member (token set, views)."""
-    picked = tokens[:, :, [TOKENS.index(t) for t in TOKEN_SETS[config.tokens]]]
-    features = picked.reshape(*picked.shape[:2], -1)
-    if config.views == "global":
-        features = features[:, [0]]
+    features = view_features(tokens, config)
     return Table(
         table.image_id, features[:, None], np.ones(len(table), np.int64), table.label, table.meta, table.group
     )
@@ -118,7 +113,7 @@ class MemberTTA:
             logits, distance = np.stack(variant.logits, axis=1), np.stack(variant.distance, axis=1)
             prob, weights = foods_probability(logits, distance, self.tta.keep, self.tta.temperature)
             clipped = np.clip(prob, 1e-12, 1.0 - 1e-12)
-            frame = predictions_frame(self.rows, part, np.log(clipped / (1.0 - clipped)))
+            frame = self.rows.predictions(part, np.log(clipped / (1.0 - clipped)))
             frame = frame.with_columns(
                 prob=pl.Series(prob),  # exact, not re-derived from the clipped logit
                 member=pl.lit(self.name),

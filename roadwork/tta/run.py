@@ -1,5 +1,5 @@
-"""FOODS end to end: the TTA cache filled for the wanted images, members scored augmentation by
-augmentation, prediction frames, weights and before / after metrics written (see `stages/tta.py`)."""
+"""FOODS end to end (`run_tta`): the TTA cache filled for the wanted images, members scored augmentation
+by augmentation, prediction frames, weights and before / after metrics written (see `stages/tta.py`)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,23 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from roadwork.combine import compare
 from roadwork.config import Paths
+from roadwork.data.index import rows_for
 from roadwork.device import resolve_device
 from roadwork.distributed import SINGLE, Ranks, rank_device, rank_zero_first, total
-from roadwork.ensemble import read_predictions
-from roadwork.features.backbone import load_backbone, read_manifest
-from roadwork.features.cache import ExtractConfig
+from roadwork.features.backbone import load_backbone
+from roadwork.features.cache import ExtractConfig, FeatureCache, open_features
 from roadwork.features.extract import view_embedder
-from roadwork.train.adapt import MemberData, rows_for
+from roadwork.features.manifest import read_manifest
+from roadwork.metrics import compare
+from roadwork.predictions import read_predictions
+from roadwork.train.checkpoint import SavedHead, load_head
 from roadwork.train.dora import load_fold_models
 from roadwork.tta import TtaConfig
 from roadwork.tta.augment import AugSpec
 from roadwork.tta.extract import TtaCache, extract_tta, open_for_writing, read_tokens, tta_attrs
 from roadwork.tta.heads import MemberTTA, Variant, fold_assignment, training_rows
-from roadwork.views.plan import ViewsConfig, n_views, rule_fingerprint
+from roadwork.views.plan import ViewsConfig, n_views, read_plan, rule_fingerprint
 
 
 def ensure_features(
@@ -41,7 +43,7 @@ def ensure_features(
     the backbone is loaded only if something is missing."""
     if rule_fingerprint(views) != plan_meta["rule_fingerprint"]:
         raise ValueError(f"params.yaml views: {views} is not the rule of {paths.views}; re-run `views`")
-    manifest = read_manifest(Path(paths.backbone))
+    manifest = read_manifest(Path(paths.backbone), "backbone")
 
     def open_and_append() -> dict[AugSpec, TtaCache]:
         caches = open_for_writing(
@@ -86,19 +88,21 @@ def ensure_features(
 
 
 def member_tta(
-    member: MemberData, part: str, *, paths: Paths, tta: TtaConfig, index: pl.DataFrame
+    head: SavedHead, part: str, *, cache: FeatureCache, paths: Paths, tta: TtaConfig, index: pl.DataFrame
 ) -> MemberTTA:
     """A member's FOODS accumulator for one part: its head, plus its DoRA fold models when adapted."""
-    ids = read_predictions(Path(paths.predictions), member.name, part)["image_id"].to_list()
-    rows = member.table(rows_for(index, ids, f"{paths.predictions}/{member.name}/{part}.parquet"))
-    variants = [Variant("plain", [member.model], np.zeros(len(ids), np.int64))]
-    oof = Path(paths.dora_predictions) / member.name / "oof.parquet"
+    ids = read_predictions(Path(paths.predictions), head.name, part)["image_id"].to_list()
+    text = Path(paths.text)
+    rows = rows_for(index, ids, f"{paths.predictions}/{head.name}/{part}.parquet")
+    table = head.table(rows, cache=cache, text_path=text)
+    variants = [Variant("plain", [head.model], np.zeros(len(ids), np.int64))]
+    oof = Path(paths.dora_predictions) / head.name / "oof.parquet"
     if oof.is_file():
-        device = next(member.model.parameters()).device
-        folds = load_fold_models(Path(paths.heads) / member.name, Path(paths.dora) / member.name, device)
+        device = next(head.model.parameters()).device
+        folds = load_fold_models(Path(paths.heads) / head.name, Path(paths.dora) / head.name, device)
         variants.append(Variant("dora", folds, fold_assignment(ids, pl.read_parquet(oof))))
-    train = member.table(training_rows(index, member.config))
-    return MemberTTA(member.name, config=member.config, rows=rows, train=train, variants=variants, tta=tta)
+    train = head.table(training_rows(index, head.config), cache=cache, text_path=text)
+    return MemberTTA(head.name, config=head.config, rows=table, train=train, variants=variants, tta=tta)
 
 
 def score(members: list[MemberTTA], caches: dict[AugSpec, TtaCache], specs: tuple[AugSpec, ...]) -> None:
@@ -142,3 +146,59 @@ def write_member(
         )
         out["identity_max_abs_delta_logit"] = float(np.abs(identity - stored["logit"].to_numpy()).max())
     return out
+
+
+def run_tta(
+    heads: list[str],
+    *,
+    paths: Paths,
+    tta: TtaConfig,
+    extract: ExtractConfig,
+    views: ViewsConfig,
+    dtype: str,
+    index: pl.DataFrame,
+    threshold: float,
+    n_boot: int,
+    ranks: Ranks = SINGLE,
+) -> dict[str, Any] | None:
+    """FOODS for the full-head members `heads`: the backbone passes this rank owns, then (rank 0 only)
+    every member scored and written. Returns the summary `tta.json` holds on rank 0, None elsewhere."""
+    _, plan_meta = read_plan(Path(paths.views))
+    frames = [read_predictions(Path(paths.predictions), n, p) for n in heads for p in tta.parts]
+    ids = list(dict.fromkeys(i for frame in frames for i in frame["image_id"].to_list()))
+    caches, counts = ensure_features(
+        paths=paths,
+        tta=tta,
+        extract=extract,
+        views=views,
+        dtype=dtype,
+        plan_meta=plan_meta,
+        jobs=rows_for(index, ids, "tta"),
+        ranks=ranks,
+    )
+    if ranks.rank != 0:  # the backbone passes are split; FOODS scoring is cheap and done by rank 0
+        return None
+    cache = open_features(paths, extract)
+    device = resolve_device(tta.device)
+    summary: dict[str, Any] = {
+        "augmentations": {f"aug{k:02d}": s.key() for k, s in enumerate(tta.augmentations)},
+        "distance": tta.distance,
+        "keep": tta.keep,
+        "temperature": tta.temperature,
+        "computed_views": counts["views"],
+        "extract_seconds": counts["seconds"],
+        "parts": {},
+    }
+    for part in tta.parts:
+        members = [
+            member_tta(
+                load_head(Path(paths.heads) / n, device), part, cache=cache, paths=paths, tta=tta, index=index
+            )
+            for n in heads
+        ]
+        score(members, caches, tta.augmentations)
+        summary["parts"][part] = {
+            m.name: write_member(m, part, paths=paths, tta=tta, threshold=threshold, n_boot=n_boot)
+            for m in members
+        }
+    return summary

@@ -1,4 +1,4 @@
-"""Binary classification metrics and bootstrap intervals, shared by train, submit and report.
+"""Binary classification metrics and bootstrap intervals, shared by train, ensemble, submit and report.
 
 Conventions: `y_true` is 0/1 (1 = roadwork), `prob` the roadwork probability in [0, 1], and a row is
 predicted roadwork when `prob > threshold` (the miner contract: > 0.5 means roadwork).
@@ -14,11 +14,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import polars as pl
 from sklearn.metrics import roc_auc_score
 
 METRICS = ("mcc", "accuracy", "f1", "roc_auc", "brier", "ece", "reward")
 CI_METRICS = ("mcc", "accuracy", "f1", "roc_auc", "brier", "reward")
 _BLOCK_CELLS = 4_000_000  # weight-matrix cells per bootstrap block (~32 MB of float64)
+
+
+def sigmoid(logit: Any) -> np.ndarray:
+    """The roadwork probability of a log-odds value, in float64 (0 or 1 exactly only beyond its range)."""
+    with np.errstate(over="ignore"):  # exp(800) is inf, and 1 / inf the right 0
+        return 1.0 / (1.0 + np.exp(-np.asarray(logit, dtype=np.float64)))
 
 
 def _scalar(v: Any) -> Any:
@@ -224,26 +231,6 @@ def _percentile(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_ci(
-    y_true: Any,
-    prob: Any,
-    metric: str,
-    *,
-    n: int = 1000,
-    seed: int = 0,
-    groups: Any = None,
-    threshold: float = 0.5,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval (1 - alpha) of one metric of METRICS.
-
-    With `groups` (e.g. video ids) whole groups are resampled: frames of one video are near-duplicates,
-    and resampling them as independent rows would give intervals that are too narrow.
-    """
-    values = _bootstrap(y_true, prob, [metric], n=n, seed=seed, groups=groups, threshold=threshold)
-    return _percentile(values[metric], alpha)
-
-
 def metrics_with_ci(
     y_true: Any,
     prob: Any,
@@ -256,6 +243,10 @@ def metrics_with_ci(
 ) -> dict[str, Any]:
     """{metric, metric_lo, metric_hi} for CI_METRICS (one shared set of resamples), plus n, positives.
 
+    Percentile bootstrap intervals (1 - alpha). With `groups` (e.g. video ids) whole groups are
+    resampled: frames of one video are near-duplicates, and resampling them as independent rows would
+    give intervals that are too narrow.
+
     Bounds are separate scalar keys (not a list) so that `dvc metrics show/diff` display them.
     roc_auc and its interval are None when y_true holds one class only.
     """
@@ -267,4 +258,50 @@ def metrics_with_ci(
         lo, hi = (None, None) if point[name] is None else _percentile(values[name], alpha)
         out[f"{name}_lo"], out[f"{name}_hi"] = lo, hi
     out.update(n=point["n"], positives=point["positives"], threshold=point["threshold"])
+    return out
+
+
+def score(frame: pl.DataFrame, threshold: float, n: int) -> dict[str, Any] | None:
+    """Metrics with 95 % group-bootstrap intervals on the labelled rows of a prediction frame (columns
+    label, prob, group: `roadwork.predictions`); None when no row is labelled."""
+    labelled = frame.filter(pl.col("label").is_not_null())
+    if labelled.is_empty():
+        return None
+    return metrics_with_ci(
+        labelled["label"].to_numpy(),
+        labelled["prob"].to_numpy(),
+        threshold=threshold,
+        n=n,
+        seed=0,
+        groups=labelled["group"].to_numpy(),
+    )
+
+
+def compare(before: pl.DataFrame, after: pl.DataFrame, threshold: float, n: int) -> dict[str, Any]:
+    """Before/after on the same rows: both scores, ΔMCC, mean / max |Δlogit| and changed decisions.
+
+    Written so that a refinement (DoRA, TTA) that changes nothing measurable says so in plain numbers.
+    """
+    joined = before.select("image_id", "label", "group", "logit", "prob").join(
+        after.select("image_id", logit_after="logit", prob_after="prob"), on="image_id", how="inner"
+    )
+    if len(joined) != len(before) or len(joined) != len(after):
+        raise ValueError(
+            f"compare: frames hold different rows ({len(before)} before, {len(after)} after, "
+            f"{len(joined)} shared)"
+        )
+    delta = np.abs(joined["logit_after"].to_numpy() - joined["logit"].to_numpy())
+    changed = (joined["prob"].to_numpy() > threshold) != (joined["prob_after"].to_numpy() > threshold)
+    out: dict[str, Any] = {
+        "rows": len(joined),
+        "mean_abs_delta_logit": float(delta.mean()) if len(delta) else 0.0,
+        "max_abs_delta_logit": float(delta.max()) if len(delta) else 0.0,
+        "decisions_changed": int(changed.sum()),
+        "before": score(joined, threshold, n),
+        "after": score(
+            joined.select("image_id", "label", "group", logit="logit_after", prob="prob_after"), threshold, n
+        ),
+    }
+    if out["before"] is not None:
+        out["delta_mcc"] = out["after"]["mcc"] - out["before"]["mcc"]
     return out

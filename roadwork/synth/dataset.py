@@ -26,8 +26,8 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 from PIL import Image
 
-from roadwork.data.scene import DrawnObject, SceneSpec, render_frames
 from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, TRUTH_FILE, shard_name
+from roadwork.synth.scene import DrawnObject, SceneSpec, render_frames
 
 SCHEMA = RAW_SCHEMA.with_metadata(HF_METADATA)
 DATA_DIR = "data"

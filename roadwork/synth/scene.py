@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from roadwork.data.sprites import (
+from roadwork.synth.sprites import (
     DrawnObject,
     Painter,
     barrier,

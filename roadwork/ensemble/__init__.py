@@ -1,0 +1,51 @@
+"""The ensemble: which members exist, how they are ranked and chosen, how their predictions combine.
+
+`choose` ranks members by validation MCC, picks submit's top k and tells which of them are full heads
+(the members DoRA and TTA can refine); `combine` averages member logits, layering refinements over the
+plain predictions; `submit` turns the choice into the submission, the served choice and the final
+metrics. This module owns the `ensemble:` and `submit:` params sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from roadwork.config import ConfigError
+
+VARIANTS = ("best_single", "ensemble", "ensemble+dora", "ensemble+tta", "ensemble+dora+tta")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """params.yaml `ensemble:`."""
+
+    top_k: int  # submit averages the logits of the best k members by validation MCC
+    members: dict[str, dict[str, Any] | None]  # name -> overrides of `train` (one train@<name> stage each)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ConfigError("ensemble.members: give at least one member")
+        if self.top_k < 1:
+            raise ConfigError(f"ensemble.top_k={self.top_k}: expected an int >= 1")
+
+    def overrides(self, member: str) -> dict[str, Any]:
+        """Member `member`'s overrides of `train`."""
+        if member not in self.members:
+            raise ConfigError(f"ensemble.members has no member {member!r}; known: {sorted(self.members)}")
+        return dict(self.members[member] or {})
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """params.yaml `submit:`."""
+
+    use: str  # variant written to submission.csv and served by `roadwork predict` (one of VARIANTS)
+    threshold: float  # probability above which a row is labelled roadwork
+    bootstrap: int  # resamples of the 95 % intervals
+
+    def __post_init__(self) -> None:
+        if self.use not in VARIANTS:
+            raise ConfigError(f"submit.use={self.use!r}: expected one of {list(VARIANTS)}")
+        if not 0.0 < self.threshold < 1.0 or self.bootstrap < 1:
+            raise ConfigError("submit: threshold must be in (0, 1) and bootstrap >= 1")
