@@ -24,7 +24,7 @@ from roadwork.ensemble.choose import full_heads, members_or_chosen
 from roadwork.features.backbone import BackboneConfig
 from roadwork.features.cache import ExtractConfig
 from roadwork.tta import TtaConfig
-from roadwork.tta.run import run_tta
+from roadwork.tta.run import run_tta, summary_lines
 from roadwork.views.plan import ViewsConfig
 
 
@@ -55,12 +55,7 @@ def main() -> None:
     print(
         f"tta: {summary.get('computed_views', 0)} views computed; members {heads}, skipped {sorted(skipped)}"
     )
-    for part, members in summary["parts"].items():
-        for name, result in members.items():
-            for variant in ("plain", "dora"):
-                if variant in result and result[variant]["before"] is not None:
-                    before, after = result[variant]["before"]["mcc"], result[variant]["after"]["mcc"]
-                    print(f"tta@{name}/{variant} {part}: MCC {before:.3f} -> {after:.3f}")
+    print("\n".join(summary_lines(summary)))
     for out in (paths.tta, paths.tta_predictions):
         Path(out).mkdir(parents=True, exist_ok=True)
     save_json(summary | {"skipped": skipped}, Path(paths.metrics) / "tta.json")

@@ -202,3 +202,15 @@ def run_tta(
             for m in members
         }
     return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The stage's log: MCC before and after FOODS, per part, member and variant."""
+    lines = []
+    for part, members in summary["parts"].items():
+        for name, result in members.items():
+            for variant in ("plain", "dora"):
+                if variant in result and result[variant]["before"] is not None:
+                    before, after = result[variant]["before"]["mcc"], result[variant]["after"]["mcc"]
+                    lines.append(f"tta@{name}/{variant} {part}: MCC {before:.3f} -> {after:.3f}")
+    return lines
