@@ -305,3 +305,37 @@ def compare(before: pl.DataFrame, after: pl.DataFrame, threshold: float, n: int)
     if out["before"] is not None:
         out["delta_mcc"] = out["after"]["mcc"] - out["before"]["mcc"]
     return out
+
+
+def validator_reward(mcc: Any, accuracy: Any) -> Any:
+    """A StreetVision validator's reward `(0.5 max(MCC, 0) + 0.5 accuracy) ** 3` (elementwise)."""
+    out = (0.5 * np.maximum(np.asarray(mcc, dtype=float), 0.0) + 0.5 * np.asarray(accuracy, dtype=float)) ** 3
+    return float(out) if out.ndim == 0 else out
+
+
+def validator_metrics(
+    y_true: Any, prob: Any, *, n: int = 1000, seed: int = 0, groups: Any = None, alpha: float = 0.05
+) -> dict[str, Any]:
+    """How a validator scores answers `prob` to challenges labelled `y_true`: a probability above 0.5
+    is roadwork, exactly 0.5 is not; MCC floored at 0 (0 when labels or answers hold one class);
+    accuracy; reward. Each with a percentile bootstrap interval (`groups`: resample whole groups)."""
+    point = binary_metrics(y_true, prob, threshold=0.5)
+    values = _bootstrap(y_true, prob, ("mcc", "accuracy"), n=n, seed=seed, groups=groups, threshold=0.5)
+    samples = {
+        "mcc": np.maximum(values["mcc"], 0.0),
+        "accuracy": values["accuracy"],
+        "reward": validator_reward(values["mcc"], values["accuracy"]),
+    }
+    floored = max(point["mcc"], 0.0)
+    out: dict[str, Any] = {
+        "mcc": floored,
+        "accuracy": point["accuracy"],
+        "reward": validator_reward(floored, point["accuracy"]),
+    }
+    for name, draws in samples.items():
+        out[f"{name}_lo"], out[f"{name}_hi"] = _percentile(draws, alpha)
+    return out | {
+        "n": point["n"],
+        "positives": point["positives"],
+        "answered_roadwork": int(np.sum(np.asarray(prob) > 0.5)),
+    }

@@ -172,3 +172,20 @@ def test_sigmoid_is_the_logistic_function_in_float64() -> None:
     want = np.array([0.0, 1 / (1 + np.e**2), 0.5, 1 / (1 + np.e**-2), 1.0])
     np.testing.assert_allclose(sigmoid(x), want, rtol=1e-15, atol=0)
     assert sigmoid(np.float32(3.0)).dtype == np.float64
+
+
+def test_validator_rounds_at_one_half_floors_mcc_and_cubes_the_reward() -> None:
+    y = np.array([1, 1, 0, 0])
+    # exactly 0.5 is "no roadwork": answers 1, 0, 0, 0 -> tp 1, fn 1, tn 2
+    out = M.validator_metrics(y, np.array([0.9, 0.5, 0.5, 0.1]), n=50)
+    assert out["accuracy"] == 0.75 and out["answered_roadwork"] == 1
+    assert out["mcc"] == pytest.approx(1 / np.sqrt(3))
+    assert out["reward"] == pytest.approx((0.5 / np.sqrt(3) + 0.5 * 0.75) ** 3)
+    # worse than chance: MCC -1 floors at 0, the reward is (0.5 * 0 + 0.5 * 0) ** 3
+    inverted = M.validator_metrics(y, np.array([0.1, 0.2, 0.9, 0.8]), n=50)
+    assert inverted["mcc"] == 0.0 and inverted["accuracy"] == 0.0 and inverted["reward"] == 0.0
+    # one class answered: MCC 0, accuracy 0.5
+    constant = M.validator_metrics(y, np.full(4, 0.7), n=50)
+    assert constant["mcc"] == 0.0 and constant["reward"] == pytest.approx(0.25**3)
+    assert M.validator_reward(1.0, 1.0) == 1.0 and M.validator_reward(-0.5, 0.4) == pytest.approx(0.2**3)
+    assert inverted["mcc_lo"] >= 0.0 and out["reward_lo"] <= out["reward"] <= out["reward_hi"]

@@ -1,0 +1,156 @@
+"""What a StreetVision validator does to an image before a miner sees it (`shared` VALIDATOR.md).
+
+One level per challenge, 0-3, each a function of the image and a random generator:
+
+- level 0: centre crop to a square of the short side, resize to 224 x 224;
+- level 1: rotation by an angle uniform in [-20, 20] degrees (nearest neighbour, black outside the
+  image, same canvas size), then a random resized crop to 224 x 224 (area 0.2-1.0 of the rotated
+  image, aspect 3/4-4/3, bilinear with antialias; no flip);
+- level 2: level 1, then each of saturation x0.4, contrast x0.85 and down-and-up scaling by 2,
+  independently with probability 0.5;
+- level 3: level 1, then each of five distortions at strength 0, 1 or 2 (a third each; 0 = skipped):
+  saturation 0.4 / 0.3, contrast 0.85 / 0.725, down-and-up scaling 2 / 3, Gaussian noise in YCbCr of
+  variance 0.001 / 0.002 (0-1 scale), Gaussian blur with kernel 7 / 9 and sigma = kernel / 6.
+
+The result is always 224 x 224 RGB, then JPEG quality 75 (`to_jpeg`). Saturation scales the chroma
+(Cb, Cr around their neutral 128) and keeps the luma; contrast scales the pixel values; distortions run
+in the order listed. The random resized crop draws like torchvision's: up to ten tries of a log-uniform
+aspect and a uniform area, else the largest centred crop with the aspect clamped to the range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from functools import partial
+
+import cv2
+import numpy as np
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+SIZE = 224  # the validator's output side
+JPEG_QUALITY = 75  # the validator's JPEG quality
+LEVELS = (0, 1, 2, 3)
+MAX_ANGLE = 20.0
+CROP_AREA = (0.2, 1.0)
+CROP_ASPECT = (3 / 4, 4 / 3)
+SATURATION = (0.4, 0.3)  # level 2 uses the first value, level 3 strength 1 / 2
+CONTRAST = (0.85, 0.725)
+RESCALE = (2, 3)
+NOISE_VARIANCE = (0.001, 0.002)
+BLUR_KERNEL = (7, 9)
+
+
+def centre_square(image: Image.Image) -> Image.Image:
+    """Level 0: the centred square of the short side, resized to 224 x 224."""
+    w, h = image.size
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return image.crop(box).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+
+
+def crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random resized crop: area 0.2-1.0, aspect 3/4-4/3 (torchvision's rule)."""
+    area = width * height
+    log_ratio = (math.log(CROP_ASPECT[0]), math.log(CROP_ASPECT[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_AREA)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    ratio = width / height  # fallback: the whole image, its aspect clamped to the range
+    if ratio < CROP_ASPECT[0]:
+        w, h = width, round(width / CROP_ASPECT[0])
+    elif ratio > CROP_ASPECT[1]:
+        h, w = height, round(height * CROP_ASPECT[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def rotate_and_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Level 1: rotation in [-20, 20] degrees (nearest, black corners), then a random resized crop."""
+    tensor = TF.pil_to_tensor(image)
+    angle = float(rng.uniform(-MAX_ANGLE, MAX_ANGLE))
+    rotated = TF.rotate(tensor, angle, interpolation=TF.InterpolationMode.NEAREST, fill=[0, 0, 0])
+    top, left, h, w = crop_box(image.width, image.height, rng)
+    crop = TF.resized_crop(
+        rotated, top, left, h, w, [SIZE, SIZE], interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+    )
+    return TF.to_pil_image(crop)
+
+
+def saturate(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """Chroma (Cb, Cr) scaled by `factor` around neutral, luma kept; float32 RGB in [0, 255]."""
+    ycc = cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)
+    ycc[..., 1:] = 128.0 + factor * (ycc[..., 1:] - 128.0)
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+
+
+def contrast(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """Pixel values scaled by `factor`."""
+    return pixels * np.float32(factor)
+
+
+def rescale(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Down-scaled by `factor` and back up (bilinear): the validator's "compression"."""
+    h, w = pixels.shape[:2]
+    small = cv2.resize(pixels, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def noise(pixels: np.ndarray, variance: float, *, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise of `variance` (on a 0-1 scale) added to Y, Cb and Cr."""
+    ycc = cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)
+    ycc += rng.normal(0.0, 255.0 * math.sqrt(variance), ycc.shape).astype(np.float32)
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+
+
+def blur(pixels: np.ndarray, kernel: int) -> np.ndarray:
+    """Gaussian blur, `kernel` x `kernel`, sigma = kernel / 6."""
+    return cv2.GaussianBlur(pixels, (kernel, kernel), kernel / 6)
+
+
+def _distort(image: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:
+    """Level 2 or 3 distortions of a 224 x 224 image, in the order saturation, contrast, rescale,
+    noise, blur; each output is clipped to [0, 255] before the next."""
+    ops = [(saturate, SATURATION), (contrast, CONTRAST), (rescale, RESCALE)]
+    if level == 2:  # three distortions, each at its first value with probability 0.5
+        chosen = [(fn, values[0]) for fn, values in ops if rng.random() < 0.5]
+    else:  # five distortions, each at strength 0 (skipped), 1 or 2
+        ops += [(partial(noise, rng=rng), NOISE_VARIANCE), (blur, BLUR_KERNEL)]
+        strengths = rng.integers(0, 3, len(ops))
+        chosen = [(fn, values[k - 1]) for (fn, values), k in zip(ops, strengths, strict=True) if k]
+    pixels = np.asarray(image, dtype=np.float32)
+    for fn, value in chosen:
+        pixels = np.clip(fn(pixels, value), 0.0, 255.0)
+    return Image.fromarray(np.rint(pixels).astype(np.uint8))
+
+
+def challenge(image: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:
+    """The validator's level-`level` version of `image` (RGB): a 224 x 224 RGB image (before JPEG)."""
+    if level not in LEVELS:
+        raise ValueError(f"challenge level {level!r}: expected one of {LEVELS}")
+    image = image.convert("RGB")
+    if level == 0:
+        return centre_square(image)
+    out = rotate_and_crop(image, rng)
+    return out if level == 1 else _distort(out, level, rng)
+
+
+def to_jpeg(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
+    """The JPEG bytes a validator sends (quality 75)."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def challenge_rng(seed: int, key: str) -> np.random.Generator:
+    """The generator of one challenge, from a seed and a key (image id, copy, ...): a hash, so the same
+    in every run, process and order."""
+    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
