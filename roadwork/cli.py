@@ -6,8 +6,11 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple, Protocol, TextIO
 
 from roadwork.config import load_params, load_paths
 
@@ -47,54 +50,128 @@ def summary(args: argparse.Namespace) -> int:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".mpo", ".webp", ".bmp", ".tif", ".tiff"}
 
 
-def _image_files(paths: list[str]) -> list[Path]:
-    """Files as given; directories expand to the image files under them (sorted)."""
-    files: list[Path] = []
-    for raw in paths:
+class ImageInput(NamedTuple):
+    """An image without metadata: a file or a line of standard input."""
+
+    key: str
+    data: bytes
+
+
+class ParquetInput(NamedTuple):
+    """A NATIX-schema parquet file: one result per row."""
+
+    path: Path
+
+
+class FailedInput(NamedTuple):
+    """An input that could not even be read: its error result."""
+
+    record: dict[str, Any]
+
+
+Input = ImageInput | ParquetInput | FailedInput
+
+
+class Predicts(Protocol):
+    """What `roadwork predict` needs of a model (`roadwork.predict.Predictor`)."""
+
+    def predict(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]: ...
+
+    def predict_parquet(self, path: Path, batch: int = 32) -> Iterator[dict[str, Any]]: ...
+
+
+def _read_file(path: Path) -> Input:
+    """The bytes of an image file, or the error that stops reading it (a broken link says so)."""
+    try:
+        return ImageInput(str(path), path.read_bytes())
+    except OSError as e:
+        if path.is_symlink() and not path.exists():
+            return FailedInput({"id": str(path), "error": f"broken symbolic link to {os.readlink(path)}"})
+        return FailedInput({"id": str(path), "error": f"{type(e).__name__}: {e.strerror or e}"})
+
+
+def _directory(path: Path, stderr: TextIO) -> Iterator[Input]:
+    """The image files under `path` by suffix, sorted; the other files are counted on `stderr`."""
+    images, skipped = [], 0
+    for entry in sorted(path.rglob("*")):
+        if entry.suffix.lower() in IMAGE_SUFFIXES and not entry.is_dir():
+            images.append(entry)  # a dangling link too: reading it gives its error line
+        elif not entry.is_dir():
+            skipped += 1
+    if skipped:
+        print(f"roadwork predict: skipped {skipped} non-image file(s) in {path}/", file=stderr)
+    return map(_read_file, images)
+
+
+def _stdin(stdin: TextIO) -> Iterator[Input]:
+    """One base64-encoded image per line (blank lines are not inputs), read as they come."""
+    for n, line in enumerate(stdin, start=1):
+        if line.strip():
+            try:
+                yield ImageInput(f"stdin:{n}", base64.b64decode(line.strip(), validate=True))
+            except binascii.Error as e:
+                yield FailedInput({"id": f"stdin:{n}", "error": f"base64: {e}"})
+
+
+def read_inputs(inputs: list[str], stdin: TextIO, stderr: TextIO) -> Iterator[Input]:
+    """Every input in command-line order, read lazily: files, directory contents (sorted), parquet
+    files, standard input ('-')."""
+    for raw in inputs:
         path = Path(raw)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if raw == "-":
+            yield from _stdin(stdin)
+        elif raw.endswith(".parquet"):
+            yield ParquetInput(path) if path.is_file() else _read_file(path)  # the error of a missing file
+        elif path.is_dir():
+            yield from _directory(path, stderr)
         else:
-            files.append(path)
-    return files
+            yield _read_file(path)
 
 
-def _read_items(args: argparse.Namespace) -> tuple[list[tuple[str, bytes]], list[dict]]:
-    """(key, bytes) for every image input, and error records for inputs that cannot even be read."""
-    items: list[tuple[str, bytes]] = []
-    errors: list[dict] = []
-    for path in _image_files([p for p in args.inputs if not p.endswith(".parquet") and p != "-"]):
-        try:
-            items.append((str(path), path.read_bytes()))
-        except OSError as e:
-            errors.append({"id": str(path), "error": f"{type(e).__name__}: {e.strerror or e}"})
-    if "-" in args.inputs:  # one base64-encoded image per line
-        for n, line in enumerate(sys.stdin, start=1):
-            if line.strip():
-                try:
-                    items.append((f"stdin:{n}", base64.b64decode(line.strip(), validate=True)))
-                except binascii.Error as e:
-                    errors.append({"id": f"stdin:{n}", "error": f"base64: {e}"})
-    return items, errors
+def _flush(predictor: Predicts, pending: list[ImageInput | FailedInput]) -> Iterator[dict[str, Any]]:
+    """Results of `pending` (images and failures) in their order; the images in one forward pass."""
+    images = [(i.key, i.data) for i in pending if isinstance(i, ImageInput)]
+    scored = predictor.predict(images) if images else []
+    if len(scored) != len(images):
+        raise RuntimeError(f"the predictor answered {len(scored)} of {len(images)} images")
+    answers = iter(scored)
+    for item in pending:
+        yield next(answers) if isinstance(item, ImageInput) else item.record
+
+
+def results_in_order(predictor: Predicts, inputs: Iterable[Input], batch: int) -> Iterator[dict[str, Any]]:
+    """One result per input, in input order; images are scored `batch` at a time, failures keep their
+    place, and a parquet file's rows follow in row order."""
+    pending: list[ImageInput | FailedInput] = []  # waiting for the next forward pass, in order
+    images = 0
+    for item in inputs:
+        if isinstance(item, ParquetInput):
+            yield from _flush(predictor, pending)
+            pending, images = [], 0
+            yield from predictor.predict_parquet(item.path, batch)
+            continue
+        pending.append(item)
+        images += isinstance(item, ImageInput)
+        if images == batch or not images:  # a failure with no image before it need not wait
+            yield from _flush(predictor, pending)
+            pending, images = [], 0
+    yield from _flush(predictor, pending)
+
+
+def _load_predictor(args: argparse.Namespace) -> Predicts:
+    from roadwork.predict import Predictor  # torch and transformers: only for this command
+
+    return Predictor(load_params(args.params), device=args.device)
 
 
 def predict(args: argparse.Namespace) -> int:
-    """JSON lines {id, probability, label} per image; an error line for each input that fails."""
-    from roadwork.predict import Predictor  # torch and transformers: only for this command
-
-    predictor = Predictor(load_params(args.params), device=args.device)
-    items, errors = _read_items(args)
-    failed = len(errors)
-    for record in errors:
-        print(json.dumps(record))
-    for start in range(0, len(items), args.batch):
-        for record in predictor.predict(items[start : start + args.batch]):
-            failed += "error" in record
-            print(json.dumps(record), flush=True)
-    for path in (p for p in args.inputs if p.endswith(".parquet")):
-        for record in predictor.predict_parquet(Path(path)):
-            failed += "error" in record
-            print(json.dumps(record), flush=True)
+    """JSON lines {id, probability, label} per image, in input order; an error line for each input
+    that fails. Exit status 1 when any failed."""
+    predictor = _load_predictor(args)
+    failed = 0
+    for record in results_in_order(predictor, read_inputs(args.inputs, sys.stdin, sys.stderr), args.batch):
+        failed += "error" in record
+        print(json.dumps(record), flush=True)
     return 1 if failed else 0
 
 
@@ -109,13 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         "predict",
         help="roadwork probability per image (JSON lines); exit status 1 if any input failed",
         description="Inputs: image files, directories (searched for images), NATIX-schema .parquet files, "
-        "or '-' for base64-encoded images on standard input, one per line.",
+        "or '-' for base64-encoded images on standard input, one per line. One JSON line per image (per "
+        "row of a parquet file), in input order; directories in sorted order. Images that would decode to "
+        "more than roadwork.data.images.MAX_PIXELS pixels are refused (JPEGs decode at reduced scale).",
     )
     p.add_argument("inputs", nargs="+", help="image files, directories, .parquet files, or '-'")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass")
     p.set_defaults(func=predict)
     args = parser.parse_args(argv)
+    if args.command == "predict" and args.batch < 1:
+        parser.error(f"--batch: must be >= 1, got {args.batch}")
+    if args.command == "predict" and args.inputs.count("-") > 1:
+        parser.error("'-' (standard input) may be given once")
     return args.func(args)
 
 

@@ -4,7 +4,9 @@ Loads what `submit` chose (its members' heads), the backbone and the view rule, 
 pipeline's clean path: decode (EXIF orientation applied), 12 view boxes from the image's own size,
 views resized to the extraction side, pooled backbone tokens rounded to float16 as the cache stores
 them, each member's head, logits averaged over members. Images without metadata (files, base64) get
-NULL metadata, as a StreetVision validator's images do; NATIX parquet rows bring their own.
+NULL metadata, as a StreetVision validator's images do; NATIX parquet rows bring their own. Every input
+gets one result, in input order: a failure is an error result in its place. An image that would decode
+to more than `roadwork.data.images.MAX_PIXELS` pixels is refused from its header.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from roadwork.config import load_paths, section
 from roadwork.data.images import ImageDecodeError, ShardReader, displayed_size
-from roadwork.data.ingest import IngestConfig, ingest
+from roadwork.data.ingest import IngestConfig, IngestError, IngestResult, ingest
 from roadwork.device import resolve_device
 from roadwork.ensemble.submit import read_choice
 from roadwork.features.backbone import BackboneConfig, load_backbone
@@ -56,11 +58,18 @@ class Predictor:
         self.members = [load_head(Path(paths.heads) / name, self.device) for name in choice["members"]]
         self._text_encoder = None
 
-    def view_features(self, data: bytes) -> np.ndarray:
-        """`[V, 3, D]` pooled tokens of one image's clean views, rounded to float16 like the cache."""
+    def view_pixels(self, data: bytes) -> np.ndarray:
+        """uint8 `[V, side, side, 3]`: one image's clean views (ImageTooLargeError over MAX_PIXELS)."""
         size = displayed_size(data)
-        views = load_views(data, view_boxes(*size, self.views), self.extract.side, size=size)
+        return load_views(data, view_boxes(*size, self.views), self.extract.side, size=size)
+
+    def embed(self, views: np.ndarray) -> np.ndarray:
+        """`[V, 3, D]` pooled backbone tokens of one image's views, rounded to float16 like the cache."""
         return embed_views(self.backbone, views, self.extract).astype(np.float16)
+
+    def view_features(self, data: bytes) -> np.ndarray:
+        """`[V, 3, D]` pooled tokens of one image's clean views."""
+        return self.embed(self.view_pixels(data))
 
     def _text(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         if all(t is None for t in texts):
@@ -84,7 +93,12 @@ class Predictor:
         return np.mean(out, axis=0)
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
-        """JSON-ready results for (key, image bytes) pairs without metadata; errors per item."""
+        """JSON-ready results for (key, image bytes) pairs without metadata, in their order; an error
+        result for an item that fails."""
+        return self._score(items, null_metadata(len(items)))
+
+    def _score(self, items: list[tuple[Any, bytes]], meta_rows: pl.DataFrame) -> list[dict[str, Any]]:
+        """One result per (id, bytes) item with its metadata row: scored, or the error that stopped it."""
         results: list[dict[str, Any]] = []
         ok: list[tuple[int, np.ndarray]] = []
         for k, (key, data) in enumerate(items):
@@ -94,30 +108,70 @@ class Predictor:
             except (ImageDecodeError, OSError, ValueError) as e:
                 results.append({"id": key, "error": f"{type(e).__name__}: {e}"})
         if ok:
-            logit = self.logits(np.stack([f for _, f in ok]), null_metadata(len(ok)))
+            features = np.stack([f for _, f in ok])
+            logit = self.logits(features, meta_rows[[k for k, _ in ok]])
             for (k, _), value in zip(ok, logit, strict=True):
                 results[k] |= self._scored(value)
         return results
 
-    def predict_parquet(self, path: Path) -> Iterator[dict[str, Any]]:
-        """Rows of a NATIX-schema parquet file, validated by the real ingest; bad rows become errors."""
+    def predict_parquet(self, path: Path, batch: int = 32) -> Iterator[dict[str, Any]]:
+        """One result per row of a NATIX-schema parquet file, in row order, validated by the real
+        ingest: a quarantined row is an error naming its faults, a duplicate row gets the answer of its
+        first copy, a repaired row lists its NULLed fields. A file ingest cannot read is one error."""
         with tempfile.TemporaryDirectory() as tmp:
             link = Path(tmp) / "predict-00000-of-00001.parquet"
             link.symlink_to(Path(path).resolve())
-            result = ingest(Path(tmp), IngestConfig(labelled_splits=(), gps_cell_deg=0.01, workers=1))
-            for bad in result.quarantine.iter_rows(named=True):
-                yield {"id": bad["source_id"], "row": bad["row"], "error": f"{bad['field']}: {bad['reason']}"}
-            reader = ShardReader(Path(tmp))
-            rows = result.index
-            features = np.stack(
-                [self.view_features(reader.read(r["shard"], r["row"])) for r in rows.iter_rows(named=True)]
-            )
-            for row, value in zip(rows.iter_rows(named=True), self.logits(features, rows), strict=True):
-                yield {"id": row["source_id"], "image_id": row["image_id"], **self._scored(value)}
+            config = IngestConfig(labelled_splits=(), gps_cell_deg=0.01, workers=1)
+            try:
+                result = ingest(Path(tmp), config, require_rows=False)
+            except IngestError as e:  # the message names the link: name the file as given instead
+                yield {"id": str(path), "error": f"IngestError: {str(e).replace(str(link), str(path))}"}
+                return
+            yield from self._parquet_rows(result, ShardReader(Path(tmp)), batch)
+
+    def _parquet_rows(
+        self, result: IngestResult, reader: ShardReader, batch: int
+    ) -> Iterator[dict[str, Any]]:
+        """Results of an ingested single-shard file, in row order, `batch` indexed rows per forward pass."""
+        outcome = _row_outcomes(result)
+        index = {r["row"]: r for r in result.index.iter_rows(named=True)}
+        answers: dict[str, dict[str, Any]] = {}  # image_id -> the scores of its first copy
+        pending: list[int] = []  # rows waiting for the next forward pass, in row order
+        for row in range(len(outcome)):
+            pending.append(row)
+            if sum(r in index for r in pending) < batch and row < len(outcome) - 1:
+                continue
+            kept = [index[r] for r in pending if r in index]
+            items = [(r["image_id"], reader.read(r["shard"], r["row"])) for r in kept]
+            for scored in self._score(items, pl.DataFrame(kept, schema=result.index.schema)):
+                answers[scored.pop("id")] = scored
+            for r in pending:  # a duplicate comes after its first copy (ingest keeps the first): answered
+                out = outcome[r]
+                yield out | answers[out["image_id"]] if "image_id" in out else out
+            pending = []
 
     def _scored(self, logit: float) -> dict[str, Any]:
         prob = float(sigmoid(logit))
         return {"probability": prob, "label": int(prob > self.threshold)}
+
+
+def _row_outcomes(result: IngestResult) -> list[dict[str, Any]]:
+    """Per raw row of a single-shard ingest: its id and row, and either the error that quarantined it
+    or the image_id whose answer it gets (with its repairs, if any)."""
+    outcome: dict[int, dict[str, Any]] = {}
+    for r in result.index.iter_rows(named=True):
+        outcome[r["row"]] = {"id": r["source_id"], "row": r["row"], "image_id": r["image_id"]}
+    for r in result.collapsed.iter_rows(named=True):
+        outcome[r["row"]] = {"id": r["source_id"], "row": r["row"], "image_id": r["image_id"]}
+    for r in result.repairs.iter_rows(named=True):
+        outcome[r["row"]].setdefault("repaired", []).append(f"{r['field']}: {r['reason']}")
+    for r in result.quarantine.iter_rows(named=True):
+        fault = f"{r['field']}: {r['reason']} ({r['detail']})"
+        error = outcome.setdefault(r["row"], {"id": r["source_id"], "row": r["row"], "error": None})
+        error["error"] = fault if error["error"] is None else f"{error['error']}; {fault}"
+    if sorted(outcome) != list(range(result.metrics["rows_read"])):  # ingest accounts for every row
+        raise RuntimeError(f"ingest answered rows {sorted(outcome)} of {result.metrics['rows_read']}")
+    return [outcome[row] for row in range(len(outcome))]
 
 
 def null_metadata(n: int) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""Stage `ingest`: raw NATIX shards -> prepared index + quarantine, and `<metrics>/ingest.json`."""
+"""Stage `ingest`: raw NATIX shards -> prepared index, quarantine and repairs, and `<metrics>/ingest.json`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ def main() -> None:
     metrics_file.write_text(json.dumps(result.metrics, indent=2) + "\n")
     m = result.metrics
     reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantined_by_reason"].items()) or "none"
+    fields = ", ".join(f"{field} {n}" for field, n in m["repairs_by_field"].items()) or "none"
     print(
-        f"ingest: {m['rows_read']} rows in {m['shards']} shards -> {m['rows_indexed']} indexed, "
-        f"{m['quarantined']} quarantined ({reasons}), {m['duplicates_collapsed']} duplicates collapsed "
+        f"ingest: {m['rows_read']} rows in {m['shards']} shards -> {m['rows_indexed']} indexed "
+        f"({m['repaired_rows']} with fields set to NULL: {fields}), {m['quarantined']} quarantined "
+        f"({reasons}), {m['duplicates_collapsed']} duplicates collapsed "
         f"({m['cross_split_duplicates']['count']} across splits)"
     )
 

@@ -1,4 +1,4 @@
-"""Ingest: shard discovery, per-row validation and quarantine, parsing, duplicates, groups, the stage."""
+"""Ingest: shard discovery, row validation, quarantine and repairs, parsing, duplicates, groups, the stage."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from roadwork.data import images
 from roadwork.data.index import IndexFileError, read_index
 from roadwork.data.ingest import (
     IngestConfig,
@@ -22,7 +23,7 @@ from roadwork.data.ingest import (
     ingest,
     write_prepared,
 )
-from roadwork.data.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA
+from roadwork.data.schema import INDEX_SCHEMA, QUARANTINE_SCHEMA, REPAIRS_SCHEMA
 from tests.natix_fixture import jpeg_bytes, make_row, truncated_jpeg, write_shard
 
 TRAIN = "data/train-00000-of-00001.parquet"
@@ -131,12 +132,14 @@ def test_valid_row_is_parsed_into_the_index(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
-def test_index_and_quarantine_have_exact_schemas(tmp_path: Path) -> None:
+def test_index_quarantine_and_repairs_have_exact_schemas(tmp_path: Path) -> None:
     write_shard(tmp_path / TRAIN, [make_row(0), make_row(1, label=None)])
     result = ingest(tmp_path, _config())
     assert result.index.schema == _polars_schema(INDEX_SCHEMA)
     assert list(result.index.columns) == INDEX_SCHEMA.names
     assert result.quarantine.schema == _polars_schema(QUARANTINE_SCHEMA)
+    assert result.repairs.schema == _polars_schema(REPAIRS_SCHEMA)
+    assert result.repairs.columns == [*QUARANTINE_SCHEMA.names, "value"]
 
 
 def test_png_and_greyscale_headers(tmp_path: Path) -> None:
@@ -188,13 +191,7 @@ BAD_ROWS = {
     "truncated jpeg": ({"image": truncated_jpeg()}, "image", "image_undecodable"),
     "null label": ({"label": None}, "label", "label_missing"),
     "label 2": ({"label": 2}, "label", "label_invalid"),
-    "gps out of range": ({"gps": "[95.0, 10.0]"}, "gps", "gps_invalid"),
-    "gps malformed": ({"gps": "39.7, -86.1"}, "gps", "gps_invalid"),
-    "tags malformed": ({"scene_level_tags.travel_alteration": "['Open'"},
-                       "scene_level_tags.travel_alteration", "tags_invalid"),
-    "tags code": ({"scene_level_tags.weather": "__import__('os')"},
-                  "scene_level_tags.weather", "tags_invalid"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_ROWS))
@@ -211,6 +208,123 @@ def test_bad_row_goes_to_quarantine(tmp_path: Path, case: str) -> None:
     assert result.metrics["quarantined"] == 1
     assert result.metrics["quarantined_by_reason"] == {reason: 1}
     assert result.metrics["rows_read"] == 3 and result.metrics["rows_indexed"] == 2
+    assert result.repairs.height == 0 and result.metrics["repaired_rows"] == 0
+
+
+# --- repairs: a faulty optional field is set to NULL, the row is kept ------------------------------
+
+# overrides, field, reason, the index column that becomes NULL ([] for tag lists) and that value
+REPAIRABLE_ROWS = {
+    "gps out of range": ({"gps": "[95.0, 10.0]"}, "gps", "gps_invalid", "lat", None),
+    "gps not a list": ({"gps": "39.7, -86.1"}, "gps", "gps_invalid", "lon", None),
+    "gps not numbers": ({"gps": "[north, west]"}, "gps", "gps_invalid", "lat", None),
+    "tags malformed": ({"scene_level_tags.travel_alteration": "['Open'"},
+                       "scene_level_tags.travel_alteration", "tags_invalid", "travel_alteration", []),
+    "tags code": ({"scene_level_tags.weather": "__import__('os')"},
+                  "scene_level_tags.weather", "tags_invalid", "weather", []),
+    "tags not strings": ({"scene_level_tags.weather": "[1, 2]"},
+                         "scene_level_tags.weather", "tags_invalid", "weather", []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REPAIRABLE_ROWS))
+def test_repairable_row_is_kept_with_the_field_null(tmp_path: Path, case: str) -> None:
+    overrides, field, reason, column, null = REPAIRABLE_ROWS[case]
+    rows = [make_row(0), make_row(1, **overrides), make_row(2)]
+    write_shard(tmp_path / TRAIN, rows)
+    result = ingest(tmp_path, _config())
+    assert result.quarantine.height == 0
+    assert result.index["row"].to_list() == [0, 1, 2]
+    kept = result.index.row(1, named=True)
+    assert kept[column] == null
+    assert (kept["image_id"], kept["label"], kept["source_id"]) == (_sha(rows[1]), 1, 1)
+    if field == "gps":  # no GPS: the group falls back to the image
+        assert (kept["lat"], kept["lon"], kept["group"]) == (None, None, f"img:{_sha(rows[1])}")
+    else:  # the other fields are untouched
+        assert kept["lat"] == pytest.approx(39.75)
+    repairs = result.repairs.to_dicts()
+    assert len(repairs) == 1
+    raw = next(iter(overrides.values()))
+    assert repairs[0] | {"detail": None} == {
+        "shard": TRAIN, "row": 1, "split": "train", "source_id": 1, "field": field, "reason": reason,
+        "detail": None, "value": raw,
+    }  # fmt: skip
+    assert raw in repairs[0]["detail"]
+    assert result.metrics["repaired_rows"] == 1
+    assert result.metrics["repairs_by_field"] == {field: 1}
+    assert result.metrics["rows_read"] == result.metrics["rows_indexed"] == 3
+
+
+def test_wrong_type_in_an_optional_column_is_repaired(tmp_path: Path) -> None:
+    rows = [make_row(0, width="64"), make_row(1, width="wide", **{"video_info.seq_id": "7"}),
+            make_row(2, width="64", **{"video_info.seq_id": "seven"})]  # fmt: skip
+    write_shard(tmp_path / TRAIN, rows, types={"width": pa.string(), "video_info.seq_id": pa.string()})
+    result = ingest(tmp_path, _config())
+    assert result.quarantine.height == 0
+    assert result.index.select("row", "seq_id").rows() == [(0, None), (1, 7), (2, None)]
+    assert result.repairs.select("row", "field", "reason", "value").rows() == [
+        (1, "width", "wrong_type", "wide"),
+        (2, "video_info.seq_id", "wrong_type", "seven"),
+    ]
+    assert "'wide' (string) does not convert to int64" in result.repairs["detail"][0]
+    assert result.metrics["size_mismatch"] == 0  # a NULL width is not compared
+    assert result.metrics["repairs_by_field"] == {"video_info.seq_id": 1, "width": 1}
+
+
+def test_long_raw_values_are_cut_in_the_repairs_table(tmp_path: Path) -> None:
+    text = "[" + "'a', " * 2000 + "]"  # over parse_list's length guard
+    write_shard(tmp_path / TRAIN, [make_row(0, **{"scene_level_tags.weather": text})])
+    value = ingest(tmp_path, _config()).repairs["value"][0]
+    assert value == text[:1000] + f"... ({len(text)} chars)"
+
+
+def test_rows_in_are_indexed_quarantined_or_collapsed(tmp_path: Path) -> None:
+    dup = make_row(4)
+    train = [
+        make_row(0),
+        make_row(1, gps="[0, 500]", **{"scene_level_tags.weather": "Sunny, Rainy"}),  # two repairs
+        make_row(2, gps="[1, 2, 3]"),  # one repair
+        make_row(3, label=None, gps="[0, 500]"),  # bad label: quarantined, with its GPS fault
+        dup,
+        {**dup, "id": 40, "gps": "nowhere"},  # a repaired copy that collapses
+        make_row(5, image=NOT_AN_IMAGE),
+    ]
+    write_shard(tmp_path / TRAIN, train)
+    write_shard(tmp_path / TEST, [make_row(6), {**dup, "id": 41}, make_row(7, label=3)])
+    result = ingest(tmp_path, _config())
+    m = result.metrics
+    assert m["rows_read"] == 10
+    assert (m["rows_indexed"], m["quarantined"], m["duplicates_collapsed"]) == (5, 3, 2)
+    assert m["rows_read"] == m["rows_indexed"] + m["quarantined"] + m["duplicates_collapsed"]
+    assert m["rows_valid"] == m["rows_indexed"] + m["duplicates_collapsed"]
+    assert m["repaired_rows"] == 3
+    assert m["repairs_by_field"] == {"gps": 3, "scene_level_tags.weather": 1}
+    assert m["quarantined_by_reason"] == {
+        "gps_invalid": 1, "image_undecodable": 1, "label_invalid": 1, "label_missing": 1
+    }  # fmt: skip
+    assert result.repairs.select("row", "field").rows() == [
+        (1, "gps"), (1, "scene_level_tags.weather"), (2, "gps"), (5, "gps")
+    ]  # fmt: skip
+    assert result.collapsed.select("shard", "row", "source_id", "image_id").rows() == [
+        (TRAIN, 4, 4, _sha(dup)), (TRAIN, 5, 40, _sha(dup))
+    ]  # fmt: skip
+    kept = {(r["shard"], r["row"]) for r in result.index.iter_rows(named=True)}
+    quarantined = set(result.quarantine.select("shard", "row").rows())
+    collapsed = set(result.collapsed.select("shard", "row").rows())
+    every_row = {(TRAIN, r) for r in range(7)} | {(TEST, r) for r in range(3)}
+    assert kept | quarantined | collapsed == every_row
+    assert len(kept) + len(quarantined) + len(collapsed) == len(every_row)
+
+
+def test_image_over_the_pixel_limit_is_quarantined(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 48 - 1)
+    # A PNG decodes at full size: refused from its header. A JPEG of the same size decodes at 1/8 here.
+    rows = [make_row(0, image=jpeg_bytes(64, 48, fmt="PNG")), make_row(1)]
+    write_shard(tmp_path / TRAIN, rows)
+    result = ingest(tmp_path, _config())
+    assert result.index["row"].to_list() == [1]
+    assert result.quarantine.select("row", "field", "reason").rows() == [(0, "image", "image_too_large")]
+    assert "64x48 (0.0 MP to decode): over the limit" in result.quarantine["detail"][0]
 
 
 def test_truncated_jpeg_opens_but_does_not_decode() -> None:
@@ -225,9 +339,10 @@ def test_row_with_several_faults_gets_one_entry_each(tmp_path: Path) -> None:
     write_shard(tmp_path / TRAIN, [make_row(0), make_row(1, label=None, gps="[0, 500]", image=NOT_AN_IMAGE)])
     result = ingest(tmp_path, _config())
     reasons = sorted(result.quarantine["reason"].to_list())
-    assert reasons == ["gps_invalid", "image_undecodable", "label_missing"]
+    assert reasons == ["gps_invalid", "image_undecodable", "label_missing"]  # optional faults too
     assert result.metrics["quarantined"] == 1
     assert result.index.height == 1
+    assert result.repairs.height == 0  # a quarantined row is not repaired
 
 
 def test_unlabelled_split_allows_a_null_label(tmp_path: Path) -> None:
@@ -243,7 +358,7 @@ def test_unlabelled_split_allows_a_null_label(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
-def test_wrong_types_are_cast_or_quarantined(tmp_path: Path) -> None:
+def test_wrong_types_in_required_columns_are_cast_or_quarantined(tmp_path: Path) -> None:
     rows = [make_row(0, label="1"), make_row(1, label="yes"), make_row(2, label="0", id=2.0),
             make_row(3, label="1", id=3.5)]  # fmt: skip
     write_shard(tmp_path / TRAIN, rows, types={"label": pa.string(), "id": pa.float64(), "width": pa.int32()})
@@ -255,6 +370,7 @@ def test_wrong_types_are_cast_or_quarantined(tmp_path: Path) -> None:
     ]
     assert "'yes' (string) does not convert to int64" in result.quarantine["detail"][0]
     assert result.metrics["quarantined_by_reason"] == {"wrong_type": 2}
+    assert result.repairs.height == 0  # width is int32 in the file: it casts losslessly
 
 
 def test_missing_optional_columns_become_nulls(tmp_path: Path) -> None:
@@ -359,6 +475,10 @@ def test_write_and_read_prepared(tmp_path: Path) -> None:
     index = read_index(tmp_path / "prepared")
     assert index.equals(result.index)
     assert pl.read_parquet(tmp_path / "prepared" / "quarantine.parquet").equals(result.quarantine)
+    repairs = pl.read_parquet(tmp_path / "prepared" / "repairs.parquet")
+    assert repairs.equals(result.repairs) and repairs.select("row", "field", "value").rows() == [
+        (2, "gps", "bad")
+    ]
     result.index.drop("group").write_parquet(tmp_path / "prepared" / "index.parquet")
     with pytest.raises(IndexFileError, match=r"prepared/index\.parquet: column 'group' is missing"):
         read_index(tmp_path / "prepared")
@@ -384,15 +504,21 @@ def test_stage_writes_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     params["ingest"].update(workers=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_shard(tmp_path / "raw" / TRAIN, [make_row(0), make_row(1, label=None)])
-    write_shard(tmp_path / "raw" / TEST, [make_row(2)])
+    write_shard(tmp_path / "raw" / TEST, [make_row(2, gps="[1000, 0]")])
     monkeypatch.chdir(tmp_path)
     stage.main()
     assert read_index(tmp_path / "out/prepared").height == 2
     quarantine = pl.read_parquet(tmp_path / "out/prepared/quarantine.parquet")
     assert quarantine["reason"].to_list() == ["label_missing"]
+    repairs = pl.read_parquet(tmp_path / "out/prepared/repairs.parquet")
+    assert repairs.select("split", "field", "reason", "value").rows() == [
+        ("test", "gps", "gps_invalid", "[1000, 0]")
+    ]
     saved = json.loads((tmp_path / "out/prepared/ingest_config.json").read_text())
     assert saved == {"gps_cell_deg": 0.01, "labelled_splits": ["train", "test"], "workers": 1}
     metrics = json.loads((tmp_path / "out/metrics/ingest.json").read_text())
     assert (metrics["rows_read"], metrics["rows_indexed"], metrics["quarantined"]) == (3, 2, 1)
+    assert (metrics["repaired_rows"], metrics["repairs_by_field"]) == (1, {"gps": 1})
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "3 rows" in out[0] and "2 indexed" in out[0] and "1 quarantined" in out[0]
+    assert "(1 with fields set to NULL: gps 1)" in out[0]

@@ -4,7 +4,7 @@
     3  tta/, ensemble/                      refining and combining trained members
     2  train/                               training heads on cached features
     1  views/, features/                    cutting views, running models, the caches
-    0  config, data/, models/, metrics, predictions, synth/, device, distributed
+    0  config, data/, models/, metrics, predictions, synth/, device, distributed, progress
 
 `models/` takes tensors, never paths, and `data/` (what a real run reads) never imports the synthetic
 world `synth/`.
@@ -28,7 +28,7 @@ FLOORS = {
     "views": 1,
     "features": 1,
     **dict.fromkeys(("config", "data", "models", "metrics", "predictions", "synth", "device"), 0),
-    **dict.fromkeys(("distributed", "__init__"), 0),
+    **dict.fromkeys(("distributed", "progress", "__init__"), 0),
 }
 MODULES = sorted(ROOT.rglob("*.py"))
 

@@ -93,8 +93,14 @@ def test_repro_end_to_end(project: Path) -> None:
         assert f"Running stage '{stage}'" in out
 
     ingest = json.loads((project / "metrics/ingest.json").read_text())
-    assert ingest["quarantined"] == 2 * tiny_params()["synth"]["bad_rows"]
+    # Bad rows cycle: truncated JPEG, bad label (quarantined), bad GPS (kept, its GPS set to NULL).
+    bad = [i % 3 for i in range(tiny_params()["synth"]["bad_rows"])]
+    assert ingest["quarantined"] == 2 * (bad.count(0) + bad.count(1))
+    assert ingest["repaired_rows"] == 2 * bad.count(2) and set(ingest["repairs_by_field"]) <= {"gps"}
     assert ingest["duplicates_collapsed"] == tiny_params()["synth"]["duplicates"]
+    assert (
+        ingest["rows_read"] == ingest["rows_indexed"] + ingest["quarantined"] + ingest["duplicates_collapsed"]
+    )
 
     index = pl.read_parquet(project / "data/prepared/index.parquet")
     submission = pl.read_csv(project / "submission/submission.csv")
@@ -224,3 +230,11 @@ def test_predict_matches_the_pipeline_and_survives_bad_inputs(project: Path, tmp
         assert 0.0 <= record["probability"] <= 1.0 and record["label"] == int(record["probability"] > 0.5)
     # The same bytes by file and by base64 give the same answer.
     assert by_id["stdin:1"]["probability"] == by_id[str(tmp_path / "a.jpg")]["probability"]
+    # One line per input, in input order, a failure in its place (directories in sorted order).
+    names = ["a.jpg", "b.png", "c_grey.jpg", "d_224.jpg", "e_corrupt.jpg"]
+    assert [r["id"] for r in records] == [str(tmp_path / n) for n in names] + ["stdin:1"]
+    files = [str(tmp_path / n) for n in ("a.jpg", "e_corrupt.jpg", "b.png")]
+    rc, records = predict(project, *files, "--batch", "2")
+    assert rc == 1 and [r["id"] for r in records] == files and "error" in records[1]
+    # another batch composition: equal up to float summation order
+    assert records[0]["probability"] == pytest.approx(by_id[files[0]]["probability"], abs=1e-6)

@@ -21,10 +21,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_COLUMN = "image"
 EXIF_ORIENTATION = 0x0112
+# Most pixels an image may decode to (after JPEG's reduced-scale decode, where it applies). Above the
+# largest routine camera frame (50 MP sensors: 8160x6120 = 49.9 MP). `roadwork predict` measured +490
+# MiB over its 1.4 GiB baseline for a 64 MP PNG (PIL's 4-byte RGB plus copies), +1.3 GiB for a 12,000 x
+# 12,000 PNG (144 MP). PIL's own MAX_IMAGE_PIXELS (89 MP) only warns below 179 MP.
+MAX_PIXELS = 64_000_000
+REDUCED_SCALE_FORMATS = ("JPEG", "MPO")  # decoded at 1/2, 1/4 or 1/8 scale by PIL's draft (MPO: a JPEG)
 
 
 class ImageDecodeError(ValueError):
     """Bytes that do not decode to an image."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image that would decode to more than MAX_PIXELS pixels (refused from its header)."""
+
+
+def check_pixels(image: Image.Image, n_bytes: int) -> None:
+    """Refuse an opened, not yet loaded image whose decode (at its current draft size) exceeds MAX_PIXELS."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"{image.format or 'image'} of {n_bytes} bytes, {width}x{height} ({width * height / 1e6:.1f} MP "
+            f"to decode): over the limit of {MAX_PIXELS / 1e6:g} MP (roadwork.data.images.MAX_PIXELS)"
+        )
 
 
 class ShardReader:
@@ -113,11 +133,16 @@ class ShardReader:
 
 
 def displayed_size(data: bytes) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the header alone (no pixels decoded)."""
+    """(width, height) after EXIF orientation, from the header alone (no pixels decoded, except PNG: see
+    below). A format without reduced-scale decode over MAX_PIXELS raises ImageTooLargeError."""
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
+        if image.format not in REDUCED_SCALE_FORMATS:  # PIL looks for a PNG's EXIF by decoding it all
+            check_pixels(image, len(data))
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except ImageTooLargeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(
             f"image of {len(data)} bytes has no readable header: {_reason(e, data)}"
@@ -131,22 +156,26 @@ def decode(data: bytes, *, min_side_scale: float = 1.0) -> tuple[Image.Image, fl
     For JPEG (and MPO, whose first frame is a JPEG) the decoder can shrink by 1/2, 1/4 or 1/8 while
     decoding, which is several times faster than a full decode; it picks the strongest reduction that
     still gives at least the asked scale. Returns the image and the scale actually decoded at
-    (decoded size / full displayed size; 1.0 for other formats).
+    (decoded size / full displayed size; 1.0 for other formats). An image that would decode to more
+    than MAX_PIXELS pixels raises ImageTooLargeError before any pixel is decoded.
     """
     if not 0.0 < min_side_scale <= 1.0:
         raise ValueError(f"decode: min_side_scale must be in (0, 1], got {min_side_scale!r}")
     try:
         image = Image.open(io.BytesIO(data))
         scale = 1.0
-        if min_side_scale < 1.0 and image.format in ("JPEG", "MPO"):
+        if min_side_scale < 1.0 and image.format in REDUCED_SCALE_FORMATS:
             w, h = image.size
             want = (max(1, math.ceil(w * min_side_scale)), max(1, math.ceil(h * min_side_scale)))
             drafted = image.draft("RGB", want)
             if drafted is not None:
                 scale = drafted[1][2] / w  # the decoder's box is (0, 0, w / k, h / k)
+        check_pixels(image, len(data))  # from the header (size after draft): before any pixel is decoded
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to do
         return _to_rgb(image), scale
+    except ImageTooLargeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"image of {len(data)} bytes does not decode: {_reason(e, data)}") from e
 

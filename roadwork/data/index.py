@@ -14,6 +14,7 @@ from roadwork.data import schema
 
 INDEX_FILE = "index.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
+REPAIRS_FILE = "repairs.parquet"
 
 
 class IndexFileError(ValueError):

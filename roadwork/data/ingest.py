@@ -1,8 +1,11 @@
 """Ingest: validate and normalise the raw NATIX parquet shards into the prepared index.
 
 One index row per unique image (`schema.INDEX_SCHEMA`); the bytes stay in the raw shard, the index
-points at (shard, row). Unusable rows go to quarantine, one entry per fault (field, reason, detail).
-Memory stays bounded by one shard's metadata plus one row group of images per header worker.
+points at (shard, row). Only an unusable image, label or id sends a row to quarantine (one entry per
+fault: field, reason, detail). A faulty optional field (GPS, tags, texts, video ids, sizes, dates...)
+becomes NULL ([] for tag lists) and the row is kept, with one `repairs` entry per field (with the raw
+value). Every row read is indexed, quarantined or collapsed into a duplicate. Memory stays bounded by
+one shard's metadata plus one row group of images per header worker.
 
 Duplicates (identical bytes) collapse to the copy in the highest-ranked split: splits listed in
 `labelled_splits` rank in list order, last wins (with `[train, test]` the test copy is kept: never
@@ -30,8 +33,10 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from roadwork.data import schema
-from roadwork.data.index import INDEX_FILE, QUARANTINE_FILE
+from roadwork.data.images import ImageTooLargeError, check_pixels
+from roadwork.data.index import INDEX_FILE, QUARANTINE_FILE, REPAIRS_FILE
 from roadwork.data.parse import ParseError, clean_text, parse_gps, parse_list
+from roadwork.progress import progress
 
 _TAGS = {"scene_level_tags.travel_alteration": "travel_alteration", "scene_level_tags.weather": "weather"}
 _TEXTS = {
@@ -47,6 +52,15 @@ _EXIF_ORIENTATION = 0x0112
 _HEADER_BATCH = 32  # rows per arrow batch inside a row group: bounds the Python copies of image bytes
 _READ_BUFFER = 4 << 20  # bytes per buffered parquet read
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+# A fault in one of these quarantines the row; a fault elsewhere is repaired (NULL) and the row kept.
+_REQUIRED_FIELDS = frozenset(schema.REQUIRED_COLUMNS)
+_MAX_VALUE_CHARS = 1000  # raw values kept in the repairs table (a tag string may be arbitrarily long)
+# A raw row dropped for a duplicate (not written: the index's `duplicates` counts them), with the
+# image_id of the index row it collapsed into.
+_COLLAPSED_SCHEMA = pa.schema(
+    [("shard", pa.string()), ("row", pa.int64()), ("split", pa.string()), ("source_id", pa.int64()),
+     ("image_id", pa.string())]
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +84,12 @@ class IngestError(ValueError):
 
 @dataclasses.dataclass
 class IngestResult:
-    """The prepared index, the quarantined rows and the metrics of one ingest run."""
+    """The prepared index, quarantine, repairs and collapsed copies, and the metrics of one ingest run."""
 
     index: pl.DataFrame  # exactly INDEX_SCHEMA, sorted by (split, shard, row)
     quarantine: pl.DataFrame  # QUARANTINE_SCHEMA, one entry per (row, fault)
+    repairs: pl.DataFrame  # REPAIRS_SCHEMA, one entry per (kept row, optional field set to NULL)
+    collapsed: pl.DataFrame  # _COLLAPSED_SCHEMA: the copies dropped for a duplicate, one per raw row
     metrics: dict[str, Any]  # JSON-ready
 
 
@@ -87,6 +103,15 @@ class _Shard:
     rows: int
     row_groups: list[tuple[int, int]]  # (row group index, its first row)
     missing: list[str]  # optional RAW_SCHEMA columns the file lacks
+
+
+class Fault(NamedTuple):
+    """One faulty field of a raw row: quarantines the row if the field is required, else repaired."""
+
+    field: str
+    reason: str
+    detail: str
+    value: str | None = None  # the raw value as text
 
 
 class Header(NamedTuple):
@@ -155,10 +180,13 @@ def _decode(data: bytes) -> tuple[int, int, int, str, str]:
     """(width, height, orientation, mode, format) of the stored image, after decoding all of it."""
     with Image.open(io.BytesIO(data)) as im:
         width, height, mode, fmt = *im.size, im.mode, im.format or ""
-        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
         # JPEG decodes at 1/8 scale (DCT scaling): every entropy-coded byte is still read, so truncation
         # is caught for a fraction of a full decode. Other formats ignore draft and decode fully.
         im.draft(None, (max(1, width // 8), max(1, height // 8)))
+        # What no stage could decode within MAX_PIXELS is refused here, before getexif: PIL decodes a
+        # whole PNG to look for its EXIF.
+        check_pixels(im, len(data))
+        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
         im.load()
     return width, height, orientation if 1 <= orientation <= 8 else 1, mode, fmt
 
@@ -172,6 +200,8 @@ def image_header(row: int, data: bytes | None) -> Header:
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated image must fail here, whatever the caller set
     try:
         width, height, orientation, mode, fmt = _decode(data)
+    except ImageTooLargeError as e:
+        return Header(row, image_id, "image_too_large", str(e))
     except UnidentifiedImageError:  # its message holds an object address: not reproducible
         return Header(row, image_id, "image_undecodable", f"{len(data)} bytes, not an image: {data[:8]!r}...")
     except Exception as e:  # arbitrary bytes can fail anywhere inside PIL: all of it means undecodable
@@ -215,8 +245,15 @@ def _decode_headers(shards: list[_Shard], workers: int) -> Generator[list[Header
         pool.shutdown(cancel_futures=True)
 
 
-def _conform(column: pa.ChunkedArray, target: pa.DataType) -> tuple[list[Any], dict[int, str]]:
-    """Cast a column to its RAW_SCHEMA type losslessly; values that do not cast become faults."""
+def _as_text(value: Any) -> str:
+    """A raw value as text for the repairs table: strings as they are, others by repr; long ones cut."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else f"{text[:_MAX_VALUE_CHARS]}... ({len(text)} chars)"
+
+
+def _conform(column: pa.ChunkedArray, target: pa.DataType) -> tuple[list[Any], dict[int, tuple[Any, str]]]:
+    """Cast a column to its RAW_SCHEMA type losslessly; values that do not cast become None, and
+    faults {row: (raw value, detail)}."""
     if column.type == target:
         return column.to_pylist(), {}
     try:
@@ -224,30 +261,30 @@ def _conform(column: pa.ChunkedArray, target: pa.DataType) -> tuple[list[Any], d
     except _CAST_ERRORS:
         pass  # some values do not convert: find which, one at a time
     values: list[Any] = []
-    faults: dict[int, str] = {}
+    faults: dict[int, tuple[Any, str]] = {}
     for row, value in enumerate(column.to_pylist()):
         try:
             values.append(pa.array([value], type=column.type).cast(target, safe=True)[0].as_py())
         except _CAST_ERRORS:
             values.append(None)
             text = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-            faults[row] = f"{text} ({column.type}) does not convert to {target}"
+            faults[row] = (value, f"{text} ({column.type}) does not convert to {target}")
     return values, faults
 
 
-def _read_metadata(shard: _Shard) -> tuple[dict[str, list[Any]], dict[int, dict[str, str]]]:
-    """The non-image columns as RAW_SCHEMA-typed lists (all null for a missing optional column),
-    and the wrong_type faults per row as {row: {column: detail}}."""
+def _read_metadata(shard: _Shard) -> tuple[dict[str, list[Any]], dict[int, list[Fault]]]:
+    """The non-image columns as RAW_SCHEMA-typed lists (all null for a missing optional column, null
+    for a value that does not convert), and the wrong_type faults per row."""
     table = pq.ParquetFile(shard.path).read(columns=[c for c in _META_COLUMNS if c not in shard.missing])
     columns: dict[str, list[Any]] = {}
-    wrong: dict[int, dict[str, str]] = {}
+    wrong: dict[int, list[Fault]] = {}
     for name in _META_COLUMNS:
         if name in shard.missing:
             columns[name] = [None] * shard.rows
             continue
         columns[name], faults = _conform(table.column(name), schema.RAW_SCHEMA.field(name).type)
-        for row, detail in faults.items():
-            wrong.setdefault(row, {})[name] = detail
+        for row, (value, detail) in faults.items():
+            wrong.setdefault(row, []).append(Fault(name, "wrong_type", detail, _as_text(value)))
     return columns, wrong
 
 
@@ -264,27 +301,29 @@ def _group(vid_id: str | None, gps: tuple[float, float] | None, image_id: str, c
 
 
 def _check_row(
-    meta: dict[str, list[Any]], row: int, wrong: dict[str, str], header: Header, split: str, labelled: bool
-) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
-    """Validate and parse one raw row: its faults as (field, reason, detail), and the parsed values."""
-    faults = [(name, "wrong_type", detail) for name, detail in wrong.items()]
+    meta: dict[str, list[Any]], row: int, wrong: list[Fault], header: Header, split: str, labelled: bool
+) -> tuple[list[Fault], dict[str, Any]]:
+    """Validate and parse one raw row: its faults, and the parsed values (None, or [] for a tag list,
+    where a field fails: kept if the row is, as a repair)."""
+    faults = list(wrong)
     if header.reason is not None:
-        faults.append(("image", header.reason, header.detail or ""))
+        faults.append(Fault("image", header.reason, header.detail or ""))
     label = meta["label"][row]
-    if "label" not in wrong and label is None and labelled:
-        faults.append(("label", "label_missing", f"split {split!r} requires a 0/1 label"))
+    if label is None and labelled and all(f.field != "label" for f in wrong):
+        faults.append(Fault("label", "label_missing", f"split {split!r} requires a 0/1 label"))
     elif label is not None and label not in (0, 1):
-        faults.append(("label", "label_invalid", f"label {label!r} is not 0 or 1"))
+        faults.append(Fault("label", "label_invalid", f"label {label!r} is not 0 or 1", _as_text(label)))
     parsed: dict[str, Any] = {"gps": None}
     try:
         parsed["gps"] = parse_gps(meta["gps"][row])
     except ParseError as e:
-        faults.append(("gps", "gps_invalid", str(e)))
+        faults.append(Fault("gps", "gps_invalid", str(e), _as_text(meta["gps"][row])))
     for name, key in _TAGS.items():
         try:
             parsed[key] = parse_list(meta[name][row])
         except ParseError as e:
-            faults.append((name, "tags_invalid", str(e)))
+            parsed[key] = []  # as a missing tag list is encoded
+            faults.append(Fault(name, "tags_invalid", str(e), _as_text(meta[name][row])))
     return faults, parsed
 
 
@@ -316,47 +355,70 @@ def _size_mismatch(meta: dict[str, list[Any]], row: int, header: Header) -> bool
     return size not in allowed
 
 
-def _ingest_shard(shard: _Shard, headers: list[Header], config: IngestConfig) -> tuple[list, list, int]:
-    """(index records, quarantine entries, size mismatches) of one shard."""
+def _ingest_shard(shard: _Shard, headers: list[Header], config: IngestConfig) -> tuple[list, list, list, int]:
+    """(index records, quarantine entries, repairs, size mismatches) of one shard."""
     meta, wrong = _read_metadata(shard)
     labelled = shard.split in config.labelled_splits
-    records, quarantine, mismatches = [], [], 0
+    records, quarantine, repairs, mismatches = [], [], [], 0
     for row, header in enumerate(headers):
-        faults, parsed = _check_row(meta, row, wrong.get(row, {}), header, shard.split, labelled)
+        faults, parsed = _check_row(meta, row, wrong.get(row, []), header, shard.split, labelled)
         mismatches += _size_mismatch(meta, row, header)
-        if faults:
-            where = {"shard": shard.rel, "row": row, "split": shard.split, "source_id": meta["id"][row]}
-            quarantine += [{**where, "field": f, "reason": r, "detail": d} for f, r, d in faults]
+        where = {"shard": shard.rel, "row": row, "split": shard.split, "source_id": meta["id"][row]}
+        entries = [{**where, **fault._asdict()} for fault in faults]
+        if any(fault.field in _REQUIRED_FIELDS for fault in faults):
+            quarantine += entries  # every fault of the row, optional ones too (the value is not kept)
         else:
+            repairs += entries
             records.append(_record(shard, row, meta, parsed, header, config.gps_cell_deg))
-    return records, quarantine, mismatches
+    return records, quarantine, repairs, mismatches
 
 
-def ingest(root: Path, config: IngestConfig) -> IngestResult:
-    """Validate, parse and deduplicate every shard under `root` into the prepared index."""
+def _frame(rows: list[dict[str, Any]], arrow_schema: pa.Schema) -> pl.DataFrame:
+    """A polars frame of exactly `arrow_schema` (keys outside it are dropped)."""
+    frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow_schema))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def ingest(root: Path, config: IngestConfig, *, require_rows: bool = True) -> IngestResult:
+    """Validate, parse and deduplicate every shard under `root` into the prepared index.
+
+    Fails when the shards hold no row, or no valid one, unless `require_rows` is False (serving a
+    single file, whose every row must still be answered).
+    """
     root = Path(root)
     shards = [_open_shard(path, root, split) for path, split in find_shards(root)]  # fail before decoding
-    if sum(s.rows for s in shards) == 0:
+    if require_rows and sum(s.rows for s in shards) == 0:
         raise IngestError(f"{root}: the shards hold zero rows in total")
     records: list[dict[str, Any]] = []
     quarantine: list[dict[str, Any]] = []
+    repairs: list[dict[str, Any]] = []
     mismatches = 0
-    with closing(_decode_headers(shards, config.workers)) as headers:  # closing stops the workers on error
+    with closing(_decode_headers(shards, config.workers)) as decoded:  # closing stops the workers on error
+        total = sum(s.rows for s in shards)
+        headers = iter(progress(decoded, total=total, desc="ingest: image headers", unit="img", count=len))
         for shard in shards:
             shard_headers = [h for _ in shard.row_groups for h in next(headers)]
-            shard_records, shard_quarantine, shard_mismatches = _ingest_shard(shard, shard_headers, config)
+            shard_records, shard_quarantine, shard_repairs, shard_mismatches = _ingest_shard(
+                shard, shard_headers, config
+            )
             records += shard_records
             quarantine += shard_quarantine
+            repairs += shard_repairs
             mismatches += shard_mismatches
-    if not records:
+    if require_rows and not records:
         raise IngestError(f"{root}: no valid rows ({len(quarantine)} quarantine entries)")
-    kept, dup_stats = _collapse_duplicates(records, config.labelled_splits)
+    kept, dropped, dup_stats = _collapse_duplicates(records, config.labelled_splits)
     kept.sort(key=lambda r: (r["split"], r["shard"], r["row"]))
-    index = pl.from_arrow(pa.Table.from_pylist(kept, schema=schema.INDEX_SCHEMA))
-    quarantined = pl.from_arrow(pa.Table.from_pylist(quarantine, schema=schema.QUARANTINE_SCHEMA))
-    assert isinstance(index, pl.DataFrame) and isinstance(quarantined, pl.DataFrame)
-    metrics = _metrics(shards, len(records), index, quarantined, dup_stats, mismatches)
-    return IngestResult(index=index, quarantine=quarantined, metrics=metrics)
+    result = IngestResult(
+        index=_frame(kept, schema.INDEX_SCHEMA),
+        quarantine=_frame(quarantine, schema.QUARANTINE_SCHEMA),
+        repairs=_frame(repairs, schema.REPAIRS_SCHEMA),
+        collapsed=_frame(dropped, _COLLAPSED_SCHEMA),
+        metrics={},
+    )
+    result.metrics = _metrics(shards, len(records), result, dup_stats, mismatches)
+    return result
 
 
 def _split_rank(split: str, labelled_splits: tuple[str, ...]) -> int:
@@ -366,28 +428,34 @@ def _split_rank(split: str, labelled_splits: tuple[str, ...]) -> int:
 
 def _collapse_duplicates(
     records: list[dict[str, Any]], labelled_splits: tuple[str, ...]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One record per image_id (the copy in the highest-ranked split), and what collapsed."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """One record per image_id (the copy in the highest-ranked split), the copies dropped, and stats."""
     rank = {split: _split_rank(split, labelled_splits) for split in {r["split"] for r in records}}
     copies: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         copies.setdefault(record["image_id"], []).append(record)
-    kept, cross, conflicts = [], [], 0
+    kept, dropped, cross, conflicts = [], [], [], 0
     for image_id, group in copies.items():
         best = min(group, key=lambda r: (-rank[r["split"]], r["split"], r["shard"], r["row"]))
         kept.append({**best, "duplicates": len(group)})
+        dropped += [r for r in group if r is not best]
         cross += [image_id] if len({r["split"] for r in group}) > 1 else []
         conflicts += len({r["label"] for r in group}) > 1
-    return kept, {
-        "duplicates_collapsed": len(records) - len(kept),
-        "duplicate_label_conflicts": conflicts,  # copies of one image carrying different labels
-        "cross_split_duplicates": {"count": len(cross), "image_ids": sorted(cross)},
-    }
+    return (
+        kept,
+        dropped,
+        {
+            "duplicates_collapsed": len(dropped),
+            "duplicate_label_conflicts": conflicts,  # copies of one image carrying different labels
+            "cross_split_duplicates": {"count": len(cross), "image_ids": sorted(cross)},
+        },
+    )
 
 
-def _metrics(shards: list[_Shard], valid: int, index: pl.DataFrame, quarantine: pl.DataFrame,
-             dup_stats: dict[str, Any], size_mismatch: int) -> dict[str, Any]:  # fmt: skip
-    """JSON-ready ingest metrics."""
+def _metrics(shards: list[_Shard], valid: int, result: IngestResult, dup_stats: dict[str, Any],
+             size_mismatch: int) -> dict[str, Any]:  # fmt: skip
+    """JSON-ready ingest metrics: rows_read = rows_indexed + quarantined + duplicates_collapsed."""
+    index, quarantine, repairs = result.index, result.quarantine, result.repairs
     splits: dict[str, dict[str, int]] = {}
     for shard in shards:
         splits.setdefault(shard.split, {"rows_read": 0})["rows_read"] += shard.rows
@@ -404,6 +472,8 @@ def _metrics(shards: list[_Shard], valid: int, index: pl.DataFrame, quarantine: 
         "splits": splits,
         "quarantined": quarantine.select("shard", "row").unique().height,  # rows (one may have many faults)
         "quarantined_by_reason": dict(sorted(Counter(quarantine["reason"].to_list()).items())),
+        "repaired_rows": repairs.select("shard", "row").unique().height,  # kept, >= 1 field set to NULL
+        "repairs_by_field": dict(sorted(Counter(repairs["field"].to_list()).items())),
         **dup_stats,
         "size_mismatch": size_mismatch,
         "missing_optional_columns": dict(sorted(missing.items())),  # column -> shards without it
@@ -414,8 +484,9 @@ def _metrics(shards: list[_Shard], valid: int, index: pl.DataFrame, quarantine: 
 
 
 def write_prepared(result: IngestResult, out_dir: Path) -> None:
-    """Write `index.parquet` and `quarantine.parquet` into `out_dir`."""
+    """Write `index.parquet`, `quarantine.parquet` and `repairs.parquet` into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.index.write_parquet(out_dir / INDEX_FILE)
     result.quarantine.write_parquet(out_dir / QUARANTINE_FILE)
+    result.repairs.write_parquet(out_dir / REPAIRS_FILE)

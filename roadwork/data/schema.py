@@ -107,3 +107,12 @@ QUARANTINE_SCHEMA = pa.schema(
         ("detail", pa.string()),  # human-readable detail
     ]
 )
+
+# Optional fields of indexed rows that did not convert or parse and were set to NULL ([] for tag lists),
+# one entry per (row, field); the row itself is in the index unless it collapsed into a duplicate.
+REPAIRS_SCHEMA = pa.schema(
+    [
+        *QUARANTINE_SCHEMA,
+        ("value", pa.string()),  # the raw value as text (repr for non-strings), cut beyond 1000 chars
+    ]
+)

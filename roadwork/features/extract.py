@@ -26,6 +26,7 @@ from roadwork.distributed import SINGLE, Ranks, plan_for_rank, rank_device
 from roadwork.features.backbone import load_backbone, pooled_tokens
 from roadwork.features.cache import ExtractConfig, FeatureCache, ShardWriter, expected_attrs
 from roadwork.features.manifest import read_manifest
+from roadwork.progress import progress
 from roadwork.views.augment import augment_views, build_augment
 from roadwork.views.crops import load_views
 from roadwork.views.plan import boxes_by_image, read_plan
@@ -154,7 +155,7 @@ def extract_with_model(
             writer.add(cache_row, cache.row_values(features))
             offset += copies * views
 
-    for batch in loader:
+    for batch in progress(loader, total=len(jobs), desc="extract", unit="img", count=len):
         stacked = torch.cat([v.flatten(0, 1).to(device, non_blocking=True) for _, v in batch])
         pooled = embed(stacked)  # queued on a GPU: the previous batch is written while this one runs
         if pending:

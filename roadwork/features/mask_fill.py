@@ -36,6 +36,7 @@ from roadwork.features.masks import (
 )
 from roadwork.features.sam import encode_prompts, input_size, load_sam, predict_masks
 from roadwork.features.truth import fill_truth_masks, read_truth
+from roadwork.progress import progress
 from roadwork.views.plan import boxes_by_image, read_plan
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def fill_masks(
         prefetch_factor=4 if config.workers else None,
     )
     started, coverage = time.perf_counter(), np.zeros(len(config.prompts))
-    for batch in loader:
+    for batch in progress(loader, total=len(jobs), desc="masks", unit="img", count=len):
         pixels = pixel_values(processor, [image for _, image in batch], model)
         masks = predict_masks(model, processor, pixels, prompts, config)
         for (row, _), image_masks in zip(batch, masks, strict=True):

@@ -34,6 +34,7 @@ from torch import nn
 
 from roadwork.config import ConfigError
 from roadwork.metrics import mcc
+from roadwork.progress import progress
 from roadwork.train.checkpoint import load_head
 from roadwork.train.config import TrainConfig
 from roadwork.train.data import Table, split_train_val
@@ -237,7 +238,7 @@ def cross_fit(*, base: nn.Module, table: Table, config: FinetuneConfig, member: 
     fold_of = assign_folds(table.label, table.group, config.folds, config.seed)
     runs = [
         train_fold(base=base, table=table, fold_of=fold_of, fold=k, config=config, member=member)
-        for k in range(config.folds)
+        for k in progress(range(config.folds), total=config.folds, desc="DoRA folds", unit="fold")
     ]
     check_out_of_fold(len(table), runs, fold_of >= 0)
     oof = np.full(len(table), np.nan)

@@ -19,6 +19,7 @@ from torch import nn
 
 from roadwork.device import resolve_device
 from roadwork.metrics import binary_metrics, sigmoid
+from roadwork.progress import progress
 from roadwork.train.config import TrainConfig
 from roadwork.train.data import Table
 from roadwork.train.losses import HeadLoss
@@ -148,7 +149,7 @@ def train_with_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, total, config))
     best = TrainResult(copy.deepcopy(model.state_dict()), -1, -math.inf, 0)
     stale = 0
-    for epoch in range(config.epochs):
+    for epoch in progress(range(config.epochs), total=config.epochs, desc="epochs", unit="epoch"):
         model.train()
         order = epoch_order(train, config, rng)
         terms: dict[str, float] = {}

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from roadwork.data.images import ShardReader
 from roadwork.distributed import SINGLE, Ranks, owns
 from roadwork.features.cache import ExtractConfig, RowCache, ShardWriter, expected_attrs
+from roadwork.progress import progress
 from roadwork.tta.augment import AugSpec, ImageViews
 from roadwork.views.plan import ViewsConfig, n_views
 
@@ -161,7 +162,7 @@ def extract_tta(
                 counts[specs[k].key()] += 1
             queue.clear()
 
-    for i, items in loader:
+    for i, items in progress(loader, total=len(todo), desc="tta", unit="img"):
         for k, v in items:
             queue.append((k, int(rows[specs[k]][todo[i]["index"]]), v))
             if sum(len(q[2]) for q in queue) >= batch_views:
