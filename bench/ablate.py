@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from roadwork.config import load_params
 
 PREFIX = "abl-"
 READING = "## Reading"
@@ -58,7 +58,7 @@ OTHER: dict[str, dict[str, object]] = {
 }
 ROWS["dice-truth"] = ("Dice on the generator's true object masks instead of SAM 3's", {})
 # Every row: the head alone, without DoRA fine-tuning or TTA.
-COMMON = ("ensemble.top_k=1", "finetune.members=[]", "tta.members=[]")
+COMMON = ("ensemble.top_k=1", "config.yaml:finetune.members=[]", "config.yaml:tta.members=[]")
 
 
 def dvc(*args: str) -> str:
@@ -80,8 +80,8 @@ def to_hydra(value: object) -> str:
 def queue(rows: list[str]) -> None:
     for name in rows:
         member = to_hydra({"full": ROWS[name][1]})
-        overrides = ["~ensemble.members", f"+ensemble.members={member}", *COMMON]
-        overrides += [f"{key}={to_hydra(value)}" for key, value in OTHER.get(name, {}).items()]
+        overrides = ["config.yaml:~ensemble.members", f"config.yaml:+ensemble.members={member}", *COMMON]
+        overrides += [f"config.yaml:{key}={to_hydra(value)}" for key, value in OTHER.get(name, {}).items()]
         dvc("exp", "run", "--queue", "-n", PREFIX + name, *(arg for o in overrides for arg in ("-S", o)))
         print(f"queued {PREFIX}{name}", flush=True)
 
@@ -116,7 +116,7 @@ def cell(scores: dict | None) -> str:
 
 
 def write_table(results: dict[str, dict], out: Path) -> None:
-    params = yaml.safe_load(Path("params.yaml").read_text())
+    params = load_params()
     synth, extract = params["synth"], params["extract"]
     lines = [
         "# Ablations",

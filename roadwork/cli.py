@@ -18,7 +18,7 @@ from roadwork.config import load_params, load_paths
 def summary(args: argparse.Namespace) -> int:
     """Print the final metrics and where each output lives."""
     paths = load_paths(load_params(args.params))
-    final_path = Path(paths.metrics) / "final.json"
+    final_path = Path(paths.submission) / "scores.json"
     if not final_path.is_file():
         print(f"{final_path}: not found; run `dvc repro` first", file=sys.stderr)
         return 1

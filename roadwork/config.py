@@ -1,9 +1,11 @@
-"""Typed configuration: `params.yaml` sections parsed into frozen dataclasses.
+"""Typed configuration: `params.yaml` + `config.yaml` sections parsed into frozen dataclasses.
 
-Each module owns the dataclass of its own section (a comment per field). This module only knows how
-to read `params.yaml`, turn a section into its dataclass strictly (unknown or missing keys are errors,
-so a typo in `dvc exp run -S` fails loudly instead of being ignored), and save the resolved config
-beside an output.
+`params.yaml` holds the knobs experiments vary (the columns of `dvc exp show`), `config.yaml` all the
+rest; `load_params` reads them as one mapping. Each stage reads only its share (`stage_params`), which
+the `config` stage also writes to the file dvc.yaml makes that stage depend on. Each module owns the
+dataclass of its own section (a comment per field). This module turns a section into its dataclass
+strictly (unknown or missing keys are errors, so a typo in `dvc exp run -S` fails loudly instead of
+being ignored) and saves the resolved config beside an output.
 """
 
 from __future__ import annotations
@@ -19,23 +21,143 @@ import yaml
 
 T = TypeVar("T")
 
-PARAMS_FILE = "params.yaml"
+PARAMS_FILE = "params.yaml"  # the knobs experiments vary: DVC params, the columns of `dvc exp show`
+CONFIG_FILE = "config.yaml"  # everything else, beside params.yaml
 
 
 class ConfigError(ValueError):
     """A params section that does not match its dataclass."""
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Read the whole params file once."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (run from the project root)")
+        raise ConfigError(f"{path}: not found (run from the project root)")
     with path.open() as f:
-        params = yaml.safe_load(f) or {}
-    if not isinstance(params, dict):
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return params
+    return data
+
+
+def merge_disjoint(a: dict[str, Any], b: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """The union of two nested mappings; a key set in both (other than two mappings to merge) is an error."""
+    out = dict(a)
+    for key, value in b.items():
+        at = f"{where}.{key}" if where else str(key)
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = merge_disjoint(out[key], value, at)
+        else:
+            raise ConfigError(f"{at}: set in both {PARAMS_FILE} and {CONFIG_FILE}; keep it in one of them")
+    return out
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The whole configuration: `params.yaml` and the `config.yaml` beside it, read once as one mapping."""
+    path = Path(path)
+    return merge_disjoint(_read_yaml(path.parent / CONFIG_FILE), _read_yaml(path))
+
+
+# The keys that live in params.yaml: what experiments vary, shown by `dvc exp show` (`write_params`).
+EXPERIMENT_KEYS = ("train.seed", "train.lr", "train.metadata", "ensemble.top_k", "submit.use")
+
+
+def write_params(directory: str | Path, params: dict[str, Any]) -> None:
+    """Write a whole configuration as `params.yaml` (the EXPERIMENT_KEYS) + `config.yaml` (the rest)."""
+    knobs: dict[str, Any] = {}
+    rest = json.loads(json.dumps(params))  # a deep copy
+    for key in EXPERIMENT_KEYS:
+        knobs = _merge_share(knobs, _pick(params, key))
+        *parents, leaf = key.split(".")
+        node = rest
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    directory = Path(directory)
+    (directory / PARAMS_FILE).write_text(yaml.safe_dump(knobs, sort_keys=False))
+    (directory / CONFIG_FILE).write_text(yaml.safe_dump(rest, sort_keys=False))
+
+
+# The keys each stage reads (a section, or one key of it). The `config` stage writes each stage's share
+# to `<paths.params>/<stage>.json`, a dependency of that stage in dvc.yaml, so a change reruns exactly
+# the stages that read the key; the stages read their share through `stage_params`, never more.
+# `paths` is part of every share. `ensemble.members.{member}` is the one member a `train@` stage trains.
+_CACHE_KEYS = ("extract.side", "extract.mean", "extract.std", "extract.seed")  # `CacheKey`
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "synth": ("synth",),
+    "ingest": ("ingest",),
+    "backbone": ("backbone",),
+    "gps": ("gps",),
+    "views": ("views",),
+    "text": ("text",),
+    "extract": ("extract", "backbone.dtype"),
+    "sam": ("masks.model", "masks.tiny"),
+    "masks": ("masks",),
+    "train": (
+        "train",
+        "ensemble.members.{member}",
+        *_CACHE_KEYS,
+        *(f"masks.{k}" for k in ("source", "model", "prompts", "score_threshold", "mask_threshold")),
+        "masks.image_grid",
+        "masks.view_grid",
+        "gps.near_km",
+        "gps.brackets_km",
+    ),
+    "finetune": ("finetune", "ensemble", "submit.threshold", "submit.bootstrap", *_CACHE_KEYS),
+    "tta": (
+        "tta",
+        "views",
+        "backbone.dtype",
+        "ensemble",
+        "submit.threshold",
+        "submit.bootstrap",
+        "extract",
+    ),
+    "submit": ("ensemble", "submit"),
+    "report": ("report", "submit.threshold", *_CACHE_KEYS),
+}
+
+
+def _pick(params: dict[str, Any], dotted: str) -> dict[str, Any]:
+    """`{a: {b: value}}` for the key "a.b" of `params`; an error naming the key when it is missing."""
+    *parents, leaf = dotted.split(".")
+    node = params
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigError(f"{dotted}: missing from {PARAMS_FILE} / {CONFIG_FILE}")
+    if not isinstance(node, dict) or leaf not in node:
+        raise ConfigError(f"{dotted}: missing from {PARAMS_FILE} / {CONFIG_FILE}")
+    value: Any = node[leaf]
+    for part in reversed([*parents, leaf]):
+        value = {part: value}
+    return value
+
+
+def stage_params(params: dict[str, Any], stage: str, member: str | None = None) -> dict[str, Any]:
+    """The keys stage `stage` reads (`STAGE_KEYS`, plus `paths`); `member` for a `train@` stage."""
+    if stage not in STAGE_KEYS:
+        raise ConfigError(f"stage {stage!r}: not one of {sorted(STAGE_KEYS)}")
+    keys = ("paths", *(k.format(member=member) for k in STAGE_KEYS[stage]))
+    share: dict[str, Any] = {}
+    for key in keys:
+        share = _merge_share(share, _pick(params, key))
+    return share
+
+
+def _merge_share(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Union of two picks of the same mapping (overlapping picks agree, so `b` may win)."""
+    out = dict(a)
+    for key, value in b.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = _merge_share(out[key], value) if both else value
+    return out
+
+
+def load_stage_params(stage: str, member: str | None = None) -> dict[str, Any]:
+    """A stage's share of the configuration (what its script may read)."""
+    return stage_params(load_params(), stage, member)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -100,6 +222,15 @@ def section(cls: type[T], params: dict[str, Any], name: str) -> T:
     return from_dict(cls, params[name], name)
 
 
+def subset(cls: type[T], params: dict[str, Any], name: str) -> T:
+    """Dataclass `cls` from those keys of section `name` that are its fields (a stage's share of a section
+    may hold only those: `CacheKey` of `extract:`, say); strict about the fields themselves."""
+    if name not in params:
+        raise ConfigError(f"{PARAMS_FILE}: missing section {name!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return from_dict(cls, {k: v for k, v in params[name].items() if k in fields}, name)
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=list))
@@ -134,6 +265,7 @@ class Paths:
     submission: str  # submission.csv
     metrics: str  # stage metrics (json, tracked by git)
     reports: str  # the self-contained error-analysis page (index.html)
+    params: str  # each stage's share of the configuration (`config` stage; <stage>.json)
 
 
 def load_paths(params: dict[str, Any]) -> Paths:
@@ -146,3 +278,11 @@ def save_json(data: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def stage_shares(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every stage's share by the name of its file: `<stage>` and, per ensemble member, `train-<member>`."""
+    shares = {stage: stage_params(params, stage) for stage in STAGE_KEYS if stage != "train"}
+    for member in params.get("ensemble", {}).get("members", {}):
+        shares[f"train-{member}"] = stage_params(params, "train", member)
+    return shares

@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.features.backbone import BackboneConfig, materialise
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("backbone")
     paths = load_paths(params)
     config = section(BackboneConfig, params, "backbone")
     out = Path(paths.backbone)

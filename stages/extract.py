@@ -9,24 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
 from roadwork.distributed import barrier, init_ranks
-from roadwork.features.backbone import BackboneConfig
 from roadwork.features.cache import ExtractConfig
 from roadwork.features.extract import run_extract
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("extract")
     paths = load_paths(params)
     config = section(ExtractConfig, params, "extract")
     ranks = init_ranks(resolve_device(config.device))
     counts = run_extract(
         paths=paths,
         config=config,
-        dtype=section(BackboneConfig, params, "backbone").dtype,
+        dtype=params["backbone"]["dtype"],
         index=read_index(Path(paths.prepared)),
         ranks=ranks,
     )

@@ -16,29 +16,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_json, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_json, save_resolved, section, subset
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
-from roadwork.ensemble import EnsembleConfig, SubmitConfig
+from roadwork.ensemble import EnsembleConfig, Scoring
 from roadwork.ensemble.choose import full_heads, members_or_chosen
-from roadwork.features.cache import ExtractConfig, open_features
+from roadwork.features.cache import CacheKey, open_features
 from roadwork.train.adapt import finetune_members
 from roadwork.train.checkpoint import load_head
 from roadwork.train.dora import FinetuneConfig
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("finetune")
     paths = load_paths(params)
     config = section(FinetuneConfig, params, "finetune")
-    submit = section(SubmitConfig, params, "submit")
+    submit = subset(Scoring, params, "submit")
     ensemble = section(EnsembleConfig, params, "ensemble")
     names = members_or_chosen(config.members, ensemble, submit.threshold, Path(paths.predictions))
     heads, skipped = full_heads(Path(paths.heads), names)
     device = resolve_device(config.device)
     summary = finetune_members(
         [load_head(Path(paths.heads) / name, device) for name in heads],
-        cache=open_features(paths, section(ExtractConfig, params, "extract")),
+        cache=open_features(paths, subset(CacheKey, params, "extract")),
         config=config,
         paths=paths,
         index=read_index(Path(paths.prepared)),
@@ -49,7 +49,7 @@ def main() -> None:
         before, after = result["oof"]["before"]["mcc"], result["oof"]["after"]["mcc"]
         print(
             f"finetune@{name}: out-of-fold MCC {before:.3f} -> {after:.3f}, "
-            f"mean |Δlogit| {result['oof']['mean_abs_delta_logit']:.2e}, {result['seconds']} s"
+            f"mean |Δlogit| {result['oof']['mean_abs_delta_logit']:.2e}"
         )
     for name, why in skipped.items():
         print(f"finetune: skipped {name}: {why}")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.data.gps import GpsConfig, build_gps, write_gps
 from roadwork.data.index import INDEX_FILE, read_index
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("gps")
     paths = load_paths(params)
     config = section(GpsConfig, params, "gps")
 

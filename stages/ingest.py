@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.data.ingest import IngestConfig, ingest, write_prepared
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("ingest")
     paths = load_paths(params)
     config = section(IngestConfig, params, "ingest")
     result = ingest(Path(paths.raw), config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
 from roadwork.distributed import barrier, init_ranks
@@ -19,7 +19,7 @@ from roadwork.features.mask_fill import run_masks
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("masks")
     paths = load_paths(params)
     config = section(MasksConfig, params, "masks")
     ranks = init_ranks(resolve_device(config.device))

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
-from roadwork.ensemble import SubmitConfig
-from roadwork.features.cache import ExtractConfig
+from roadwork.config import load_paths, load_stage_params, save_resolved, section, subset
+from roadwork.features.cache import CacheKey
 from roadwork.report.build import report_data, write_report
 from roadwork.report.html import ReportConfig
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("report")
     paths = load_paths(params)
     config = section(ReportConfig, params, "report")
     data = report_data(
         paths=paths,
         config=config,
-        extract=section(ExtractConfig, params, "extract"),
-        threshold=section(SubmitConfig, params, "submit").threshold,
+        extract=subset(CacheKey, params, "extract"),
+        threshold=float(params["submit"]["threshold"]),
     )
     page = write_report(data, Path(paths.reports))
     save_resolved(config, Path(paths.reports) / "report_config.json")

@@ -1,19 +1,19 @@
 """Stage `submit`: the top-k members by validation MCC, refined by DoRA and TTA where they exist.
 
-Writes `submission/submission.csv`, `submission/ensemble.json` (what `roadwork predict` serves) and
-`metrics/final.json` (every variant scored on the test split with 95 % group-bootstrap intervals, so
-`dvc metrics diff` shows where each step helps or hurts).
+Writes `submission/submission.csv`, `submission/ensemble.json` (what `roadwork predict` serves),
+`submission/scores.json` (every variant scored on the test split with 95 % group-bootstrap intervals)
+and `metrics/final.json` (the headline numbers `dvc exp show` and `dvc metrics diff` compare).
 """
 
 from __future__ import annotations
 
-from roadwork.config import load_params, load_paths, section
+from roadwork.config import load_paths, load_stage_params, section
 from roadwork.ensemble import EnsembleConfig, SubmitConfig
 from roadwork.ensemble.submit import submit
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("submit")
     paths = load_paths(params)
     config = section(SubmitConfig, params, "submit")
     final = submit(paths, section(EnsembleConfig, params, "ensemble"), config)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.data.schema import TRUTH_FILE
 from roadwork.synth.dataset import DATA_DIR, SynthConfig, write_dataset
 
@@ -32,7 +32,7 @@ def _clear(root: Path) -> None:
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("synth")
     paths = load_paths(params)
     config = section(SynthConfig, params, "synth")
     root = Path(paths.synthetic)

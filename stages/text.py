@@ -5,13 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.features.text import TextConfig, build_text_cache
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("text")
     paths = load_paths(params)
     config = section(TextConfig, params, "text")
     out = Path(paths.text)

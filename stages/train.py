@@ -9,12 +9,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, section
-from roadwork.data.gps import GpsConfig, read_weights
+from roadwork.config import load_paths, load_stage_params, subset
+from roadwork.data.gps import read_weights
 from roadwork.data.index import read_index
-from roadwork.ensemble import EnsembleConfig
-from roadwork.features.cache import ExtractConfig, open_features
-from roadwork.features.mask_config import MasksConfig
+from roadwork.features.cache import CacheKey, open_features
+from roadwork.features.mask_config import MaskKey
 from roadwork.features.masks import open_masks
 from roadwork.train.checkpoint import save_head
 from roadwork.train.config import member_config
@@ -24,22 +23,20 @@ from roadwork.train.member import fit_member, write_predictions
 
 
 def main(member: str) -> None:
-    params = load_params()
+    params = load_stage_params("train", member)
     paths = load_paths(params)
-    config = member_config(
-        params["train"], section(EnsembleConfig, params, "ensemble").overrides(member), member
-    )
-    gps = section(GpsConfig, params, "gps")
+    config = member_config(params["train"], params["ensemble"]["members"][member], member)
+    gps = params["gps"]  # near_km and brackets_km: what the sampling statistics need
     use_masks = config.model == "head" and config.masks  # targets of the full head's Dice term
     tables, vocab = prepare_tables(
         read_index(Path(paths.prepared)),
-        cache=open_features(paths, section(ExtractConfig, params, "extract")),
+        cache=open_features(paths, subset(CacheKey, params, "extract")),
         text_path=Path(paths.text),
         gps=read_weights(Path(paths.gps)),
         config=config,
-        near_km=gps.near_km,
-        first_bracket_km=gps.brackets_km[0],
-        masks=open_masks(paths, section(MasksConfig, params, "masks")) if use_masks else None,
+        near_km=float(gps["near_km"]),
+        first_bracket_km=float(gps["brackets_km"][0]),
+        masks=open_masks(paths, subset(MaskKey, params, "masks")) if use_masks else None,
     )
     print(f"train@{member}: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
     with MemberLive(Path(paths.live) / member) as live:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_json, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_json, save_resolved, section, subset
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
 from roadwork.distributed import init_ranks
-from roadwork.ensemble import EnsembleConfig, SubmitConfig
+from roadwork.ensemble import EnsembleConfig, Scoring
 from roadwork.ensemble.choose import full_heads, members_or_chosen
-from roadwork.features.backbone import BackboneConfig
 from roadwork.features.cache import ExtractConfig
 from roadwork.tta import TtaConfig
 from roadwork.tta.run import run_tta, summary_lines
@@ -29,32 +28,31 @@ from roadwork.views.plan import ViewsConfig
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("tta")
     paths = load_paths(params)
-    tta, submit = section(TtaConfig, params, "tta"), section(SubmitConfig, params, "submit")
+    tta, submit = section(TtaConfig, params, "tta"), subset(Scoring, params, "submit")
     ensemble = section(EnsembleConfig, params, "ensemble")
     names = members_or_chosen(tta.members, ensemble, submit.threshold, Path(paths.predictions))
     heads, skipped = full_heads(Path(paths.heads), names)
     ranks = init_ranks(resolve_device(tta.device))
-    summary = {"skipped": skipped, "parts": {}}  # an MLP-only ensemble: nothing to augment
+    views, summary = 0, {"skipped": skipped, "parts": {}}  # an MLP-only ensemble: nothing to augment
     if heads:
-        summary = run_tta(
+        views, summary = run_tta(
             heads,
             paths=paths,
             tta=tta,
             extract=section(ExtractConfig, params, "extract"),
             views=section(ViewsConfig, params, "views"),
-            dtype=section(BackboneConfig, params, "backbone").dtype,
+            dtype=params["backbone"]["dtype"],
             index=read_index(Path(paths.prepared)),
             threshold=submit.threshold,
             n_boot=submit.bootstrap,
             ranks=ranks,
         )
+    where = f"tta[{ranks.rank}/{ranks.world}]" if ranks.world > 1 else "tta"
+    print(f"{where}: {views} views computed (all ranks); members {heads}, skipped {sorted(skipped)}")
     if summary is None:  # a rank other than 0: its backbone passes are done
         return
-    print(
-        f"tta: {summary.get('computed_views', 0)} views computed; members {heads}, skipped {sorted(skipped)}"
-    )
     print("\n".join(summary_lines(summary)))
     for out in (paths.tta, paths.tta_predictions):
         Path(out).mkdir(parents=True, exist_ok=True)

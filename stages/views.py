@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.config import load_params, load_paths, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.views.plan import ViewsConfig, build_plan, write_plan
 
 
 def main() -> None:
-    params = load_params()
+    params = load_stage_params("views")
     paths = load_paths(params)
     config = section(ViewsConfig, params, "views")
     plan = build_plan(read_index(Path(paths.prepared)), config)

@@ -1,9 +1,22 @@
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 
-from roadwork.config import ConfigError, from_dict, load_params, load_paths, section, to_dict
+from roadwork.config import (
+    EXPERIMENT_KEYS,
+    ConfigError,
+    from_dict,
+    load_params,
+    load_paths,
+    section,
+    stage_params,
+    stage_shares,
+    to_dict,
+    write_params,
+)
 from roadwork.ensemble import EnsembleConfig, SubmitConfig
 from roadwork.train.config import TrainConfig, member_config
 
@@ -75,3 +88,32 @@ def test_bad_token_choice():
     params = load_params("params.yaml")
     with pytest.raises(ConfigError, match=r"train.tokens"):
         section(TrainConfig, {"train": {**params["train"], "tokens": "max"}}, "train")
+
+
+def test_params_and_config_files_split_the_configuration_without_overlap(tmp_path):
+    knobs = yaml.safe_load(Path("params.yaml").read_text())
+    flat = {f"{s}.{k}" for s, keys in knobs.items() for k in keys}
+    assert flat == set(EXPERIMENT_KEYS)  # params.yaml: the knobs `dvc exp show` displays, no more
+    params = load_params("params.yaml")
+    write_params(tmp_path, params)
+    assert load_params(tmp_path / "params.yaml") == params
+    (tmp_path / "config.yaml").write_text(
+        (tmp_path / "config.yaml").read_text().replace("train:\n", "train:\n  seed: 1\n", 1)
+    )
+    with pytest.raises(ConfigError, match=r"train.seed: set in both params.yaml and config.yaml"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_stage_share_holds_only_the_keys_it_reads():
+    params = load_params("params.yaml")
+    share = stage_params(params, "report")
+    assert sorted(share) == ["extract", "paths", "report", "submit"]
+    assert sorted(share["extract"]) == ["mean", "seed", "side", "std"] and list(share["submit"]) == [
+        "threshold"
+    ]
+    train = stage_params(params, "train", "mlp")
+    assert list(train["ensemble"]["members"]) == ["mlp"]  # one member's overrides, not the others'
+    shares = stage_shares(params)
+    assert {f"train-{m}" for m in params["ensemble"]["members"]} <= set(shares)
+    with pytest.raises(ConfigError, match=r"ensemble.members.nope: missing"):
+        stage_params(params, "train", "nope")

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 
-from roadwork.config import load_params, section
+from roadwork.config import load_params, section, write_params
 from roadwork.data import gps
 from roadwork.data.gps import (
     EARTH_RADIUS_KM,
@@ -264,7 +263,7 @@ def test_stage_writes_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
 
     params = load_params(ROOT / "params.yaml")
     params["paths"] = {k: str(tmp_path / k) for k in params["paths"]}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path, params)
     (tmp_path / "prepared").mkdir()
     # The stage reads through the ingest reader, which checks the full index schema.
     full = pl.concat([pl.from_arrow(INDEX_SCHEMA.empty_table()), small_index()], how="diagonal_relaxed")

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
-import yaml
 from PIL import Image
 
+from roadwork.config import load_params, write_params
 from roadwork.data import images
 from roadwork.data.index import IndexFileError, read_index
 from roadwork.data.ingest import (
@@ -499,10 +499,10 @@ def test_config_rejects_bad_values() -> None:
 def test_stage_writes_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from stages import ingest as stage
 
-    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
     params["paths"].update(raw="raw", prepared="out/prepared", metrics="out/metrics")
     params["ingest"].update(workers=1)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path, params)
     write_shard(tmp_path / "raw" / TRAIN, [make_row(0), make_row(1, label=None)])
     write_shard(tmp_path / "raw" / TEST, [make_row(2, gps="[1000, 0]")])
     monkeypatch.chdir(tmp_path)

@@ -40,7 +40,7 @@ CONFIG = SAM_CONFIG  # the tiny SAM 3 of the SAM tests, three prompts, 8x8 image
 @pytest.fixture(scope="module")
 def sam(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sam")
-    manifest = materialise(CONFIG, directory)
+    manifest = materialise(CONFIG.model, CONFIG.tiny, directory)
     model, processor = load_sam(directory)
     return manifest, model, processor
 

@@ -12,11 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 import stages.report as report_stage
 from roadwork import config as roadwork_config
+from roadwork.config import write_params
 from roadwork.data.gps import GpsConfig, build_gps, write_gps
 from roadwork.data.index import read_index
 from roadwork.data.ingest import IngestConfig, ingest, write_prepared
@@ -182,6 +182,7 @@ def build_world(root: Path) -> Path:
         "submission": "submission",
         "metrics": "metrics",
         "reports": "reports",
+        "params": "params.d",
         "sam": "sam",
         "masks": "masks.zarr",  # absent: the page says so
         "dora": "dora",
@@ -190,15 +191,15 @@ def build_world(root: Path) -> Path:
         "tta_predictions": "predictions_tta",
     }
     params["report"] = {"gallery": 3, "thumb_width": 128, "bins": 10, "ablations": "docs/ablations.md"}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)
     return root
 
 
 def set_params(root: Path, **changes: dict) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = roadwork_config.load_params(root / "params.yaml")
     for name, values in changes.items():
         params[name] = {**params[name], **values}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)
 
 
 def run_report(root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -400,12 +401,12 @@ def test_report_with_masks_and_ablations(world, tmp_path, monkeypatch):
     cache.write(cache.ensure_rows(ids), {"view_masks": masks})
     docs = tmp_path / "ablations.md"
     docs.write_text("# Ablations\n\n| variant | MCC |\n|---|---|\n| no <pruning> | 0.512 |\n")
-    original = (world / "params.yaml").read_text()
+    original = roadwork_config.load_params(world / "params.yaml")
     set_params(world, paths={"masks": str(tmp_path / "masks.zarr")}, report={"ablations": str(docs)})
     try:
         page = run_report(world, monkeypatch)
     finally:
-        (world / "params.yaml").write_text(original)
+        write_params(world, original)
     _check_self_contained(page)
     assert "<td>no &lt;pruning&gt;</td><td>0.512</td>" in page
     assert "traffic cone 100.0%" in page and "road work sign 0.0%" in page

@@ -87,7 +87,7 @@ def test_tiny_is_seeded(tiny):
 
 
 def test_save_pretrained_round_trip(tmp_path, tiny):
-    manifest = materialise(CONFIG, tmp_path)
+    manifest = materialise(CONFIG.model, CONFIG.tiny, tmp_path)
     assert read_manifest(tmp_path, "sam") == manifest
     assert manifest["input_size"] == [56, 56] and manifest["queries"] == 8
     model, processor = load_sam(tmp_path)
@@ -100,13 +100,13 @@ def test_save_pretrained_round_trip(tmp_path, tiny):
     torch.testing.assert_close(loaded.pred_masks, built.pred_masks)
     torch.testing.assert_close(loaded.pred_logits, built.pred_logits)
     # A local directory is also a valid `masks.model` (the real-checkpoint path): same weights, same files.
-    again = materialise(dataclasses.replace(CONFIG, model=str(tmp_path)), tmp_path / "again")
+    again = materialise(str(tmp_path), CONFIG.tiny, tmp_path / "again")
     assert again["fingerprint"] == manifest["fingerprint"]
 
 
 def test_unreachable_model_names_the_param(tmp_path):
     with pytest.raises(OSError, match=r"masks.model="):
-        resolve(dataclasses.replace(CONFIG, model=str(tmp_path / "missing")))
+        resolve(str(tmp_path / "missing"), CONFIG.tiny)
 
 
 def test_config_errors_name_the_key():

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from PIL import Image
 
-from roadwork.config import load_params, section
+from roadwork.config import load_params, section, write_params
 from roadwork.data.parse import ParseError, parse_gps, parse_list
 from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, SHARD_RE
 from roadwork.synth.dataset import (
@@ -333,7 +332,7 @@ def test_stage_rewrites_its_output_and_refuses_foreign_folders(tmp_path, monkeyp
         "rows": {"train": 4, "test": 2},
         "shards": {"train": 1, "test": 1},
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path, params)
     monkeypatch.chdir(tmp_path)
     stale = tmp_path / "out/synthetic/data/train-00000-of-00009.parquet"
     stale.parent.mkdir(parents=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from roadwork.config import load_params, write_params
 from roadwork.data.schema import INDEX_SCHEMA
 from roadwork.views.crops import cut_views, load_views, required_scale
 from roadwork.views.plan import (
@@ -169,7 +169,7 @@ def test_boxes_by_image_rejects_incomplete_plan() -> None:
 def test_stage_writes_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stages import views as stage
 
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    write_params(tmp_path, load_params(ROOT / "params.yaml"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     sizes = _index([(1920, 1080), (4032, 3024), (3024, 4032)]).to_dicts()

@@ -37,15 +37,24 @@ class EnsembleConfig:
 
 
 @dataclass(frozen=True)
-class SubmitConfig:
-    """params.yaml `submit:`."""
+class Scoring:
+    """How predictions are scored: the keys of `submit:` that DoRA and TTA read too."""
 
-    use: str  # variant written to submission.csv and served by `roadwork predict` (one of VARIANTS)
     threshold: float  # probability above which a row is labelled roadwork
     bootstrap: int  # resamples of the 95 % intervals
 
     def __post_init__(self) -> None:
-        if self.use not in VARIANTS:
-            raise ConfigError(f"submit.use={self.use!r}: expected one of {list(VARIANTS)}")
         if not 0.0 < self.threshold < 1.0 or self.bootstrap < 1:
             raise ConfigError("submit: threshold must be in (0, 1) and bootstrap >= 1")
+
+
+@dataclass(frozen=True)
+class SubmitConfig(Scoring):
+    """params `submit:`."""
+
+    use: str  # variant written to submission.csv and served by `roadwork predict` (one of VARIANTS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.use not in VARIANTS:
+            raise ConfigError(f"submit.use={self.use!r}: expected one of {list(VARIANTS)}")

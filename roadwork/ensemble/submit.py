@@ -1,8 +1,11 @@
 """The submission: submit's top-k members, every variant scored, the chosen one written and served.
 
-`metrics/final.json` scores every variant on the test split (best single member, ensemble, + DoRA,
-+ TTA, + DoRA + TTA), each with 95 % group-bootstrap intervals; `submit.use` picks the variant written
-to `submission.csv`, and `ensemble.json` records what `roadwork predict` serves.
+`<submission>/scores.json` scores every variant on the test split (best single member, ensemble,
++ DoRA, + TTA, + DoRA + TTA), each with 95 % group-bootstrap intervals, and the members' validation
+MCCs; `submit.use` picks the variant written to `submission.csv`, and `ensemble.json` records what
+`roadwork predict` serves. `metrics/final.json`, the DVC metric, holds the headline numbers a person
+compares across experiments (`headline`): the served variant's test MCC, accuracy, ROC-AUC and reward,
+and each member's validation MCC.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from roadwork.metrics import score
 from roadwork.predictions import average_logits, read_layer, read_predictions
 
 CHOICE_FILE = "ensemble.json"  # written by `submit` (members served, variant, threshold), read by `predict`
+SCORES_FILE = "scores.json"  # every variant with intervals: what the report and `roadwork summary` read
+HEADLINE = ("mcc", "accuracy", "roc_auc", "reward")
 
 
 def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict[str, Any]:
@@ -51,8 +56,25 @@ def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict
         "variants": {name: score(frame, config.threshold, n) for name, frame in rows.items()},
         "rows": {"val": len(val[chosen[0]]), "test": len(test)},
     }
-    save_json(final, Path(paths.metrics) / "final.json")
+    save_json(final, out / SCORES_FILE)
+    save_json(headline(final), Path(paths.metrics) / "final.json")
     return final
+
+
+def headline(scores: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers `dvc exp show` and `dvc metrics diff` compare: the served variant's test (else
+    validation) MCC, accuracy, ROC-AUC and reward, and each member's validation MCC."""
+    served = scores["test"] or scores["val"]
+    out: dict[str, Any] = {key: None if served[key] is None else round(served[key], 4) for key in HEADLINE}
+    return out | {"val_mcc": {name: round(value, 4) for name, value in scores["members"].items()}}
+
+
+def read_scores(submission_dir: Path) -> dict[str, Any]:
+    """`scores.json` written by `submit`."""
+    path = Path(submission_dir) / SCORES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no scores yet; run `dvc repro submit`")
+    return json.loads(path.read_text())
 
 
 def read_choice(submission_dir: Path) -> dict[str, Any]:

@@ -39,14 +39,21 @@ FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
-    """How views become cached features."""
+class CacheKey:
+    """What cached features depend on besides the backbone and the view rule: a reader of the cache
+    needs these keys of `extract:` only (they are checked against the cache's attrs)."""
 
     side: int  # view side in pixels; a multiple of the patch size (DINOv3 drops the remainder)
     mean: tuple[float, ...]  # per-channel normalisation
     std: tuple[float, ...]
-    aug_copies: int  # augmented copies per training image, besides the clean copy 0
     seed: int  # augmentation seed
+
+
+@dataclass(frozen=True)
+class ExtractConfig(CacheKey):
+    """params `extract:`: how views become cached features."""
+
+    aug_copies: int  # augmented copies per training image, besides the clean copy 0
     batch_images: int  # images per forward pass (x views x copies)
     chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
     shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
@@ -56,7 +63,7 @@ class ExtractConfig:
     compile: bool  # torch.compile the backbone, run in fixed-size batches (one compilation per run)
 
 
-def expected_attrs(config: ExtractConfig, *, backbone: dict[str, Any], plan_meta: dict[str, Any]) -> dict:
+def expected_attrs(config: CacheKey, *, backbone: dict[str, Any], plan_meta: dict[str, Any]) -> dict:
     """Everything the cached features depend on; readers compare this with the cache's attrs."""
     if config.side % backbone["patch_size"]:
         raise ValueError(
@@ -285,9 +292,9 @@ class FeatureCache(RowCache):
         return np.concatenate(parts, axis=-1), self.read_array("copies", image_ids).astype(np.int64)
 
 
-def open_features(paths: Paths, config: ExtractConfig) -> FeatureCache:
+def open_features(paths: Paths, config: CacheKey) -> FeatureCache:
     """The feature cache for reading, checked against the backbone manifest, the view rule and the
-    extract config (`StaleCacheError` naming every difference otherwise)."""
+    cache key (`StaleCacheError` naming every difference otherwise)."""
     backbone = read_manifest(Path(paths.backbone), "backbone")
     _, plan_meta = read_plan(Path(paths.views))
     return FeatureCache.open_checked(

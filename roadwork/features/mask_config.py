@@ -44,8 +44,8 @@ class TinySamConfig:
 
 
 @dataclass(frozen=True)
-class MasksConfig:
-    """params.yaml `masks:`: which SAM 3, which prompts, how masks become grids, how the stage runs."""
+class MaskKey:
+    """What the cached masks depend on besides the view rule: the keys of `masks:` a reader needs."""
 
     source: str  # "sam": SAM 3 pseudo-masks | "truth": the synthetic data's true object masks
     model: str  # "tiny", a Hugging Face id (facebook/sam3) or a local directory
@@ -54,14 +54,6 @@ class MasksConfig:
     mask_threshold: float  # a pixel of an instance is on when its mask probability is above this
     image_grid: int  # side M of the coarse whole-image mask [P, M, M]
     view_grid: int  # side G of the per-view masks [V, P, G, G]
-    batch_images: int  # images per image-encoder forward (x prompts in the decoder)
-    chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
-    shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
-    workers: int  # DataLoader worker processes decoding images (0 = in the main process)
-    device: str  # auto | cpu | cuda
-    dtype: str  # weights dtype: float32 | bfloat16 | float16
-    splits: tuple[str, ...]  # index splits to mask
-    tiny: TinySamConfig  # used only when model == "tiny"
 
     def __post_init__(self) -> None:
         if self.source not in ("sam", "truth"):
@@ -73,7 +65,27 @@ class MasksConfig:
         for name in ("score_threshold", "mask_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"masks.{name}: expected a value in [0, 1), got {getattr(self, name)!r}")
-        for name in ("image_grid", "view_grid", "batch_images", "chunk_rows", "shard_rows"):
+        for name in ("image_grid", "view_grid"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"masks.{name}: expected an int >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class MasksConfig(MaskKey):
+    """params `masks:`: which SAM 3, which prompts, how masks become grids, how the stage runs."""
+
+    batch_images: int  # images per image-encoder forward (x prompts in the decoder)
+    chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
+    shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
+    workers: int  # DataLoader worker processes decoding images (0 = in the main process)
+    device: str  # auto | cpu | cuda
+    dtype: str  # weights dtype: float32 | bfloat16 | float16
+    splits: tuple[str, ...]  # index splits to mask
+    tiny: TinySamConfig  # used only when model == "tiny"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_images", "chunk_rows", "shard_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"masks.{name}: expected an int >= 1, got {getattr(self, name)!r}")
         if self.workers < 0:

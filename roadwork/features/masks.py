@@ -29,7 +29,7 @@ from roadwork.config import Paths
 from roadwork.data.schema import TRUTH_FILE
 from roadwork.features.cache import RowCache
 from roadwork.features.manifest import read_manifest
-from roadwork.features.mask_config import MasksConfig
+from roadwork.features.mask_config import MaskKey, MasksConfig
 from roadwork.views.plan import read_plan
 
 # Bump when the meaning of the stored masks changes (post-processing, geometry): old caches go stale.
@@ -101,7 +101,7 @@ class MaskCache(RowCache):
         return {name: self.read_array(name, image_ids) for name in self.array_names}
 
 
-def expected_attrs(config: MasksConfig, *, sam: dict[str, Any], plan_meta: dict[str, Any]) -> dict[str, Any]:
+def expected_attrs(config: MaskKey, *, sam: dict[str, Any], plan_meta: dict[str, Any]) -> dict[str, Any]:
     """Everything the cached masks depend on; readers compare this with the cache's attrs."""
     return {
         "sam_fingerprint": sam["fingerprint"],
@@ -128,7 +128,7 @@ def truth_path(raw_root: Path) -> Path:
     return path
 
 
-def source_manifest(config: MasksConfig, *, sam_dir: Path, raw_root: Path) -> dict[str, Any]:
+def source_manifest(config: MaskKey, *, sam_dir: Path, raw_root: Path) -> dict[str, Any]:
     """What the mask cache is built from, for its attrs: the saved SAM 3's manifest (checked against
     `masks.model`) or, with `masks.source: truth`, the true-polygon table's hash and raster size."""
     if config.source == "truth":
@@ -144,7 +144,7 @@ def source_manifest(config: MasksConfig, *, sam_dir: Path, raw_root: Path) -> di
     return manifest
 
 
-def open_masks(paths: Paths, config: MasksConfig) -> MaskCache:
+def open_masks(paths: Paths, config: MaskKey) -> MaskCache:
     """The mask cache for reading; refuses one built from another source, prompts, thresholds or views."""
     source = source_manifest(config, sam_dir=Path(paths.sam), raw_root=Path(paths.raw))
     _, plan_meta = read_plan(Path(paths.views))

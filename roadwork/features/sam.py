@@ -141,18 +141,18 @@ def build_tiny(config: TinySamConfig) -> tuple[Sam3Model, Sam3Processor]:
     return Sam3Model(tiny_model_config(config, tokenizer)).eval(), processor
 
 
-def resolve(config: MasksConfig) -> tuple[Sam3Model, Sam3Processor]:
-    """The model and processor named by the config: built (tiny) or loaded (id or directory)."""
+def resolve(model_name: str, tiny: TinySamConfig) -> tuple[Sam3Model, Sam3Processor]:
+    """The model and processor named by `masks.model`: built (tiny) or loaded (id or directory)."""
     from transformers import Sam3Model, Sam3Processor
 
-    if config.model == "tiny":
-        return build_tiny(config.tiny)
+    if model_name == "tiny":
+        return build_tiny(tiny)
     try:
-        model = Sam3Model.from_pretrained(config.model).eval()
-        processor = Sam3Processor.from_pretrained(config.model)
+        model = Sam3Model.from_pretrained(model_name).eval()
+        processor = Sam3Processor.from_pretrained(model_name)
     except (OSError, ValueError) as e:
         raise OSError(
-            f"masks.model={config.model!r}: not a local directory with a saved SAM 3 model and processor "
+            f"masks.model={model_name!r}: not a local directory with a saved SAM 3 model and processor "
             f"and not reachable on the Hugging Face hub ({e}). Download it once where the hub is "
             "reachable, then point masks.model at that folder."
         ) from e
@@ -188,9 +188,10 @@ def fingerprint(model: Sam3Model, processor: Sam3Processor, weights: str | None 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def materialise(config: MasksConfig, out_dir: Path) -> dict[str, Any]:
-    """Save the configured SAM 3 and its processor to `out_dir`, write the manifest; return it."""
-    model, processor = resolve(config)
+def materialise(model_name: str, tiny: TinySamConfig, out_dir: Path) -> dict[str, Any]:
+    """Save SAM 3 `model_name` (`tiny`: built from `tiny`) and its processor to `out_dir`, write the
+    manifest; return it."""
+    model, processor = resolve(model_name, tiny)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -199,7 +200,7 @@ def materialise(config: MasksConfig, out_dir: Path) -> dict[str, Any]:
     return manifest.write_manifest(
         out_dir,
         {
-            "source": config.model,
+            "source": model_name,
             "fingerprint": fingerprint(model, processor, weights),
             "weights_fingerprint": weights,
             "parameters": sum(p.numel() for p in model.parameters()),

@@ -29,10 +29,10 @@ SLICE_COLUMNS = ("value", "n", "positives", "predicted", "tp", "fp", "fn", "tn",
 
 
 def read_final(path: Path) -> dict[str, Any]:
-    """`final.json` written by `submit`; checks the keys the report reads."""
+    """`scores.json` written by `submit` (every variant, with intervals); checks the keys the report reads."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no final metrics (run the submit stage)")
+        raise FileNotFoundError(f"{path}: no scores (run the submit stage)")
     final = json.loads(path.read_text())
     missing = [k for k in ("members", "chosen", "use", "val", "test", "variants") if k not in final]
     if missing:

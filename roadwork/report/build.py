@@ -7,6 +7,7 @@ from pathlib import Path
 from roadwork.config import Paths
 from roadwork.data.gps import read_clusters, read_weights
 from roadwork.data.index import read_index
+from roadwork.ensemble.submit import SCORES_FILE
 from roadwork.features.cache import ExtractConfig
 from roadwork.report import analysis
 from roadwork.report.gallery import failure_gallery
@@ -19,7 +20,7 @@ def report_data(
 ) -> ReportData:
     """Final metrics, the chosen ensemble's scored test predictions, GPS points and clusters, training
     curves, the failure gallery and the ablation table (when its document exists)."""
-    final = analysis.read_final(Path(paths.metrics) / "final.json")
+    final = analysis.read_final(Path(paths.submission) / SCORES_FILE)
     index, weights = read_index(Path(paths.prepared)), read_weights(Path(paths.gps))
     predictions = analysis.ensemble_predictions(Path(paths.predictions), final["chosen"], "test")
     test = analysis.scored_frame(predictions, index, weights)

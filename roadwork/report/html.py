@@ -71,7 +71,7 @@ class ReportConfig:
 class ReportData:
     """Everything the page shows, already read from the pipeline's outputs."""
 
-    final: dict[str, Any]  # metrics/final.json
+    final: dict[str, Any]  # <submission>/scores.json
     test: pl.DataFrame  # analysis.scored_frame of the ensemble's test predictions
     threshold: float
     bins: int  # reliability diagram bins

@@ -160,9 +160,10 @@ def run_tta(
     threshold: float,
     n_boot: int,
     ranks: Ranks = SINGLE,
-) -> dict[str, Any] | None:
+) -> tuple[int, dict[str, Any] | None]:
     """FOODS for the full-head members `heads`: the backbone passes this rank owns, then (rank 0 only)
-    every member scored and written. Returns the summary `tta.json` holds on rank 0, None elsewhere."""
+    every member scored and written. Returns the views computed (all ranks) and, on rank 0, the summary
+    `tta.json` holds (None elsewhere)."""
     _, plan_meta = read_plan(Path(paths.views))
     frames = [read_predictions(Path(paths.predictions), n, p) for n in heads for p in tta.parts]
     ids = list(dict.fromkeys(i for frame in frames for i in frame["image_id"].to_list()))
@@ -177,7 +178,7 @@ def run_tta(
         ranks=ranks,
     )
     if ranks.rank != 0:  # the backbone passes are split; FOODS scoring is cheap and done by rank 0
-        return None
+        return counts["views"], None
     cache = open_features(paths, extract)
     device = resolve_device(tta.device)
     summary: dict[str, Any] = {
@@ -185,8 +186,6 @@ def run_tta(
         "distance": tta.distance,
         "keep": tta.keep,
         "temperature": tta.temperature,
-        "computed_views": counts["views"],
-        "extract_seconds": counts["seconds"],
         "parts": {},
     }
     for part in tta.parts:
@@ -201,7 +200,7 @@ def run_tta(
             m.name: write_member(m, part, paths=paths, tta=tta, threshold=threshold, n_boot=n_boot)
             for m in members
         }
-    return summary
+    return counts["views"], summary
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
