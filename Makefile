@@ -28,4 +28,4 @@ lint: setup
 	. $(VENV)/bin/activate && ruff check . && ruff format --check .
 
 clean:
-	rm -rf data features models predictions predictions_dora predictions_tta live submission metrics reports params.d
+	rm -rf data features models predictions predictions_dora predictions_tta live submission metrics reports params.d validation

@@ -60,7 +60,15 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 # The keys that live in params.yaml: what experiments vary, shown by `dvc exp show` (`write_params`).
-EXPERIMENT_KEYS = ("train.seed", "train.lr", "train.metadata", "ensemble.top_k", "submit.use")
+EXPERIMENT_KEYS = (
+    "train.seed",
+    "train.lr",
+    "train.metadata",
+    "train.meta_dropout",
+    "ensemble.top_k",
+    "submit.target",
+    "submit.use",
+)
 
 
 def write_params(directory: str | Path, params: dict[str, Any]) -> None:
@@ -114,7 +122,17 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "submit.bootstrap",
         "extract",
     ),
+    "challenge": (
+        "challenge",
+        "ingest",
+        "train.val_fraction",
+        "train.split_seed",
+        "views",
+        "backbone.dtype",
+        *_CACHE_KEYS,
+    ),
     "submit": ("ensemble", "submit"),
+    "validate": ("extract", "views", "backbone", "submit.bootstrap"),
     "report": ("report", "submit.threshold", *_CACHE_KEYS),
 }
 
@@ -266,6 +284,12 @@ class Paths:
     metrics: str  # stage metrics (json, tracked by git)
     reports: str  # the self-contained error-analysis page (index.html)
     params: str  # each stage's share of the configuration (`config` stage; <stage>.json)
+    generated: str  # the generated half of the challenges: a NATIX-schema dataset or <part>/<label>/ images
+    synthetic_generated: (
+        str  # where `synth` writes the synthetic world's second style (a NATIX-schema dataset)
+    )
+    challenge: str  # validator-style challenges: <part>/<domain>/*.jpg, challenges.parquet, val_features.npy
+    validation: str  # the served model on the test challenges: details.json, answers.parquet, levels.json
 
 
 def load_paths(params: dict[str, Any]) -> Paths:

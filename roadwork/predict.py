@@ -21,19 +21,18 @@ import polars as pl
 import torch
 
 from roadwork.config import load_paths, section
-from roadwork.data.images import ImageDecodeError, ShardReader, displayed_size
+from roadwork.data.images import ImageDecodeError, ShardReader
 from roadwork.data.ingest import IngestConfig, IngestError, IngestResult, ingest
 from roadwork.device import resolve_device
+from roadwork.ensemble.calibrate import IDENTITY, Calibration
 from roadwork.ensemble.submit import read_choice
 from roadwork.features.backbone import BackboneConfig, load_backbone
 from roadwork.features.cache import ExtractConfig
-from roadwork.features.extract import embed_views
+from roadwork.features.extract import image_features
 from roadwork.features.text import embed_texts, load_encoder
-from roadwork.metrics import sigmoid
 from roadwork.train.checkpoint import load_head
-from roadwork.train.data import metadata_arrays
-from roadwork.views.crops import load_views
-from roadwork.views.plan import ViewsConfig, view_boxes
+from roadwork.train.data import metadata_arrays, null_metadata
+from roadwork.views.plan import ViewsConfig
 
 SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `predict` reproduces
 
@@ -50,6 +49,9 @@ class Predictor:
                 f"{sorted(SERVED)} (the DoRA fold models and TTA are applied by the pipeline's stages only)"
             )
         self.threshold = float(choice["threshold"])
+        # The served probability: calibrated on the validation challenges when submit targets a
+        # validator (its chosen cut at 0.5), the plain sigmoid otherwise.
+        self.calibration = Calibration(**choice.get("calibration", IDENTITY.to_dict()))
         self.device = resolve_device(device)
         self.extract = section(ExtractConfig, params, "extract")
         self.views = section(ViewsConfig, params, "views")
@@ -58,18 +60,9 @@ class Predictor:
         self.members = [load_head(Path(paths.heads) / name, self.device) for name in choice["members"]]
         self._text_encoder = None
 
-    def view_pixels(self, data: bytes) -> np.ndarray:
-        """uint8 `[V, side, side, 3]`: one image's clean views (ImageTooLargeError over MAX_PIXELS)."""
-        size = displayed_size(data)
-        return load_views(data, view_boxes(*size, self.views), self.extract.side, size=size)
-
-    def embed(self, views: np.ndarray) -> np.ndarray:
-        """`[V, 3, D]` pooled backbone tokens of one image's views, rounded to float16 like the cache."""
-        return embed_views(self.backbone, views, self.extract).astype(np.float16)
-
     def view_features(self, data: bytes) -> np.ndarray:
-        """`[V, 3, D]` pooled tokens of one image's clean views."""
-        return self.embed(self.view_pixels(data))
+        """`[V, 3, D]` pooled tokens of one image's clean views (ImageTooLargeError over MAX_PIXELS)."""
+        return image_features(self.backbone, data, views=self.views, config=self.extract)
 
     def _text(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         if all(t is None for t in texts):
@@ -82,15 +75,9 @@ class Predictor:
     def logits(self, features: np.ndarray, meta_rows: pl.DataFrame) -> np.ndarray:
         """Mean member logit for `features` `[n, V, 3, D]` and their metadata rows (index schema)."""
         text = self._text(meta_rows["scene_description"].to_list())
-        out = []
-        for member in self.members:
-            batch = {"views": torch.from_numpy(member.view_features(features).astype(np.float32))}
-            batch |= {
-                k: torch.from_numpy(v) for k, v in metadata_arrays(meta_rows, member.vocab, text).items()
-            }
-            logits = member.model({k: v.to(self.device) for k, v in batch.items()})["logits"].float().cpu()
-            out.append((logits[:, 1] - logits[:, 0]).numpy())
-        return np.mean(out, axis=0)
+        return np.mean(
+            [m.logits(features, metadata_arrays(meta_rows, m.vocab, text)) for m in self.members], axis=0
+        )
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         """JSON-ready results for (key, image bytes) pairs without metadata, in their order; an error
@@ -151,7 +138,7 @@ class Predictor:
             pending = []
 
     def _scored(self, logit: float) -> dict[str, Any]:
-        prob = float(sigmoid(logit))
+        prob = float(self.calibration.probability(logit))
         return {"probability": prob, "label": int(prob > self.threshold)}
 
 
@@ -172,25 +159,3 @@ def _row_outcomes(result: IngestResult) -> list[dict[str, Any]]:
     if sorted(outcome) != list(range(result.metrics["rows_read"])):  # ingest accounts for every row
         raise RuntimeError(f"ingest answered rows {sorted(outcome)} of {result.metrics['rows_read']}")
     return [outcome[row] for row in range(len(outcome))]
-
-
-def null_metadata(n: int) -> pl.DataFrame:
-    """Index-schema metadata columns, all NULL (images that arrive without any)."""
-    return pl.DataFrame(
-        {
-            "lat": [None] * n,
-            "lon": [None] * n,
-            "weather": [[] for _ in range(n)],
-            "daytime": [None] * n,
-            "scene_environment": [None] * n,
-            "scene_description": [None] * n,
-        },
-        schema={
-            "lat": pl.Float64,
-            "lon": pl.Float64,
-            "weather": pl.List(pl.String),
-            "daytime": pl.String,
-            "scene_environment": pl.String,
-            "scene_description": pl.String,
-        },
-    )

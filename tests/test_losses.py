@@ -136,7 +136,7 @@ def outputs_and_batch(masks: bool) -> tuple[dict, dict]:
         "weather_logits": torch.randn(6, 4, requires_grad=True),
         "view_index": torch.tensor([[0, 1, 3]] * 6),
     }
-    batch = {"label": torch.tensor([0, 1, 1, -1, 0, 1]), "weather": torch.tensor([1, 0, 2, 3, 0, 1])}
+    batch = {"label": torch.tensor([0, 1, 1, -1, 0, 1]), "weather_target": torch.tensor([1, 0, 2, 3, 0, 1])}
     if masks:
         outputs["mask_logits"] = torch.randn(6, 3, 2, 4, 4, requires_grad=True)
         batch["masks"] = (torch.rand(6, 4, 2, 4, 4) > 0.5).float()

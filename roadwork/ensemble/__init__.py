@@ -14,6 +14,7 @@ from typing import Any
 from roadwork.config import ConfigError
 
 VARIANTS = ("best_single", "ensemble", "ensemble+dora", "ensemble+tta", "ensemble+dora+tta")
+TARGETS = ("natix", "validator")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,12 @@ class SubmitConfig(Scoring):
     """params `submit:`."""
 
     use: str  # variant written to submission.csv and served by `roadwork predict` (one of VARIANTS)
+    target: str  # what the served model is chosen for: natix (the test split with metadata) | validator
+    # (StreetVision challenges: 224 px, augmented, no metadata; calibrated at 0.5)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.use not in VARIANTS:
             raise ConfigError(f"submit.use={self.use!r}: expected one of {list(VARIANTS)}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"submit.target={self.target!r}: expected one of {list(TARGETS)}")

@@ -1,11 +1,17 @@
-"""The submission: submit's top-k members, every variant scored, the chosen one written and served.
+"""The submission: members chosen for the target a miner is paid on, every variant scored, the chosen
+model written and served.
 
-`<submission>/scores.json` scores every variant on the test split (best single member, ensemble,
-+ DoRA, + TTA, + DoRA + TTA), each with 95 % group-bootstrap intervals, and the members' validation
-MCCs; `submit.use` picks the variant written to `submission.csv`, and `ensemble.json` records what
-`roadwork predict` serves. `metrics/final.json`, the DVC metric, holds the headline numbers a person
-compares across experiments (`headline`): the served variant's test MCC, accuracy, ROC-AUC and reward,
-and each member's validation MCC.
+Two ways to choose, both always scored (`submit.target` picks the served one):
+- `natix`: members ranked by validation MCC on the validation rows with their metadata; the variants
+  (best single member, ensemble, + DoRA, + TTA, + DoRA + TTA) scored on the NATIX test split.
+- `validator`: members ranked by MCC on the validation *challenges* (224 px JPEGs of levels 0-3, no
+  metadata: shared VALIDATOR.md); the served probability calibrated on them so that the chosen cut
+  sits at 0.5, where a validator rounds.
+
+Writes `<submission>/submission.csv` (the served model on the NATIX test split), `ensemble.json`
+(what `roadwork predict` serves: members, calibration), `scores.json` (everything, with 95 %
+group-bootstrap intervals) and `metrics/final.json`, the DVC metric: the headline numbers a person
+compares across experiments (`headline`).
 """
 
 from __future__ import annotations
@@ -18,18 +24,22 @@ import polars as pl
 
 from roadwork.config import Paths, save_json
 from roadwork.ensemble import EnsembleConfig, SubmitConfig
+from roadwork.ensemble.calibrate import IDENTITY, Calibration, fit_calibration
+from roadwork.ensemble.challenge import challenge_frames, read_val_challenges
 from roadwork.ensemble.choose import rank_members, validation_frames
 from roadwork.ensemble.combine import variants
-from roadwork.metrics import score
+from roadwork.metrics import score, validator_metrics
 from roadwork.predictions import average_logits, read_layer, read_predictions
 
-CHOICE_FILE = "ensemble.json"  # written by `submit` (members served, variant, threshold), read by `predict`
+CHOICE_FILE = "ensemble.json"  # written by `submit` (members, variant, calibration), read by `predict`
 SCORES_FILE = "scores.json"  # every variant with intervals: what the report and `roadwork summary` read
 HEADLINE = ("mcc", "accuracy", "roc_auc", "reward")
+SERVED_VARIANTS = ("best_single", "ensemble")  # what `roadwork predict` can reproduce
 
 
-def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict[str, Any]:
-    """Write `submission.csv`, the served choice and `final.json`; returns the final metrics."""
+def natix_choice(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> tuple[dict, dict]:
+    """Members by validation MCC with metadata; every variant on the NATIX test split. Returns the
+    scores and the test frame per variant."""
     val = validation_frames(Path(paths.predictions), ensemble.members)
     ranking = rank_members(val, config.threshold)
     chosen = [name for name, _ in ranking[: ensemble.top_k]]
@@ -40,33 +50,94 @@ def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict
         tta=read_layer(Path(paths.tta_predictions) / "plain", chosen, "test"),
         tta_dora=read_layer(Path(paths.tta_predictions) / "dora", chosen, "test"),
     )
-    test = rows[config.use].with_columns(label_pred=(pl.col("prob") > config.threshold).cast(pl.Int8))
-    out = Path(paths.submission)
-    out.mkdir(parents=True, exist_ok=True)
-    test.select("image_id", probability="prob", label="label_pred").write_csv(out / "submission.csv")
-    served = chosen[:1] if config.use == "best_single" else chosen
-    save_json({"members": served, "use": config.use, "threshold": config.threshold}, out / CHOICE_FILE)
     n = config.bootstrap
-    final = {
+    scores = {
         "members": {name: round(value, 6) for name, value in ranking},
         "chosen": chosen,
         "use": config.use,
         "val": score(average_logits([val[m] for m in chosen]), config.threshold, n),
-        "test": score(test, config.threshold, n),
+        "test": score(rows[config.use], config.threshold, n),
         "variants": {name: score(frame, config.threshold, n) for name, frame in rows.items()},
-        "rows": {"val": len(val[chosen[0]]), "test": len(test)},
+        "rows": {"val": len(val[chosen[0]]), "test": len(rows[config.use])},
     }
-    save_json(final, out / SCORES_FILE)
-    save_json(headline(final), Path(paths.metrics) / "final.json")
-    return final
+    return scores, rows
+
+
+def validator_choice(
+    paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig
+) -> tuple[dict, Calibration]:
+    """Members by MCC on the validation challenges (no metadata), their ensemble calibrated there."""
+    table, tokens = read_val_challenges(Path(paths.challenge))
+    frames = challenge_frames(Path(paths.heads), list(ensemble.members), table, tokens)
+    ranking = rank_members(frames, 0.5)
+    chosen = [name for name, _ in ranking[: ensemble.top_k]]
+    served = chosen[:1] if config.use == "best_single" else chosen
+    mean = average_logits([frames[m] for m in served])
+    aligned = pl.DataFrame({"image_id": table["file"]}).join(
+        mean, on="image_id", how="left", maintain_order="left"
+    )
+    calibration = fit_calibration(aligned["logit"].to_numpy(), table["label"].to_numpy())
+    prob = calibration.probability(aligned["logit"].to_numpy())
+    scores = {
+        "members": {name: round(value, 6) for name, value in ranking},
+        "chosen": chosen,
+        "calibration": calibration.to_dict(),
+        "val_challenges": validator_metrics(
+            table["label"].to_numpy(), prob, n=config.bootstrap, groups=table["group"].to_numpy()
+        ),
+    }
+    return scores, calibration
+
+
+def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict[str, Any]:
+    """Write `submission.csv`, the served choice, `scores.json` and `final.json`; returns the scores."""
+    natix, rows = natix_choice(paths, ensemble, config)
+    validator, calibration = validator_choice(paths, ensemble, config)
+    if config.target == "validator" and config.use not in SERVED_VARIANTS:
+        raise ValueError(
+            f"submit.use={config.use!r} with submit.target=validator: DoRA and TTA refine the NATIX "
+            f"choice; serve one of {list(SERVED_VARIANTS)}"
+        )
+    chosen = validator["chosen"] if config.target == "validator" else natix["chosen"]
+    served = chosen[:1] if config.use == "best_single" else chosen
+    calibration = calibration if config.target == "validator" else IDENTITY
+    if config.target == "validator":
+        test = average_logits([read_predictions(Path(paths.predictions), m, "test") for m in served])
+    else:
+        test = rows[config.use]
+    test = test.with_columns(prob=pl.Series(calibration.probability(test["logit"].to_numpy())))
+    out = Path(paths.submission)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = test.with_columns(label_pred=(pl.col("prob") > config.threshold).cast(pl.Int8))
+    labels.select("image_id", probability="prob", label="label_pred").write_csv(out / "submission.csv")
+    choice = {"members": served, "use": config.use, "threshold": config.threshold, "target": config.target}
+    save_json(choice | {"calibration": calibration.to_dict()}, out / CHOICE_FILE)
+    scores = natix | {
+        "target": config.target,
+        "validator": validator,
+        "served": {"members": served, "test": score(test, config.threshold, config.bootstrap)},
+    }
+    save_json(scores, out / SCORES_FILE)
+    save_json(headline(scores), Path(paths.metrics) / "final.json")
+    return scores
 
 
 def headline(scores: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers `dvc exp show` and `dvc metrics diff` compare: the served variant's test (else
-    validation) MCC, accuracy, ROC-AUC and reward, and each member's validation MCC."""
-    served = scores["test"] or scores["val"]
+    """The few numbers `dvc exp show` and `dvc metrics diff` compare: the served model's NATIX test
+    (with metadata) MCC, accuracy, ROC-AUC and reward, and each member's validation MCC in the mode of
+    the target (with metadata for natix, on the validation challenges for validator)."""
+    served = scores["served"]["test"] or scores["val"]
     out: dict[str, Any] = {key: None if served[key] is None else round(served[key], 4) for key in HEADLINE}
-    return out | {"val_mcc": {name: round(value, 4) for name, value in scores["members"].items()}}
+    members = scores["validator"]["members"] if scores["target"] == "validator" else scores["members"]
+    return out | {"val_mcc": {name: round(value, 4) for name, value in members.items()}}
+
+
+def read_choice(submission_dir: Path) -> dict[str, Any]:
+    """What `submit` chose to serve: members, variant (`use`), threshold and calibration."""
+    path = Path(submission_dir) / CHOICE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no ensemble chosen yet; run `dvc repro` first")
+    return json.loads(path.read_text())
 
 
 def read_scores(submission_dir: Path) -> dict[str, Any]:
@@ -74,12 +145,4 @@ def read_scores(submission_dir: Path) -> dict[str, Any]:
     path = Path(submission_dir) / SCORES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no scores yet; run `dvc repro submit`")
-    return json.loads(path.read_text())
-
-
-def read_choice(submission_dir: Path) -> dict[str, Any]:
-    """What `submit` chose to serve: members, variant (`use`) and threshold."""
-    path = Path(submission_dir) / CHOICE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no ensemble chosen yet; run `dvc repro` first")
     return json.loads(path.read_text())

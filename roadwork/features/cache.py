@@ -1,9 +1,11 @@
 """The zarr feature cache: `[N, C, V, D]` float16 arrays keyed by image id, with fingerprint attrs.
 
 Layout of `features/backbone.zarr`:
-    cls, patch_mean, patch_max   [N, C, V, D] float16  (C = 1 + aug copies; copy 0 is the clean view)
+    cls, patch_mean, patch_max   [N, C, V, D] float16  (C = 1 + augmented + challenge copies; copy 0 is
+                                                        the clean view, then augmented copies of the
+                                                        views, then validator-style copies of the image)
     image_id                     [N] str               (sha256 of the image bytes; row -> image)
-    copies                       [N] int8              (valid copies of the row: 1 + aug for train rows)
+    copies                       [N] int8              (valid copies of the row: all for train rows, else 1)
     done                         [N] bool              (written last: a row is usable only when True)
     attrs                        fingerprints of everything the features depend on
 
@@ -53,7 +55,9 @@ class CacheKey:
 class ExtractConfig(CacheKey):
     """params `extract:`: how views become cached features."""
 
-    aug_copies: int  # augmented copies per training image, besides the clean copy 0
+    aug_copies: int  # augmented copies of a training image's views, besides the clean copy 0
+    challenge_copies: int  # validator-style copies of a training image (a level 0-3 each, 224 px JPEG),
+    # cut into views by the rule for small images: the inputs a StreetVision validator sends
     batch_images: int  # images per forward pass (x views x copies)
     chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
     shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
@@ -270,6 +274,11 @@ class FeatureCache(RowCache):
         arrays = {name: ((copies, views, dim), "float16") for name in TOKENS} | {"copies": ((), "int8")}
         shape = {"chunk_rows": chunk_rows, "shard_rows": shard_rows}
         return cls.create_or_open(path, arrays=arrays, attrs=attrs, **shape)
+
+    @property
+    def challenge_copies(self) -> int:
+        """How many of a full row's copies are validator-style copies (the last ones)."""
+        return int(self.group.attrs.get("challenge_copies", 0))
 
     def row_values(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """One row's arrays from its `features` `[c, V, 3, D]` (c valid copies, the three tokens stacked);

@@ -1,8 +1,10 @@
 """Backbone feature extraction: each image decoded once, cut into its views, run once per copy.
 
 Copy 0 is the clean view; copies 1..aug_copies of a training image go through the heavy augmentation
-pipeline, applied per view after resizing and seeded by (seed, image, copy, view), so that any run, in
-any order, on any number of workers, produces the same features. Work proceeds shard by shard of the
+pipeline, applied per view after resizing and seeded by (seed, image, copy, view); the next
+`challenge_copies` copies are validator-style versions of the whole image (a level each, 224 px JPEG,
+cut by the rule for small images), seeded by (seed, image, copy). Any run, in any order, on any number
+of workers, produces the same features. Work proceeds shard by shard of the
 cache; a shard's rows are marked done only after their features are written, so a killed run resumes at
 the first unfinished shard.
 """
@@ -20,16 +22,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from roadwork.config import Paths
-from roadwork.data.images import ShardReader
+from roadwork.data.images import ShardReader, displayed_size
 from roadwork.device import resolve_device
 from roadwork.distributed import SINGLE, Ranks, plan_for_rank, rank_device
 from roadwork.features.backbone import load_backbone, pooled_tokens
-from roadwork.features.cache import ExtractConfig, FeatureCache, ShardWriter, expected_attrs
+from roadwork.features.cache import CacheKey, ExtractConfig, FeatureCache, ShardWriter, expected_attrs
 from roadwork.features.manifest import read_manifest
 from roadwork.progress import progress
 from roadwork.views.augment import augment_views, build_augment
 from roadwork.views.crops import load_views
-from roadwork.views.plan import boxes_by_image, read_plan
+from roadwork.views.plan import ViewsConfig, boxes_by_image, read_plan, view_boxes
+from roadwork.views.validator import challenge_rng, challenge_views
 
 
 class ViewDataset(Dataset):
@@ -37,7 +40,12 @@ class ViewDataset(Dataset):
     tensor, so that DataLoader workers hand it over in shared memory instead of pickling ~19 MB)."""
 
     def __init__(
-        self, raw_root: Path, jobs: pl.DataFrame, boxes: dict[str, np.ndarray], config: ExtractConfig
+        self,
+        raw_root: Path,
+        jobs: pl.DataFrame,
+        boxes: dict[str, np.ndarray],
+        config: ExtractConfig,
+        views: ViewsConfig,
     ):
         self.reader = ShardReader(raw_root)
         self.jobs = jobs.select(
@@ -45,6 +53,7 @@ class ViewDataset(Dataset):
         ).to_dicts()
         self.boxes = boxes
         self.config = config
+        self.views = views
         self.augment = build_augment(config.side) if config.aug_copies else None
 
     def __len__(self) -> int:
@@ -58,14 +67,23 @@ class ViewDataset(Dataset):
         out = np.empty((job["copies"], *clean.shape), dtype=np.uint8)
         out[0] = clean
         for copy in range(1, job["copies"]):
-            out[copy] = augment_views(
-                clean, transform=self.augment, seed=self.config.seed, image_id=job["image_id"], copy=copy
-            )
+            if copy <= self.config.aug_copies:
+                out[copy] = augment_views(
+                    clean, transform=self.augment, seed=self.config.seed, image_id=job["image_id"], copy=copy
+                )
+            else:
+                rng = challenge_rng(self.config.seed, f"{job['image_id']}/{copy}")
+                out[copy] = challenge_views(data, size, rng=rng, views=self.views, side=self.config.side)
         return job["cache_row"], torch.from_numpy(out)
 
 
 def _collate(items: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
     return items  # images carry different numbers of copies: keep them apart
+
+
+def full_copies(config: ExtractConfig) -> int:
+    """Copies of a training image: the clean one, the augmented ones, the validator-style ones."""
+    return 1 + config.aug_copies + config.challenge_copies
 
 
 def plan_jobs(index: pl.DataFrame, cache: FeatureCache, config: ExtractConfig) -> pl.DataFrame:
@@ -74,7 +92,7 @@ def plan_jobs(index: pl.DataFrame, cache: FeatureCache, config: ExtractConfig) -
     cache_rows = cache.ensure_rows(rows["image_id"].to_list())
     rows = rows.with_columns(
         cache_row=pl.Series(cache_rows),
-        copies=pl.when(pl.col("split") == "train").then(1 + config.aug_copies).otherwise(1).cast(pl.Int64),
+        copies=pl.when(pl.col("split") == "train").then(full_copies(config)).otherwise(1).cast(pl.Int64),
     )
     return rows.filter(pl.Series(~cache.done_mask(cache_rows))).sort("cache_row")
 
@@ -104,6 +122,16 @@ def embed_views(
     return pooled_views(model, views, config).cpu().numpy()
 
 
+def image_features(
+    model: torch.nn.Module, data: bytes, *, views: ViewsConfig, config: CacheKey
+) -> np.ndarray:
+    """`[V, 3, D]` pooled tokens of one image's clean views, rounded to float16 as the cache stores
+    them: what the served model sees of an image (its boxes from its own displayed size)."""
+    size = displayed_size(data)
+    pixels = load_views(data, view_boxes(*size, views), config.side, size=size)
+    return embed_views(model, pixels, config).astype(np.float16)
+
+
 def view_embedder(model: torch.nn.Module, config: ExtractConfig, batch_views: int) -> Embed:
     """`pooled_views` with `model`, or with `extract.compile` with the compiled model, fed batches of
     exactly `batch_views` views (the last one padded with copies of its last view): a compiled graph is
@@ -131,21 +159,22 @@ def extract_with_model(
     raw_root: Path,
     boxes: dict[str, np.ndarray],
     config: ExtractConfig,
+    views: ViewsConfig,
 ) -> dict[str, float]:
     """Fill the cache for `jobs` (sorted by cache row); returns counters for the metrics."""
     writer = ShardWriter(cache, jobs["cache_row"].to_list())
-    views = len(next(iter(boxes.values()))) if boxes else 1
-    embed = view_embedder(model, config, config.batch_images * (1 + config.aug_copies) * views)
+    n_views = len(next(iter(boxes.values()))) if boxes else 1
+    embed = view_embedder(model, config, config.batch_images * full_copies(config) * n_views)
     device = next(model.parameters()).device
     loader = DataLoader(
-        ViewDataset(raw_root, jobs, boxes, config),
+        ViewDataset(raw_root, jobs, boxes, config, views),
         batch_size=config.batch_images,
         num_workers=config.workers,
         collate_fn=_collate,
         prefetch_factor=4 if config.workers else None,
         pin_memory=device.type == "cuda",  # page-locked: the copies to the GPU below do not block
     )
-    started, n_views, pending = time.perf_counter(), 0, None
+    started, done_views, pending = time.perf_counter(), 0, None
 
     def write(batch: list[tuple[int, torch.Tensor]], pooled: torch.Tensor) -> None:
         pooled, offset = pooled.cpu().numpy(), 0  # waits for the forward
@@ -160,10 +189,10 @@ def extract_with_model(
         pooled = embed(stacked)  # queued on a GPU: the previous batch is written while this one runs
         if pending:
             write(*pending)
-        pending, n_views = (batch, pooled), n_views + len(stacked)
+        pending, done_views = (batch, pooled), done_views + len(stacked)
     if pending:
         write(*pending)
-    return {"images": len(jobs), "views": n_views, "seconds": round(time.perf_counter() - started, 2)}
+    return {"images": len(jobs), "views": done_views, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def run_extract(
@@ -178,12 +207,13 @@ def run_extract(
     def open_and_plan() -> tuple[FeatureCache, pl.DataFrame]:
         cache = FeatureCache.create(
             Path(paths.features),
-            copies=1 + config.aug_copies,
+            copies=full_copies(config),
             views=plan_meta["n_views"],
             dim=manifest["hidden_size"],
             chunk_rows=config.chunk_rows,
             shard_rows=config.shard_rows,
-            attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta),
+            attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta)
+            | {"challenge_copies": config.challenge_copies},
         )
         return cache, plan_jobs(index, cache, config)
 
@@ -194,6 +224,19 @@ def run_extract(
         model = load_backbone(Path(paths.backbone), dtype, device)
         boxes = boxes_by_image(plan)
         counts |= extract_with_model(
-            model=model, cache=cache, jobs=jobs, raw_root=Path(paths.raw), boxes=boxes, config=config
+            model=model,
+            cache=cache,
+            jobs=jobs,
+            raw_root=Path(paths.raw),
+            boxes=boxes,
+            config=config,
+            views=ViewsConfig(**plan_meta["config"]),  # the rule the plan was made with
         )
     return counts
+
+
+def embed_files(
+    model: torch.nn.Module, files: list[Path], *, views: ViewsConfig, config: CacheKey
+) -> np.ndarray:
+    """`[n, V, 3, D]` float16: `image_features` of each image file, in order."""
+    return np.stack([image_features(model, Path(f).read_bytes(), views=views, config=config) for f in files])

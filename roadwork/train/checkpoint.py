@@ -55,6 +55,16 @@ class SavedHead:
         """Its view features `[n, V', T*D]` from all pooled tokens `[n, V, 3, D]`."""
         return view_features(tokens, self.config)
 
+    @torch.no_grad()
+    def logits(self, tokens: np.ndarray, meta: dict[str, np.ndarray]) -> np.ndarray:
+        """Roadwork log-odds `[n]` of images given as pooled tokens `[n, V, 3, D]` and their metadata
+        arrays (`metadata_arrays` with this head's vocabulary)."""
+        device = next(self.model.parameters()).device
+        batch = {"views": torch.from_numpy(self.view_features(tokens).astype(np.float32))}
+        batch |= {k: torch.from_numpy(v) for k, v in meta.items()}
+        pair = self.model({k: v.to(device) for k, v in batch.items()})["logits"].float().cpu()
+        return (pair[:, 1] - pair[:, 0]).numpy()
+
 
 def save_head(
     out_dir: Path,

@@ -38,6 +38,9 @@ class TrainConfig:
     gps_weighting: bool  # sample training rows by GPS weight (else uniformly)
     aug: bool  # draw one augmentation copy per view each epoch (else the clean copy only)
     metadata: bool  # feed GPS / tags / text to the model
+    meta_dropout: float  # a training row's metadata all NULL with this probability (as a validator sends)
+    challenge_rate: float  # share of draws of a training row that take a validator-style copy (224 px
+    # JPEG of a random level, no metadata), when the feature cache has them (`extract.challenge_copies`)
     gps_near_weight: float | None  # sampling weight of rows in the first GPS bracket (null: gps stage's)
     hidden: int  # hidden width of the MLP baseline
     dropout: float
@@ -71,6 +74,9 @@ class TrainConfig:
             raise ConfigError(f"train.model={self.model!r}: expected 'mlp' or 'head'")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
+        for name in ("meta_dropout", "challenge_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: expected a probability in [0, 1]")
 
     def model_spec(
         self,

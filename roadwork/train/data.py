@@ -66,6 +66,7 @@ class Table:
     near: np.ndarray | None = None  # [n] bool: within near_km of a test cluster
     first_bracket: np.ndarray | None = None  # [n] bool: in the first GPS bracket (strongest weight)
     masks: np.ndarray | None = None  # [n, V, P, G, G] float16: SAM 3 pseudo-masks per view and prompt
+    challenge_copies: int = 0  # the last copies of a full row are validator-style (224 px, no metadata)
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -76,23 +77,51 @@ class Table:
             image_id=self.image_id, split=split, label=self.label, group=self.group, logit=logit
         )
 
-    def batch(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Tensors for rows `idx`; with `rng`, one augmentation copy drawn per row and view, else copy 0."""
-        n_views = self.features.shape[2]
+    def batch(
+        self,
+        idx: np.ndarray,
+        rng: np.random.Generator | None = None,
+        *,
+        challenge_rate: float = 0.0,
+        meta_dropout: float = 0.0,
+    ) -> dict[str, torch.Tensor]:
+        """Tensors for rows `idx`: copy 0 (clean) without `rng`. With `rng`: a row that has
+        validator-style copies takes one of them whole with probability `challenge_rate`, its metadata
+        NULL (a validator sends none); every other row draws one clean-or-augmented copy per view, its
+        metadata NULL with probability `meta_dropout`."""
+        n, n_views = len(idx), self.features.shape[2]
         if rng is None:
-            views = self.features[idx, 0]
+            views, null_meta = self.features[idx, 0], np.zeros(n, bool)
         else:
-            choice = (rng.random((len(idx), n_views)) * self.copies[idx, None]).astype(np.int64)
+            challenges = np.where(self.copies[idx] > 1, self.challenge_copies, 0)
+            plain = self.copies[idx] - challenges  # clean + augmented copies of each row
+            choice = (rng.random((n, n_views)) * plain[:, None]).astype(np.int64)
+            whole = (challenges > 0) & (rng.random(n) < challenge_rate)
+            picked = plain + (rng.random(n) * np.maximum(challenges, 1)).astype(np.int64)
+            choice[whole] = picked[whole, None]
             views = self.features[idx[:, None], choice, np.arange(n_views)[None, :]]
+            null_meta = whole | (rng.random(n) < meta_dropout)
         out = {
             "views": torch.from_numpy(views.astype(np.float32)),
             "label": torch.from_numpy(self.label[idx]),
         }
-        out.update({k: torch.from_numpy(v[idx]) for k, v in self.meta.items()})
+        out.update({k: torch.from_numpy(null_where(k, v[idx], null_meta)) for k, v in self.meta.items()})
+        if "weather" in self.meta:  # the auxiliary target: the tag describes the pixels, dropped input or not
+            out["weather_target"] = torch.from_numpy(self.meta["weather"][idx])
         if self.masks is not None:
             out["masks"] = torch.from_numpy(self.masks[idx].astype(np.float32))
             out["mask_valid"] = torch.ones(len(idx), dtype=torch.bool)
         return out
+
+
+def null_where(name: str, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Metadata array `name` with the `rows` (bool) set to what an image without metadata gets: no GPS,
+    the NULL category (index 0), no text. A copy when anything changes."""
+    if not rows.any():
+        return values
+    out = values.copy()
+    out[rows] = 0  # zeros, False and the NULL index alike
+    return out
 
 
 def view_features(tokens: np.ndarray, config: TrainConfig) -> np.ndarray:
@@ -117,6 +146,15 @@ def split_train_val(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.
         splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), rows["group"].to_numpy())
     )
     return rows[np.sort(train_idx)], rows[np.sort(val_idx)]
+
+
+def train_val_rows(index: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The labelled train split cut into the rows heads fit on and the validation rows every member
+    holds out (`train.val_fraction`, `train.split_seed`: shared, so validation MCCs compare)."""
+    labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
+    if labelled.is_empty():
+        raise ValueError("the index has no labelled train rows")
+    return split_train_val(labelled, fraction, seed)
 
 
 def metadata_arrays(
@@ -159,6 +197,7 @@ def load_table(
         copies = np.ones_like(copies)
     label = rows["label"].fill_null(-1).to_numpy().astype(np.int64)
     table = Table(ids, features, copies, label, metadata_arrays(rows, vocab, text), rows["group"].to_list())
+    table.challenge_copies = cache.challenge_copies if config.aug else 0
     if masks is not None:
         view_masks = masks.read(ids)["view_masks"]
         table.masks = view_masks if views is None else view_masks[:, views]
@@ -183,10 +222,7 @@ def prepare_tables(
     masks: MaskCache | None = None,
 ) -> tuple[dict[str, Table], Vocab]:
     """train / val (from the labelled train split, grouped) and test Tables, and the training vocabulary."""
-    labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
-    if labelled.is_empty():
-        raise ValueError("the index has no labelled train rows")
-    fit, val = split_train_val(labelled, config.val_fraction, config.split_seed)
+    fit, val = train_val_rows(index, config.val_fraction, config.split_seed)
     parts = {"train": fit, "val": val, "test": index.filter(pl.col("split") == "test")}
     vocab = Vocab.fit(fit)
     tables = {
@@ -204,3 +240,25 @@ def prepare_tables(
         for name, rows in parts.items()
     }
     return tables, vocab
+
+
+def null_metadata(n: int) -> pl.DataFrame:
+    """Index-schema metadata columns, all NULL (images that arrive without any)."""
+    return pl.DataFrame(
+        {
+            "lat": [None] * n,
+            "lon": [None] * n,
+            "weather": [[] for _ in range(n)],
+            "daytime": [None] * n,
+            "scene_environment": [None] * n,
+            "scene_description": [None] * n,
+        },
+        schema={
+            "lat": pl.Float64,
+            "lon": pl.Float64,
+            "weather": pl.List(pl.String),
+            "daytime": pl.String,
+            "scene_environment": pl.String,
+            "scene_description": pl.String,
+        },
+    )

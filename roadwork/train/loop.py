@@ -155,7 +155,13 @@ def train_with_model(
         terms: dict[str, float] = {}
         for k in range(micro):
             idx = order[k * config.batch_size : (k + 1) * config.batch_size]
-            batch = {key: v.to(device) for key, v in train.batch(idx, rng if config.aug else None).items()}
+            drawn = train.batch(
+                idx,
+                rng if config.aug else None,
+                challenge_rate=config.challenge_rate,
+                meta_dropout=config.meta_dropout,
+            )
+            batch = {key: v.to(device) for key, v in drawn.items()}
             with _autocast(device, config):
                 outputs = step_model(batch)
             loss, parts = loss_fn(outputs, batch)

@@ -9,14 +9,15 @@
 - consistency: with p_v the softmax of view v's logits and m = mean_v p_v, the mean over rows and kept
   views of KL(p_v || m) (the generalised Jensen-Shannon divergence of the views; both sides get gradient).
   It is exactly 0 when all views agree. Every row counts, labelled or not (no label is needed).
-- weather: cross-entropy of `weather_logits` against batch["weather"], NULL (index 0) ignored.
+- weather: cross-entropy of `weather_logits` against batch["weather_target"] (the weather tag, kept when
+  the metadata input of the row is dropped), NULL (index 0) ignored.
 - dice: soft Dice 1 - (2 sum(p t) + s) / (sum p + sum t + s) per (row, kept view, prompt) coarse mask,
   p = sigmoid(mask_logits), t the batch's `masks` of the kept views, s = `dice_smooth`; mean over masks of
   rows with `mask_valid`. 0 on identical binary masks, 1 - s / (|p| + |t| + s) (~1) on disjoint ones; the
   smoothing gives empty targets a usable gradient instead of a constant 1.
 
 Availability and weights: a term is *active* when its weight is > 0 and its inputs exist (consistency
-needs `view_logits`, weather needs `weather_logits` and batch["weather"], dice needs `mask_logits` and
+needs `view_logits`, weather needs `weather_logits` and batch["weather_target"], dice needs `mask_logits` and
 batch["masks"]). Active weights are renormalised to sum 1, so dropping a term (say, no mask cache) keeps
 the loss on the same scale. A term whose inputs exist but which has no rows in this batch (all labels -1,
 all weather NULL, no valid mask) is active and counts as 0, so the weighting does not change batch to batch.
@@ -147,8 +148,8 @@ class HeadLoss:
             )
         if "consistency" in active and "view_logits" in outputs:
             out["consistency"] = consistency_loss(outputs["view_logits"])
-        if "weather" in active and "weather_logits" in outputs and "weather" in batch:
-            out["weather"] = weather_loss(outputs["weather_logits"], batch["weather"])
+        if "weather" in active and "weather_logits" in outputs and "weather_target" in batch:
+            out["weather"] = weather_loss(outputs["weather_logits"], batch["weather_target"])
         if "dice" in active and "mask_logits" in outputs and "masks" in batch:
             out["dice"] = dice_loss(
                 outputs["mask_logits"],

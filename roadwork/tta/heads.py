@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from roadwork.train.config import TrainConfig
-from roadwork.train.data import Table, split_train_val, view_features
+from roadwork.train.data import Table, train_val_rows, view_features
 from roadwork.tta import TtaConfig
 from roadwork.tta.foods import DistanceModel, fit_distance, foods_probability
 
@@ -128,10 +128,7 @@ class MemberTTA:
 def training_rows(index: pl.DataFrame, config: TrainConfig) -> pl.DataFrame:
     """The index rows the member's head was fitted on (its grouped validation rows left out), as
     `roadwork.train.data.prepare_tables` chose them."""
-    labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
-    if labelled.is_empty():
-        raise ValueError("the index has no labelled train rows to fit the training distribution on")
-    return split_train_val(labelled, config.val_fraction, config.split_seed)[0]
+    return train_val_rows(index, config.val_fraction, config.split_seed)[0]
 
 
 def fold_assignment(image_ids: list[str], oof: pl.DataFrame) -> np.ndarray:

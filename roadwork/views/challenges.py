@@ -25,12 +25,14 @@ import numpy as np
 import polars as pl
 
 from roadwork.config import ConfigError
-from roadwork.data.images import decode
+from roadwork.data.images import ShardReader, decode
+from roadwork.data.ingest import IngestConfig, ingest
 from roadwork.views.validator import LEVELS, challenge, challenge_rng, to_jpeg
 
 PARTS = ("val", "test")
 DOMAINS = ("real", "generated")
 TABLE_FILE = "challenges.parquet"
+VAL_FEATURES = "val_features.npy"  # the validation challenges' pooled tokens [n, V, 3, D], table order
 LABEL_DIRS = {"roadwork": 1, "none": 0}  # a generated folder: <root>/<part>/<roadwork|none>/*.jpg
 COLUMNS = ("file", "part", "domain", "image_id", "source_id", "level", "label", "group")
 
@@ -40,13 +42,7 @@ class ChallengeConfig:
     """params.yaml `challenge:`."""
 
     seed: int  # which images, which level, every random draw of the transforms
-    max_per_domain: (
-        int | None
-    )  # challenges per (part, domain), at most; null: every image of the rarer label x 2
-    generated: (
-        str | None
-    )  # the generated half: a NATIX-schema dataset root, or a folder <part>/<roadwork|none>/;
-    # null: the real half alone (the report says so)
+    max_per_domain: int | None  # challenges per (part, domain) at most; null: 2 x the rarer label's count
 
     def __post_init__(self) -> None:
         if self.max_per_domain is not None and (self.max_per_domain < 2 or self.max_per_domain % 2):
@@ -101,3 +97,104 @@ def folder_rows(root: Path, part: str) -> tuple[pl.DataFrame, dict[str, Path]]:
             records.append({"image_id": key, "source_id": None, "label": label, "group": f"file:{key[:16]}"})
     schema = {"image_id": pl.String, "source_id": pl.Int64, "label": pl.Int64, "group": pl.String}
     return pl.DataFrame(records, schema=schema), files
+
+
+@dataclasses.dataclass
+class Source:
+    """Labelled images of one domain, per part, and how to read any of them by image id."""
+
+    parts: dict[str, pl.DataFrame]  # part -> rows with image_id, source_id, label, group
+    read: Callable[[str], bytes]
+
+
+def real_source(index: pl.DataFrame, val_ids: list[str], raw_root: Path) -> Source:
+    """The dataset's own images: `val` = the validation rows (`val_ids`), `test` = the labelled test split."""
+    reader = ShardReader(raw_root)
+    where = {
+        r["image_id"]: (r["shard"], r["row"]) for r in index.select("image_id", "shard", "row").to_dicts()
+    }
+    parts = {
+        "val": index.filter(pl.col("image_id").is_in(val_ids)),
+        "test": index.filter(pl.col("split") == "test"),
+    }
+    return Source(parts, lambda image_id: reader.read(*where[image_id]))
+
+
+def dataset_source(generated: pl.DataFrame, val_source_ids: set[int], root: Path) -> Source:
+    """A generated half given as a NATIX-schema dataset (ingested by the caller): rows of a `val` or
+    `test` split go to that part; rows of the `train` split that re-draw a validation row (the same
+    `source_id`: the synthetic world's second style keeps the ids) go to `val`."""
+    reader = ShardReader(root)
+    where = {
+        r["image_id"]: (r["shard"], r["row"]) for r in generated.select("image_id", "shard", "row").to_dicts()
+    }
+    redraws = (pl.col("split") == "train") & pl.col("source_id").is_in(sorted(val_source_ids))
+    parts = {
+        "val": generated.filter((pl.col("split") == "val") | redraws),
+        "test": generated.filter(pl.col("split") == "test"),
+    }
+    return Source(parts, lambda image_id: reader.read(*where[image_id]))
+
+
+def folder_source(root: Path) -> Source:
+    """A generated half given as image files: `<root>/<part>/<roadwork|none>/*`."""
+    files: dict[str, Path] = {}
+    parts = {}
+    for part in PARTS:
+        parts[part], found = folder_rows(root, part)
+        files |= found
+    return Source(parts, lambda image_id: files[image_id].read_bytes())
+
+
+def part_files(table: pl.DataFrame, part: str, out_dir: Path) -> list[Path]:
+    """The JPEG files of one part, in table order."""
+    return [Path(out_dir) / f for f in table.filter(pl.col("part") == part)["file"]]
+
+
+def build_challenges(sources: dict[str, Source], out_dir: Path, config: ChallengeConfig) -> pl.DataFrame:
+    """Every (part, domain) challenge set written under `out_dir` with `challenges.parquet`; the table."""
+    tables = []
+    for domain, source in sources.items():
+        for part in PARTS:
+            table = challenge_rows(source.parts[part], part=part, domain=domain, config=config)
+            write_challenges(table, source.read, out_dir, config.seed)
+            tables.append(table)
+    table = pl.concat(tables) if tables else pl.DataFrame(schema=dict.fromkeys(COLUMNS, pl.String))
+    table.write_parquet(out_dir / TABLE_FILE)
+    return table
+
+
+def generated_source(root: Path, val_source_ids: set[int], ingest_config: IngestConfig) -> Source | None:
+    """The generated half in `root`: a NATIX-schema dataset (any `*.parquet`, read by the real ingest),
+    else image files `<part>/<roadwork|none>/`; None when `root` holds no file (the real half alone)."""
+    root = Path(root)
+    if not root.is_dir() or not any(p.is_file() for p in root.rglob("*")):
+        return None
+    if any(root.rglob("*.parquet")):
+        result = ingest(root, dataclasses.replace(ingest_config, labelled_splits=("train", "val", "test")))
+        return dataset_source(result.index, val_source_ids, root)
+    return folder_source(root)
+
+
+def challenge_sources(
+    index: pl.DataFrame,
+    val: pl.DataFrame,
+    *,
+    raw_root: Path,
+    generated_root: Path,
+    ingest_config: IngestConfig,
+) -> dict[str, Source]:
+    """The real half (the index; `val` = the validation rows) and, when `generated_root` holds any file,
+    the generated half."""
+    sources = {"real": real_source(index, val["image_id"].to_list(), raw_root)}
+    generated = generated_source(generated_root, set(val["source_id"].to_list()), ingest_config)
+    return sources if generated is None else sources | {"generated": generated}
+
+
+def summary_lines(table: pl.DataFrame) -> list[str]:
+    """Challenges per part and domain, and how many show roadwork."""
+    counts = table.group_by("part", "domain").agg(n=pl.len(), roadwork=pl.col("label").sum())
+    return [
+        f"{part}/{domain}: {n} challenges ({roadwork} roadwork)"
+        for part, domain, n, roadwork in counts.sort("part", "domain").iter_rows()
+    ]

@@ -23,6 +23,7 @@ META_FILE = "plan.json"
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 # Canonical sizes whose boxes fingerprint the box rule itself (independent of which images exist).
 _RULE_SIZES = ((1920, 1080), (4032, 3024), (3024, 4032), (224, 224), (17, 9), (1, 1))
+SMALL_RULES = ("tiles", "global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +32,21 @@ class ViewsConfig:
 
     grid: int  # grid x grid tiles ...
     overlap: float  # ... overlapping by this fraction of a tile, covering the whole image
+    small_side: int = 0  # an image whose longer side is at most this is "small" (a 224 px validator
+    # challenge); 0: no image is
+    small_rule: str = "tiles"  # views of a small image: tiles (the same rule as any image) | global
+    # (every view is the whole image: no upsampled 90 px tiles)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 1:
             raise ValueError(f"views.grid: expected an int >= 1, got {self.grid!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"views.overlap: expected a fraction in [0, 1), got {self.overlap!r}")
+        if self.small_rule not in SMALL_RULES or self.small_side < 0:
+            raise ValueError(
+                f"views.small_rule={self.small_rule!r}, small_side={self.small_side}: expected one of "
+                f"{SMALL_RULES} and a side >= 0"
+            )
 
 
 def n_views(config: ViewsConfig) -> int:
@@ -70,6 +80,8 @@ def view_boxes(width: int, height: int, config: ViewsConfig) -> np.ndarray:
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"view_boxes: {name} must be an int >= 1, got {value!r}")
     width, height = int(width), int(height)
+    if max(width, height) <= config.small_side and config.small_rule == "global":
+        return np.tile(np.array([[0, 0, width, height]], dtype=np.int32), (n_views(config), 1))
     xs0, xs1 = _tile_edges(width, config.grid, config.overlap)
     ys0, ys1 = _tile_edges(height, config.grid, config.overlap)
     side = min(width, height)

@@ -30,6 +30,10 @@ import numpy as np
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from roadwork.data.images import decode
+from roadwork.views.crops import load_views
+from roadwork.views.plan import ViewsConfig, view_boxes
+
 SIZE = 224  # the validator's output side
 JPEG_QUALITY = 75  # the validator's JPEG quality
 LEVELS = (0, 1, 2, 3)
@@ -154,3 +158,18 @@ def challenge_rng(seed: int, key: str) -> np.random.Generator:
     in every run, process and order."""
     digest = hashlib.sha256(f"{int(seed)}\0{key}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def challenge_views(
+    data: bytes, size: tuple[int, int], *, rng: np.random.Generator, views: ViewsConfig, side: int
+) -> np.ndarray:
+    """A validator-style copy of an image, as the served model will see one: a level drawn uniformly
+    from 0-3, the level's transform, JPEG quality 75, then the views of that 224 px JPEG (the rule for
+    small images), each resized to `side`: uint8 [V, side, side, 3].
+
+    The image (displayed `size` = (width, height)) is decoded at the coarsest JPEG scale that keeps its
+    short side at least 4 x 224 px: the smallest crop (a fifth of the area) still has 224 px to give.
+    """
+    image, _ = decode(data, min_side_scale=min(1.0, 4 * SIZE / min(size)))
+    jpeg = to_jpeg(challenge(image, int(rng.integers(0, len(LEVELS))), rng))
+    return load_views(jpeg, view_boxes(SIZE, SIZE, views), side, size=(SIZE, SIZE))

@@ -1,0 +1,49 @@
+"""Members on the validation challenges: what a validator would see of them, for choosing in
+`submit.target: validator` mode.
+
+The challenge stage embeds each validation challenge exactly as `roadwork predict` embeds an image
+(`features.extract.image_features`); each member answers from those tokens with NULL metadata, as a
+validator sends none. The frames have the prediction-frame columns, `image_id` being the challenge file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from roadwork.features.text import DIM as TEXT_DIM
+from roadwork.predictions import predictions_frame
+from roadwork.train.checkpoint import load_head
+from roadwork.train.data import metadata_arrays, null_metadata
+from roadwork.views.challenges import TABLE_FILE, VAL_FEATURES
+
+
+def read_val_challenges(challenge_dir: Path) -> tuple[pl.DataFrame, np.ndarray]:
+    """The validation challenges' rows and their embedded tokens `[n, V, 3, D]`, in the same order."""
+    table = pl.read_parquet(Path(challenge_dir) / TABLE_FILE).filter(pl.col("part") == "val")
+    tokens = np.load(Path(challenge_dir) / VAL_FEATURES)
+    if len(tokens) != len(table):
+        raise ValueError(f"{challenge_dir}: {len(tokens)} embedded challenges for {len(table)} rows")
+    return table, tokens
+
+
+def challenge_frames(
+    heads_dir: Path, members: list[str], table: pl.DataFrame, tokens: np.ndarray
+) -> dict[str, pl.DataFrame]:
+    """Each member's prediction frame on the validation challenges (no metadata)."""
+    n = len(table)
+    text = (np.zeros((n, TEXT_DIM), np.float32), np.zeros(n, bool))  # no description
+    frames = {}
+    for name in members:
+        head = load_head(Path(heads_dir) / name)
+        logit = head.logits(tokens, metadata_arrays(null_metadata(n), head.vocab, text))
+        frames[name] = predictions_frame(
+            image_id=table["file"].to_list(),
+            split="val",
+            label=table["label"].to_numpy(),
+            group=table["group"].to_list(),
+            logit=logit,
+        )
+    return frames

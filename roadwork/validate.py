@@ -1,0 +1,74 @@
+"""The served model scored as a StreetVision validator scores a miner (shared VALIDATOR.md).
+
+Each test challenge (224 px JPEG, level 0-3, no metadata) goes through `roadwork predict`'s own code
+(`Predictor.predict`), one image per call as a validator queries; the answer is rounded at 0.5
+(exactly 0.5 is "no roadwork"). Scored overall, per domain (real / generated) and per level: MCC
+floored at 0, accuracy and the reward `(0.5 MCC + 0.5 accuracy)^3`, each with a 95 % bootstrap interval
+over the source images' groups (a video's frames are resampled together); and the answer latency.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from roadwork.metrics import validator_metrics
+from roadwork.predict import Predictor
+from roadwork.views.challenges import TABLE_FILE
+
+
+def answer_challenges(predictor: Predictor, challenge_dir: Path) -> pl.DataFrame:
+    """The test challenges with the served answer (`prob`) and the seconds each answer took."""
+    table = pl.read_parquet(Path(challenge_dir) / TABLE_FILE).filter(pl.col("part") == "test")
+    probs, seconds = [], []
+    for file in table["file"]:
+        data = (Path(challenge_dir) / file).read_bytes()
+        start = time.perf_counter()
+        result = predictor.predict([(file, data)])[0]
+        seconds.append(time.perf_counter() - start)
+        if "error" in result:  # a challenge the validator sends must be answered: this is a defect
+            raise ValueError(f"{challenge_dir / file}: {result['error']}")
+        probs.append(result["probability"])
+    return table.with_columns(prob=pl.Series(probs), seconds=pl.Series(seconds))
+
+
+def _scores(frame: pl.DataFrame, n: int) -> dict[str, Any]:
+    return validator_metrics(
+        frame["label"].to_numpy(), frame["prob"].to_numpy(), n=n, groups=frame["group"].to_numpy()
+    )
+
+
+def score_answers(answers: pl.DataFrame, bootstrap: int) -> dict[str, Any]:
+    """Overall, per domain, per level and per (domain, level) scores; latency percentiles in ms."""
+    out: dict[str, Any] = {"all": _scores(answers, bootstrap), "domains": {}, "levels": {}, "cells": {}}
+    for (domain,), frame in answers.group_by("domain", maintain_order=True):
+        out["domains"][domain] = _scores(frame, bootstrap)
+    for (level,), frame in sorted(answers.group_by("level"), key=lambda g: g[0]):
+        out["levels"][str(level)] = _scores(frame, bootstrap)
+    for (domain, level), frame in sorted(answers.group_by("domain", "level"), key=lambda g: g[0]):
+        out["cells"][f"{domain}/{level}"] = _scores(frame, bootstrap)
+    ms = 1000 * answers["seconds"].to_numpy()
+    out["latency_ms"] = {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+    out["generated_half"] = "generated" in out["domains"]
+    return out
+
+
+def headline(details: dict[str, Any]) -> dict[str, Any]:
+    """What `dvc exp show` compares: overall MCC and reward, and MCC per domain."""
+    out = {"mcc": round(details["all"]["mcc"], 4), "reward": round(details["all"]["reward"], 4)}
+    for domain, scores in details["domains"].items():
+        out[f"mcc_{domain}"] = round(scores["mcc"], 4)
+    return out
+
+
+def level_rows(details: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (domain, level): the DVC plot of MCC by level."""
+    rows = []
+    for key, scores in details["cells"].items():
+        domain, level = key.split("/")
+        rows.append({"level": f"{domain} {level}", "mcc": round(scores["mcc"], 4), "n": scores["n"]})
+    return rows

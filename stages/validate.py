@@ -1,0 +1,41 @@
+"""Stage `validate`: the served model on the test challenges, as a StreetVision validator scores it.
+
+Writes `metrics/validator.json` (the DVC metric: overall MCC and reward, MCC per domain),
+`<paths.validation>/details.json` (overall, per domain, per level, per (domain, level), each with 95 %
+intervals; answer latency p50 / p99), `answers.parquet` (every challenge's answer) and `levels.json`
+(the DVC plot of MCC per domain and level).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from roadwork.config import load_paths, load_stage_params, save_json
+from roadwork.predict import Predictor
+from roadwork.validate import answer_challenges, headline, level_rows, score_answers
+
+
+def main() -> None:
+    params = load_stage_params("validate")
+    paths = load_paths(params)
+    answers = answer_challenges(Predictor(params, device="cpu"), Path(paths.challenge))
+    details = score_answers(answers, int(params["submit"]["bootstrap"]))
+    out = Path(paths.validation)
+    out.mkdir(parents=True, exist_ok=True)
+    answers.write_parquet(out / "answers.parquet")
+    save_json(details, out / "details.json")
+    save_json(level_rows(details), out / "levels.json")
+    save_json(headline(details), Path(paths.metrics) / "validator.json")
+    for name, scores in {"all": details["all"], **details["domains"]}.items():
+        print(
+            f"validate: {name}: MCC {scores['mcc']:.3f} [{scores['mcc_lo']:.3f}, {scores['mcc_hi']:.3f}], "
+            f"accuracy {scores['accuracy']:.3f}, reward {scores['reward']:.3f} ({scores['n']} challenges)"
+        )
+    for level, scores in details["levels"].items():
+        print(f"validate: level {level}: MCC {scores['mcc']:.3f}, accuracy {scores['accuracy']:.3f}")
+    latency = details["latency_ms"]
+    print(f"validate: answer latency p50 {latency['p50']:.0f} ms, p99 {latency['p99']:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
