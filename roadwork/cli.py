@@ -175,6 +175,28 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def pretrain(args: argparse.Namespace) -> int:
+    """Pretrain the tiny DINOv3 on the synthetic corpus and save it (the embedded default's backbone)."""
+    from roadwork.config import section
+    from roadwork.features.backbone import TinyBackboneConfig
+    from roadwork.features.pretrain import PretrainConfig, pretrain, save_pretrained
+
+    params = load_params(args.params)
+    tiny = section(TinyBackboneConfig, params["backbone"], "tiny")
+    extract = params["extract"]
+    model, record = pretrain(
+        PretrainConfig(),
+        tiny,
+        mean=tuple(extract["mean"]),
+        std=tuple(extract["std"]),
+        steps=args.steps,
+        log=lambda entry: print(json.dumps(entry), flush=True),
+    )
+    save_pretrained(model, record, Path(args.out))
+    print(f"pretrain: {record['steps']} steps -> {args.out}, fingerprint {record['fingerprint'][:12]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roadwork", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -194,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass")
     p.set_defaults(func=predict)
+    p = commands.add_parser(
+        "pretrain",
+        help="pretrain the tiny DINOv3 on the synthetic corpus (reproduces assets/tiny-dinov3)",
+        description="Object-level pretraining of the tiny DINOv3 of backbone.tiny (never the roadwork "
+        "label); the recipe is roadwork.features.pretrain.PretrainConfig. Deterministic on one machine.",
+    )
+    p.add_argument("--out", required=True, help="folder to save the checkpoint and pretrain.json into")
+    p.add_argument(
+        "--steps", type=int, default=None, help="stop after this many steps (default: the recipe's)"
+    )
+    p.set_defaults(func=pretrain)
     args = parser.parse_args(argv)
     if args.command == "predict" and args.batch < 1:
         parser.error(f"--batch: must be >= 1, got {args.batch}")

@@ -28,7 +28,7 @@ from roadwork.ensemble.calibrate import IDENTITY, Calibration
 from roadwork.ensemble.submit import read_choice
 from roadwork.features.backbone import BackboneConfig, load_backbone
 from roadwork.features.cache import ExtractConfig
-from roadwork.features.extract import image_features
+from roadwork.features.extract import embed_views, image_view_pixels
 from roadwork.features.text import embed_texts, load_encoder
 from roadwork.train.checkpoint import load_head
 from roadwork.train.data import metadata_arrays, null_metadata
@@ -60,9 +60,14 @@ class Predictor:
         self.members = [load_head(Path(paths.heads) / name, self.device) for name in choice["members"]]
         self._text_encoder = None
 
+    def embed(self, views: np.ndarray) -> np.ndarray:
+        """`[V, 3, D]` pooled backbone tokens of one image's views, rounded to float16 like the cache."""
+        return embed_views(self.backbone, views, self.extract).astype(np.float16)
+
     def view_features(self, data: bytes) -> np.ndarray:
-        """`[V, 3, D]` pooled tokens of one image's clean views (ImageTooLargeError over MAX_PIXELS)."""
-        return image_features(self.backbone, data, views=self.views, config=self.extract)
+        """`[V, 3, D]` pooled tokens of one image's clean views (ImageTooLargeError over MAX_PIXELS):
+        `features.extract.image_features`, the function the challenge stage embeds with."""
+        return self.embed(image_view_pixels(data, views=self.views, side=self.extract.side))
 
     def _text(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         if all(t is None for t in texts):

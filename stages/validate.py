@@ -2,8 +2,9 @@
 
 Writes `metrics/validator.json` (the DVC metric: overall MCC and reward, MCC per domain),
 `<paths.validation>/details.json` (overall, per domain, per level, per (domain, level), each with 95 %
-intervals; answer latency p50 / p99), `answers.parquet` (every challenge's answer) and `levels.json`
-(the DVC plot of MCC per domain and level).
+intervals), `answers.parquet` (every challenge's answer), `metrics/validator_levels.json` (the DVC plot
+of MCC per domain and level) and `metrics/validator_latency.json` (answer latency p50 / p99: the one
+output that differs from run to run, being a timing).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from roadwork.config import load_paths, load_stage_params, save_json
 from roadwork.predict import Predictor
-from roadwork.validate import answer_challenges, headline, level_rows, score_answers
+from roadwork.validate import answer_challenges, headline, latency, level_rows, score_answers
 
 
 def main() -> None:
@@ -22,9 +23,10 @@ def main() -> None:
     details = score_answers(answers, int(params["submit"]["bootstrap"]))
     out = Path(paths.validation)
     out.mkdir(parents=True, exist_ok=True)
-    answers.write_parquet(out / "answers.parquet")
+    answers.drop("seconds").write_parquet(out / "answers.parquet")
+    save_json(latency(answers), Path(paths.metrics) / "validator_latency.json")
     save_json(details, out / "details.json")
-    save_json(level_rows(details), out / "levels.json")
+    save_json(level_rows(details), Path(paths.metrics) / "validator_levels.json")
     save_json(headline(details), Path(paths.metrics) / "validator.json")
     for name, scores in {"all": details["all"], **details["domains"]}.items():
         print(
@@ -33,8 +35,8 @@ def main() -> None:
         )
     for level, scores in details["levels"].items():
         print(f"validate: level {level}: MCC {scores['mcc']:.3f}, accuracy {scores['accuracy']:.3f}")
-    latency = details["latency_ms"]
-    print(f"validate: answer latency p50 {latency['p50']:.0f} ms, p99 {latency['p99']:.0f} ms")
+    timing = latency(answers)
+    print(f"validate: answer latency p50 {timing['p50_ms']:.0f} ms, p99 {timing['p99_ms']:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,110 @@ def test_jpeg_bench_runs_on_cpu(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [row["image"] for row in rows] == ["1920x1080", "4032x3024"]
     assert all(row["pil_ms"] > 0 and row["tv_cpu_ms"] > 0 for row in rows)
+
+
+def test_campaign_full_settings_are_a_valid_configuration(tmp_path: Path) -> None:
+    from campaign import NATIX, TTA_16, campaign_params, parse_args
+
+    from roadwork.config import stage_shares
+    from roadwork.features.backbone import BackboneConfig
+    from roadwork.features.cache import ExtractConfig
+    from roadwork.features.mask_config import MasksConfig
+    from roadwork.synth.dataset import SynthConfig
+    from roadwork.train.config import member_config
+    from roadwork.tta import TtaConfig
+
+    args = parse_args(["--full", "--fraction", "0.1", "--workers", "12"])
+    models = {"backbone": str(tmp_path / "vith16plus"), "masks": str(tmp_path / "sam3")}
+    params = campaign_params(args, models)
+    stage_shares(params)  # every stage's keys are there
+    synth = section(SynthConfig, params, "synth")
+    assert dict(synth.rows) == {"train": 625, "test": 230} and synth.scale == 1.0
+    assert synth.rows["train"] == round(0.1 * NATIX["train"])
+    extract = section(ExtractConfig, params, "extract")
+    assert (extract.side, extract.compile, extract.device, extract.workers) == (512, True, "cuda", 12)
+    assert section(BackboneConfig, params, "backbone").model == models["backbone"]
+    masks = section(MasksConfig, params, "masks")
+    assert (masks.model, masks.dtype, masks.workers) == (models["masks"], "bfloat16", 12)
+    assert len(section(TtaConfig, params, "tta").augmentations) == len(TTA_16) == 16
+    members = {
+        name: member_config(params["train"], override, name)
+        for name, override in params["ensemble"]["members"].items()
+    }
+    assert members["baseline"].width == 512 and members["wider"].width == 768
+    assert members["more_heads"].heads == 16 and all(m.amp == "bf16" for m in members.values())
+
+
+def test_campaign_runs_the_stages_in_dependency_order() -> None:
+    from campaign import pipeline
+
+    params = load_params(ROOT / "params.yaml")
+    names = [name for name, _ in pipeline(ROOT, params, "submit")]
+    members = [f"train@{m}" for m in params["ensemble"]["members"]]
+    assert names[0] == "config" and names[-1] == "submit" and "report" not in names
+    for before, after in [
+        ("synth", "ingest"),
+        ("ingest", "extract"),
+        ("backbone", "extract"),
+        ("views", "extract"),
+        ("sam", "masks"),
+        *((stage, member) for member in members for stage in ("extract", "masks", "text", "gps")),
+        *((member, "finetune") for member in members),
+        ("finetune", "tta"),
+        ("tta", "submit"),
+    ]:
+        assert names.index(before) < names.index(after), (before, after)
+
+
+def test_campaign_projection_arithmetic() -> None:
+    from campaign import NATIX, StageRun, project
+
+    params = load_params(ROOT / "params.yaml")
+    counts = {"train": 50, "test": 20}
+    runs = [
+        StageRun("synth", wall_s=5.0, rss_peak_mib=1, tree_rss_peak_mib=1, sampled_work_s=4.0),
+        StageRun("backbone", wall_s=9.0, rss_peak_mib=1, tree_rss_peak_mib=1, sampled_work_s=1.0),
+        StageRun("masks", wall_s=10.0, rss_peak_mib=1, tree_rss_peak_mib=1, sampled_work_s=4.0),
+        StageRun("train@mlp", wall_s=8.0, rss_peak_mib=1, tree_rss_peak_mib=1, sampled_work_s=2.0),
+        StageRun("tta", wall_s=6.0, rss_peak_mib=1, tree_rss_peak_mib=1, sampled_work_s=3.0),
+    ]
+    project(runs, params, counts)
+    synth, backbone, masks, train, tta = runs
+    assert synth.projected_s is None and backbone.projected_s == 9.0
+    assert masks.projected_s == pytest.approx(6.0 + 4.0 * sum(NATIX.values()) / 70)
+    assert train.projected_s == pytest.approx(6.0 + 2.0 * NATIX["train"] / 50)
+    augs = len(params["tta"]["augmentations"])
+    assert (tta.units, tta.natix_units) == (augs * 20 * 12, augs * NATIX["test"] * 12)
+    assert tta.projected_s == pytest.approx(3.0 + 3.0 * NATIX["test"] / 20)
+
+
+@pytest.mark.e2e
+def test_campaign_runs_tiny_on_cpu(tmp_path: Path) -> None:
+    """The whole campaign on 50 + 18 images at 1/20 of the real frame sizes, one member, on the CPU."""
+    out = tmp_path / "campaign.json"
+    args = ["--fraction", "0.008", "--scale", "0.05", "--side", "32", "--members", "baseline"]
+    args += ["--epochs", "2", "--set", "masks.tiny.image_size=56", "masks.tiny.layers=1", "finetune.folds=2"]
+    args += ["finetune.epochs=1", "submit.bootstrap=20", "tta.augmentations=[{}, {flip: true}]"]
+    args += ["--device", "cpu", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "bench/campaign.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    stages = {run["stage"]: run for run in result["stages"]}
+    expected = ["config", "synth", "ingest", "backbone", "gps", "views", "text", "extract", "sam", "masks"]
+    expected += ["train@baseline", "finetune", "tta", "submit"]
+    assert set(expected) <= set(stages) and list(stages)[-1] == "submit"
+    gpu = shutil.which("nvidia-smi") is not None
+    for name, run in stages.items():
+        assert run["wall_s"] > 0 and run["rss_peak_mib"] > 0, name
+        assert gpu or run["gpu_util_mean"] is None, name  # n/a without a GPU
+        assert f"| {name} | " in done.stdout  # one table row per stage
+        if name != "synth":  # NATIX is larger than the run: no stage projects below its measured time
+            assert run["projected_s"] >= run["wall_s"] > 0, name
+    counts, extract = result["indexed"], load_params(ROOT / "params.yaml")["extract"]
+    copies = 1 + extract["aug_copies"] + extract.get("challenge_copies", 0)  # of a training image
+    assert stages["extract"]["units"] == 12 * (copies * counts["train"] + counts["test"])
+    assert stages["extract"]["natix_units"] == 12 * (copies * 6251 + 2298)
+    assert result["totals"]["projected_s"] > result["totals"]["measured_without_synth_s"]
+    assert "Projection to NATIX" in done.stdout and "**total**" in done.stdout

@@ -30,6 +30,7 @@ def make_batch(
         "text": torch.randn(n, 384, generator=g) / 20,
         "text_mask": torch.arange(n) % 2 == 0,
     }
+    batch["weather_target"] = batch["weather"]  # the auxiliary target (kept when the input is dropped)
     if prompts:
         batch["masks"] = (torch.rand(n, n_views, prompts, grid, grid, generator=g) > 0.7).float()
         batch["mask_valid"] = torch.arange(n) % 4 != 3
@@ -69,6 +70,7 @@ def test_all_metadata_null_and_no_text_stays_finite():
         lat=torch.zeros(8),
         lon=torch.zeros(8),
         weather=torch.zeros(8, dtype=torch.long),
+        weather_target=torch.zeros(8, dtype=torch.long),
         daytime=torch.zeros(8, dtype=torch.long),
         scene=torch.zeros(8, dtype=torch.long),
         text=torch.zeros(8, 384),

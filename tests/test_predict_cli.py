@@ -24,6 +24,7 @@ from PIL import ImageFile
 
 from roadwork import cli
 from roadwork.data import images
+from roadwork.ensemble.calibrate import IDENTITY
 from roadwork.predict import Predictor
 from roadwork.views.plan import ViewsConfig
 from tests.natix_fixture import jpeg_bytes, make_row, write_shard
@@ -36,6 +37,7 @@ class StandInPredictor(Predictor):
 
     def __init__(self) -> None:  # no super().__init__: it loads the trained pipeline
         self.threshold = 0.5
+        self.calibration = IDENTITY
         self.views = ViewsConfig(grid=3, overlap=0.25)
         self.extract = SimpleNamespace(side=16)
         self.batches: list[int] = []  # images per forward pass

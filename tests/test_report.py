@@ -154,7 +154,7 @@ def build_world(root: Path) -> Path:
         )
         (root / "predictions" / member).mkdir(parents=True)
         frame.write_parquet(root / "predictions" / member / "test.parquet")
-    roadwork_config.save_json(_final(["a", "b"]), root / "metrics" / "final.json")
+    roadwork_config.save_json(_final(["a", "b"]), root / "submission" / "scores.json")
     _write_curves(
         root / "live",
         "a",
@@ -183,6 +183,10 @@ def build_world(root: Path) -> Path:
         "metrics": "metrics",
         "reports": "reports",
         "params": "params.d",
+        "generated": "generated",
+        "synthetic_generated": "generated",
+        "challenge": "challenge",
+        "validation": "validation",
         "sam": "sam",
         "masks": "masks.zarr",  # absent: the page says so
         "dora": "dora",
@@ -417,10 +421,10 @@ def test_report_with_masks_and_ablations(world, tmp_path, monkeypatch):
 
 
 def test_no_full_head_chosen_is_a_note(world, monkeypatch):
-    final = json.loads((world / "metrics" / "final.json").read_text())
-    roadwork_config.save_json(_final(["b"]), world / "metrics" / "final.json")
+    final = json.loads((world / "submission" / "scores.json").read_text())
+    roadwork_config.save_json(_final(["b"]), world / "submission" / "scores.json")
     try:
         page = run_report(world, monkeypatch)
     finally:
-        roadwork_config.save_json(final, world / "metrics" / "final.json")
+        roadwork_config.save_json(final, world / "submission" / "scores.json")
     assert "No chosen member is a full head" in page and "pruned" not in page

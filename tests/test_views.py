@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -23,6 +24,7 @@ from roadwork.views.plan import (
     n_views,
     plan_fingerprint,
     read_plan,
+    rule_fingerprint,
     view_boxes,
     view_names,
     write_plan,
@@ -135,7 +137,7 @@ def test_plan_round_trip_and_fingerprint(tmp_path: Path) -> None:
     assert back.equals(plan)
     assert meta_back == json.loads(json.dumps(meta))
     assert meta_back["fingerprint"] == plan_fingerprint(plan) and meta_back["n_views"] == 12
-    assert meta_back["names"] == view_names(CONFIG) and meta_back["config"] == {"grid": 3, "overlap": 0.25}
+    assert meta_back["names"] == view_names(CONFIG) and meta_back["config"] == dataclasses.asdict(CONFIG)
     moved = plan.with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.col("x1") - 1).otherwise("x1"))
     assert plan_fingerprint(moved) != plan_fingerprint(plan)
     other_grid = build_plan(_index([(1920, 1080), (4032, 3024)]), ViewsConfig(3, 0.3))
@@ -178,7 +180,8 @@ def test_stage_writes_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     stage.main()
     plan, meta = read_plan(tmp_path / "data" / "views")
     assert meta["images"] == 3 and len(plan) == 36
-    assert json.loads((tmp_path / "data/views/config.json").read_text()) == {"grid": 3, "overlap": 0.25}
+    saved = json.loads((tmp_path / "data/views/config.json").read_text())
+    assert saved == {"grid": 3, "overlap": 0.25, "small_side": 256, "small_rule": "tiles"}
 
 
 # --- cutting views -------------------------------------------------------------------------------
@@ -270,3 +273,15 @@ def test_cut_views_is_pils_antialiased_bilinear_of_the_crop() -> None:
     views = cut_views(image, boxes, 1.0, 96).astype(int)
     reference = [image.crop(tuple(b)).resize((96, 96), Image.Resampling.BILINEAR) for b in boxes.tolist()]
     assert np.abs(views - np.stack([np.asarray(r) for r in reference])).max() <= 1
+
+
+def test_small_images_follow_the_small_rule():
+    small = ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="global")
+    boxes = view_boxes(224, 224, small)
+    assert boxes.shape == (12, 4) and (boxes == [0, 0, 224, 224]).all()  # every view the whole image
+    np.testing.assert_array_equal(view_boxes(480, 270, small), view_boxes(480, 270, CONFIG))  # not small
+    tiles = ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="tiles")
+    np.testing.assert_array_equal(view_boxes(224, 224, tiles), view_boxes(224, 224, CONFIG))
+    assert rule_fingerprint(small) != rule_fingerprint(tiles) == rule_fingerprint(CONFIG)
+    with pytest.raises(ValueError, match="small_rule='crop'"):
+        ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="crop")

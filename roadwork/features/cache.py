@@ -56,8 +56,6 @@ class ExtractConfig(CacheKey):
     """params `extract:`: how views become cached features."""
 
     aug_copies: int  # augmented copies of a training image's views, besides the clean copy 0
-    challenge_copies: int  # validator-style copies of a training image (a level 0-3 each, 224 px JPEG),
-    # cut into views by the rule for small images: the inputs a StreetVision validator sends
     batch_images: int  # images per forward pass (x views x copies)
     chunk_rows: int  # compressed chunk along images inside a shard: the unit of reading
     shard_rows: int  # rows per shard file (a multiple of chunk_rows): the unit of writing and resuming
@@ -65,6 +63,8 @@ class ExtractConfig(CacheKey):
     device: str  # auto | cpu | cuda
     splits: tuple[str, ...]  # index splits to extract; only "train" rows get augmented copies
     compile: bool  # torch.compile the backbone, run in fixed-size batches (one compilation per run)
+    challenge_copies: int = 0  # validator-style copies of a training image (a level 0-3 each, 224 px
+    # JPEG), cut into views by the rule for small images: the inputs a StreetVision validator sends
 
 
 def expected_attrs(config: CacheKey, *, backbone: dict[str, Any], plan_meta: dict[str, Any]) -> dict:

@@ -45,8 +45,10 @@ class ViewDataset(Dataset):
         jobs: pl.DataFrame,
         boxes: dict[str, np.ndarray],
         config: ExtractConfig,
-        views: ViewsConfig,
+        views: ViewsConfig | None = None,
     ):
+        if config.challenge_copies and views is None:
+            raise ValueError("extract.challenge_copies needs the view rule (views) to cut 224 px copies")
         self.reader = ShardReader(raw_root)
         self.jobs = jobs.select(
             "image_id", "shard", "row", "width", "height", "cache_row", "copies"
@@ -122,13 +124,18 @@ def embed_views(
     return pooled_views(model, views, config).cpu().numpy()
 
 
+def image_view_pixels(data: bytes, *, views: ViewsConfig, side: int) -> np.ndarray:
+    """uint8 `[V, side, side, 3]`: one image's clean views, its boxes from its own displayed size."""
+    size = displayed_size(data)
+    return load_views(data, view_boxes(*size, views), side, size=size)
+
+
 def image_features(
     model: torch.nn.Module, data: bytes, *, views: ViewsConfig, config: CacheKey
 ) -> np.ndarray:
     """`[V, 3, D]` pooled tokens of one image's clean views, rounded to float16 as the cache stores
-    them: what the served model sees of an image (its boxes from its own displayed size)."""
-    size = displayed_size(data)
-    pixels = load_views(data, view_boxes(*size, views), config.side, size=size)
+    them: what the served model sees of an image."""
+    pixels = image_view_pixels(data, views=views, side=config.side)
     return embed_views(model, pixels, config).astype(np.float16)
 
 
@@ -159,7 +166,7 @@ def extract_with_model(
     raw_root: Path,
     boxes: dict[str, np.ndarray],
     config: ExtractConfig,
-    views: ViewsConfig,
+    views: ViewsConfig | None = None,
 ) -> dict[str, float]:
     """Fill the cache for `jobs` (sorted by cache row); returns counters for the metrics."""
     writer = ShardWriter(cache, jobs["cache_row"].to_list())

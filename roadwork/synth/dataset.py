@@ -28,6 +28,7 @@ from PIL import Image
 
 from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, TRUTH_FILE, shard_name
 from roadwork.synth.scene import DrawnObject, SceneSpec, render_frames
+from roadwork.synth.style import draw_style
 
 SCHEMA = RAW_SCHEMA.with_metadata(HF_METADATA)
 DATA_DIR = "data"
@@ -53,7 +54,7 @@ _ROW_GROUP = 100  # rows per parquet row group, as the hub writes image datasets
 _ID_STRIDE = 10_000_000  # ids of split k are k * stride + position: unique across splits
 _EPOCH_RANGE = (1_704_067_200, 1_761_955_200)  # 2024-01-01 .. 2025-11-01 UTC
 _BAD_GPS = ("[123.0, -86.1]", "[39.7, -186.2]")
-_SEED_PLAN, _SEED_RENDER, _SEED_EXTRA = 1, 2, 3
+_SEED_PLAN, _SEED_RENDER, _SEED_EXTRA, _SEED_STYLE = 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,10 @@ class SynthConfig:
     informative_text: float  # share of roadwork descriptions that name what is drawn
     alteration_rate: tuple[float, float]  # share of rows with a travel_alteration tag: [roadwork, none]
     jpeg_quality: int  # JPEG quality of the stored images
+    # Look-alikes in roadwork images too (real work zones have cars, trucks and passers-by), so that a
+    # distractor in the picture says nothing about the label.
+    positive_distractor_rate: float = 0.0  # share of roadwork images that also show distractors
+    distractors_per_image: tuple[int, int] = (1, 2)  # distinct distractor kinds drawn, inclusive range
 
     def __post_init__(self) -> None:
         def fail(key: str, why: str) -> None:
@@ -98,6 +103,7 @@ class SynthConfig:
             "distractor_rate",
             "gps_null_rate",
             "informative_text",
+            "positive_distractor_rate",
         ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 fail(key, f"{getattr(self, key)} not in [0, 1]")
@@ -106,7 +112,7 @@ class SynthConfig:
         for key in ("description_rate", "alteration_rate"):
             if len(getattr(self, key)) != 2 or not all(0.0 <= r <= 1.0 for r in getattr(self, key)):
                 fail(key, f"{getattr(self, key)}: expected [roadwork, none] rates in [0, 1]")
-        for key in ("frames_per_video", "objects_per_image"):
+        for key in ("frames_per_video", "objects_per_image", "distractors_per_image"):
             lo_hi = getattr(self, key)
             if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
                 fail(key, f"{lo_hi}: expected an inclusive range [lo, hi] with 1 <= lo <= hi")
@@ -182,7 +188,15 @@ _WEATHER = {"sunny": 0.35, "cloudy": 0.28, "rain": 0.15, "fog": 0.10, "snow": 0.
 _DAYTIME = {"Light": 0.70, "Dusk": 0.12, "Dark": 0.18}
 _ENVIRONMENT = {"Urban": 0.35, "Suburban": 0.25, "Rural": 0.12, "Highway": 0.18, "Industrial": 0.10}
 _OBJECT_KIND = {"cone": 0.3, "barrier": 0.2, "sign": 0.2, "worker": 0.15, "vehicle": 0.15}
-_DISTRACTOR_KIND = {"orange_car": 0.3, "stop_sign": 0.25, "yellow_line": 0.25, "orange_building": 0.2}
+_DISTRACTOR_KIND = {
+    "orange_car": 0.15,
+    "stop_sign": 0.1,
+    "yellow_line": 0.1,
+    "orange_building": 0.1,
+    "truck": 0.2,
+    "orange_bin": 0.15,
+    "pedestrian": 0.2,
+}
 _WEATHER_TAGS = {
     "sunny": (["Sunny"], ["Clear"]),
     "cloudy": (["Cloudy"], ["Overcast"]),
@@ -274,6 +288,13 @@ def _join(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
+def _distractors(cfg: SynthConfig, rng: np.random.Generator) -> tuple[str, ...]:
+    """Distinct distractor kinds for one scene (a kind drawn twice is drawn once)."""
+    lo, hi = cfg.distractors_per_image
+    n = int(rng.integers(lo, hi + 1))
+    return tuple(dict.fromkeys(_pick(rng, _DISTRACTOR_KIND) for _ in range(n)))
+
+
 def _scene_spec(cfg: SynthConfig, unit: Unit, rng: np.random.Generator) -> SceneSpec:
     width, height = frame_size(cfg.scale, unit.kind == "phone")
     objects: tuple[str, ...] = ()
@@ -281,9 +302,10 @@ def _scene_spec(cfg: SynthConfig, unit: Unit, rng: np.random.Generator) -> Scene
     if unit.label:
         n = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
         objects = tuple(_pick(rng, _OBJECT_KIND) for _ in range(n))
+        if cfg.positive_distractor_rate and rng.random() < cfg.positive_distractor_rate:
+            distractors = _distractors(cfg, rng)
     elif rng.random() < cfg.distractor_rate:
-        n = int(rng.integers(1, 3))
-        distractors = tuple(dict.fromkeys(_pick(rng, _DISTRACTOR_KIND) for _ in range(n)))
+        distractors = _distractors(cfg, rng)
     return SceneSpec(
         width,
         height,
@@ -316,12 +338,14 @@ def _encode(image: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def render_unit(job: tuple[SynthConfig, Unit, tuple[tuple[str, float, float], ...]]) -> list[SynthRow]:
-    """Render one unit's frames and their metadata (ids and image paths are assigned later)."""
-    cfg, unit, cities = job
+def render_unit(job: tuple[SynthConfig, Unit, tuple[tuple[str, float, float], ...], bool]) -> list[SynthRow]:
+    """Render one unit's frames and their metadata (ids and image paths are assigned later); `styled`:
+    the same scene and metadata, re-drawn in the second style drawn for the unit."""
+    cfg, unit, cities, styled = job
     rng = _rng(cfg, unit.split, unit.index, _SEED_RENDER)
     spec = _scene_spec(cfg, unit, rng)
-    frames = render_frames(spec, rng.spawn(1)[0], unit.frames)
+    style = draw_style(_rng(cfg, unit.split, unit.index, _SEED_STYLE)) if styled else None
+    frames = render_frames(spec, rng.spawn(1)[0], unit.frames, style=style)
     lab = 0 if unit.label else 1  # index into the [roadwork, none] rates
     informative = bool(unit.label) and rng.random() < cfg.informative_text
     text = _describe(spec, frames[0].objects, informative, rng)
@@ -409,25 +433,29 @@ def _duplicates(cfg: SynthConfig, regular: dict[str, list[SynthRow]]) -> dict[st
     return out
 
 
-def generate(cfg: SynthConfig, workers: int = 1) -> dict[str, list[SynthRow]]:
-    """Every row of every split: regular rows, then bad rows, then duplicates; ids and paths assigned."""
+def generate(cfg: SynthConfig, workers: int = 1, *, styled: bool = False) -> dict[str, list[SynthRow]]:
+    """Every row of every split: regular rows, then bad rows, then duplicates; ids and paths assigned.
+
+    `styled`: the regular rows only, each scene re-drawn in the second style, with the same ids and
+    metadata as the rows they re-draw (the generated half of the validator-style challenges).
+    """
     plans = {split: plan_split(cfg, split) for split in cfg.rows}
-    jobs = [(cfg, u, split_cities(cfg, split)) for split, units in plans.items() for u in units]
-    for split in cfg.rows:
+    jobs = [(cfg, u, split_cities(cfg, split), styled) for split, units in plans.items() for u in units]
+    for split in cfg.rows if not styled else ():
         for i in range(cfg.bad_rows):
             kind = "phone" if i % 2 else "frame"
             label = int(_rng(cfg, split, 1_000_000 + i, _SEED_PLAN).random() < cfg.positive_rate)
-            jobs.append((cfg, Unit(split, 1_000_000 + i, kind, 1, label), split_cities(cfg, split)))
+            jobs.append((cfg, Unit(split, 1_000_000 + i, kind, 1, label), split_cities(cfg, split), False))
     rendered = _render_all(jobs, workers)
     regular: dict[str, list[SynthRow]] = {split: [] for split in cfg.rows}
     bad: dict[str, list[SynthRow]] = {split: [] for split in cfg.rows}
-    for (_, unit, _), rows in zip(jobs, rendered, strict=True):
+    for (_, unit, _, _), rows in zip(jobs, rendered, strict=True):
         if unit.index >= 1_000_000:
             _break_row(rows, unit.index - 1_000_000, list(cfg.rows).index(unit.split))
             bad[unit.split].extend(rows)
         else:
             regular[unit.split].extend(rows)
-    dups = _duplicates(cfg, regular)
+    dups = {split: [] for split in cfg.rows} if styled else _duplicates(cfg, regular)
     out = {}
     for k, split in enumerate(cfg.rows):
         rows = regular[split] + bad[split] + dups[split]
@@ -486,3 +514,11 @@ def write_dataset(cfg: SynthConfig, root: str | Path, workers: int = 1) -> dict[
     written = {split: write_split(rows, data_dir, split, cfg.shards[split]) for split, rows in data.items()}
     feather.write_feather(truth_table(data, cfg.shards), Path(root) / TRUTH_FILE)
     return written
+
+
+def write_generated(cfg: SynthConfig, root: str | Path, workers: int = 1) -> dict[str, list[Path]]:
+    """The same scenes re-drawn in the second style, as a NATIX-schema dataset under `<root>/data/`
+    (regular rows only, same ids as the rows they re-draw); returns the shard paths per split."""
+    data = generate(cfg, workers, styled=True)
+    data_dir = Path(root) / DATA_DIR
+    return {split: write_split(rows, data_dir, split, cfg.shards[split]) for split, rows in data.items()}

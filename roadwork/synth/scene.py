@@ -26,21 +26,47 @@ from roadwork.synth.sprites import (
     car,
     cone,
     construction_vehicle,
+    pedestrian,
     sign,
     streetlight,
+    trash_bin,
     tree,
+    truck,
     vary,
     worker,
 )
+from roadwork.synth.style import Style, finish
 
 WEATHERS = ("sunny", "cloudy", "rain", "fog", "snow")
 DAYTIMES = ("Light", "Dusk", "Dark")
 ENVIRONMENTS = ("Urban", "Suburban", "Rural", "Highway", "Industrial")
 ROADWORK_KINDS = ("cone", "barrier", "sign", "worker", "vehicle")
-DISTRACTOR_KINDS = ("orange_car", "stop_sign", "yellow_line", "orange_building")
+DISTRACTOR_KINDS = (
+    "orange_car",
+    "stop_sign",
+    "yellow_line",
+    "orange_building",
+    "truck",  # a parked or driving non-construction truck (white, blue, red, yellow or orange)
+    "orange_bin",  # an orange or yellow wheelie bin on the sidewalk
+    "pedestrian",  # a person in an orange, red or yellow jacket, without stripes or hard hat
+)
+# Everything else that is recorded (never a label, but a target for pretraining a backbone on objects).
+SCENERY_KINDS = ("car", "tree", "streetlight", "building")
+# Distractors placed like roadwork objects (the others are drawn by the road surface, skyline or cars).
+_PLACED_DISTRACTORS = ("stop_sign", "truck", "orange_bin", "pedestrian")
 
 # Object height relative to object_scale * frame height: a cone is shorter than a sign on its post.
-_KIND_HEIGHT = {"cone": 0.8, "barrier": 0.8, "sign": 1.3, "worker": 1.2, "vehicle": 1.5, "stop_sign": 1.3}
+_KIND_HEIGHT = {
+    "cone": 0.8,
+    "barrier": 0.8,
+    "sign": 1.3,
+    "worker": 1.2,
+    "vehicle": 1.5,
+    "stop_sign": 1.3,
+    "truck": 1.6,
+    "orange_bin": 0.7,
+    "pedestrian": 1.2,
+}
 # Lane-fraction ranges (0 = left road edge, 1 = right edge): [on the road, beside it].
 _PLACEMENT = {
     "cone": ((0.55, 0.95), (0.02, 0.2)),
@@ -49,9 +75,22 @@ _PLACEMENT = {
     "worker": ((0.6, 0.95), (1.02, 1.2)),
     "vehicle": ((0.7, 0.95), (1.1, 1.35)),
     "stop_sign": ((1.05, 1.25), (-0.25, -0.05)),
+    "truck": ((0.55, 0.9), (1.1, 1.35)),
+    "orange_bin": ((1.02, 1.15), (-0.15, -0.03)),  # on either sidewalk
+    "pedestrian": ((1.02, 1.2), (-0.2, -0.03)),
 }
 # Half the drawn width over the height (the excavator's arm reaches out to one side).
-_HALF_WIDTH = {"cone": 0.35, "barrier": 1.35, "sign": 0.35, "worker": 0.25, "vehicle": 1.4, "stop_sign": 0.35}
+_HALF_WIDTH = {
+    "cone": 0.35,
+    "barrier": 1.35,
+    "sign": 0.35,
+    "worker": 0.25,
+    "vehicle": 1.4,
+    "stop_sign": 0.35,
+    "truck": 1.1,
+    "orange_bin": 0.33,
+    "pedestrian": 0.3,
+}
 _SKY = {  # (top, horizon) colours
     "sunny": ((70, 130, 210), (175, 205, 235)),
     "cloudy": ((140, 146, 156), (196, 199, 206)),
@@ -98,6 +137,7 @@ class Frame:
     image: np.ndarray
     objects: list[DrawnObject]
     distractors: list[DrawnObject]
+    scenery: list[DrawnObject] = dataclasses.field(default_factory=list)  # SCENERY_KINDS
 
 
 class _Road:
@@ -150,7 +190,10 @@ def _skyline(p: Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator)
         else:
             w = road.cw * rng.uniform(0.02, 0.06)
             if rng.random() < 0.6:
-                tree(p, x + w / 2, y_h + 1, road.ch * rng.uniform(0.04, 0.09), rng, spec.weather == "snow")
+                th, snow = road.ch * rng.uniform(0.04, 0.09), spec.weather == "snow"
+                p.record(
+                    "tree", False, lambda x=x, w=w, th=th, s=snow: tree(p, x + w / 2, y_h + 1, th, rng, s)
+                )
             x, i = x + w, i + 1
             continue
         if orange:
@@ -161,7 +204,9 @@ def _skyline(p: Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator)
                 lambda x=x, w=w, h=h, c=colour: building(p, x, x + w, y_h, h, c, rng, dark),
             )
         else:
-            building(p, x, x + w, y_h, h, colour, rng, dark)
+            p.record(
+                "building", False, lambda x=x, w=w, h=h, c=colour: building(p, x, x + w, y_h, h, c, rng, dark)
+            )
         x, i = x + w + (road.cw * rng.uniform(0.0, 0.05) if env == "Suburban" else 0.0), i + 1
 
 
@@ -235,8 +280,11 @@ def _items(p: Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator, m
         "worker": worker,
         "vehicle": construction_vehicle,
         "stop_sign": partial(sign, stop=True),
+        "truck": truck,
+        "orange_bin": trash_bin,
+        "pedestrian": pedestrian,
     }
-    for kind in (*spec.objects, *(d for d in spec.distractors if d == "stop_sign")):
+    for kind in (*spec.objects, *(d for d in spec.distractors if d in _PLACED_DISTRACTORS)):
         h = spec.object_scale * spec.height * _KIND_HEIGHT[kind] * rng.uniform(0.75, 1.3)
         x, y, on_road = _place(road, kind, h, m, rng)
         for i in range(int(rng.integers(1, 4)) if kind == "cone" else 1):  # cones come in receding rows
@@ -258,16 +306,19 @@ def _items(p: Painter, road: _Road, spec: SceneSpec, rng: np.random.Generator, m
         colour = vary((255, 125, 20), rng, 10) if distractor else colour
         if distractor or free(x - 0.55 * w, y - 0.8 * w, x + 0.55 * w, y):
             draw_car = partial(car, p, x, y, w, colour)
-            items.append((y, partial(p.record, "orange_car", True, draw_car) if distractor else draw_car))
+            items.append((y, partial(p.record, "orange_car" if distractor else "car", True, draw_car)))
     for u in rng.uniform(0.05, 0.4, int(rng.integers(1, 4))):
         side, y, env = int(rng.integers(2)), road.y(u), spec.environment
         if env in ("Urban", "Highway", "Industrial") or (env == "Suburban" and rng.random() < 0.5):
             x = road.x((-0.1, 1.1)[side], u)
-            items.append((y, partial(streetlight, p, x, y, 0.7 * road.width(u), (1.0, -1.0)[side])))
+            draw = partial(streetlight, p, x, y, 0.7 * road.width(u), (1.0, -1.0)[side])
+            items.append((y, partial(p.record, "streetlight", False, draw)))
         else:
             x, h = road.x(rng.uniform(*((-0.45, -0.15), (1.15, 1.45))[side]), u), 0.5 * road.width(u)
             if free(x - 0.3 * h, y - h, x + 0.3 * h, y):
-                items.append((y, partial(tree, p, x, y, h, rng.spawn(1)[0], snow)))
+                items.append(
+                    (y, partial(p.record, "tree", False, partial(tree, p, x, y, h, rng.spawn(1)[0], snow)))
+                )
     for _, draw in sorted(items, key=lambda item: item[0]):
         draw()
 
@@ -335,13 +386,16 @@ def _shift(obj: DrawnObject, ox: int, oy: int, w: int, h: int) -> DrawnObject:
     return dataclasses.replace(obj, box=box, polygons=polys)
 
 
-def render_frames(spec: SceneSpec, rng: np.random.Generator, n_frames: int = 1) -> list[Frame]:
-    """Render one scene as `n_frames` near-duplicate frames (a video) with a slowly drifting camera."""
+def render_frames(
+    spec: SceneSpec, rng: np.random.Generator, n_frames: int = 1, style: Style | None = None
+) -> list[Frame]:
+    """Render one scene as `n_frames` near-duplicate frames (a video) with a slowly drifting camera;
+    with a `style`, the same scene re-drawn in the second style (`roadwork.synth.style`)."""
     layout, fx = rng.spawn(2)  # the layout does not depend on how many effects draws happen
     m = max(2, round(0.015 * spec.width))  # camera shake margin on each side
     road = _Road(spec.width + 2 * m, spec.height + 2 * m, layout)
     img = _background(spec, road)
-    p = Painter(img)
+    p = Painter(img, ink=style.ink(spec.height) if style else 0)
     _road_surface(p, road, spec, layout)
     _items(p, road, spec, layout, m)
     arr = _haze(_light(np.asarray(img, dtype=np.float32), spec, p, road), spec, road)
@@ -354,12 +408,15 @@ def render_frames(spec: SceneSpec, rng: np.random.Generator, n_frames: int = 1) 
         f = arr[oy : oy + spec.height, ox : ox + spec.width] * np.float32(fx.uniform(0.985, 1.015))
         f = _particles(f, spec.weather, fx)
         f += np.tile(noise, (spec.height // 64 + 1, spec.width // 64 + 1, 1))[: spec.height, : spec.width]
+        if style is not None:
+            f = finish(f, style, fx)
         objs = [_shift(o, ox, oy, spec.width, spec.height) for o in p.drawn]
         frames.append(
             Frame(
                 np.clip(f, 0, 255).astype(np.uint8),
                 [o for o in objs if o.kind in ROADWORK_KINDS],
                 [o for o in objs if o.kind in DISTRACTOR_KINDS],
+                [o for o in objs if o.kind in SCENERY_KINDS],
             )
         )
     return frames

@@ -28,8 +28,9 @@ class DrawnObject:
 class Painter:
     """PIL drawing that records the polygons of the object being drawn, its lights and glowing parts."""
 
-    def __init__(self, img: Image.Image) -> None:
+    def __init__(self, img: Image.Image, ink: int = 0) -> None:
         self.img, self.draw = img, ImageDraw.Draw(img)
+        self.ink = ink  # > 0: outline every shape of a recorded object this wide (the second style)
         self.emissive = Image.new("L", img.size, 0)  # how much of its brightness a pixel keeps at night
         self._edraw = ImageDraw.Draw(self.emissive)
         self.lights: list[tuple[float, float, float, tuple[int, int, int]]] = []  # x, y, radius, colour
@@ -39,6 +40,8 @@ class Painter:
     def poly(self, pts, fill, outline=None, width: int = 1, emissive: float = 0.0) -> None:
         """A filled polygon; `emissive` 1 for lights, ~0.6 for retroreflective parts caught by headlights."""
         pts = [(float(x), float(y)) for x, y in pts]
+        if self.ink and outline is None and self._parts is not None:
+            outline, width = (25, 22, 20), self.ink
         self.draw.polygon(pts, fill=fill, outline=outline, width=width)
         if emissive:
             self._edraw.polygon(pts, fill=round(255 * emissive))
@@ -243,3 +246,66 @@ def building(p: Painter, x0: float, x1: float, yb: float, h: float, colour, rng,
         for wx in np.arange(x0 + win, x1 - 1.5 * win, 2 * win):
             lit = dark and rng.random() < 0.35
             p.rect(wx, wy, wx + win, wy + win, (255, 210, 120) if lit else (55, 65, 80), emissive=float(lit))
+
+
+# Distractors a backbone has to tell from roadwork objects: non-construction vehicles, orange street
+# furniture and people in orange or yellow clothes without the worker's retroreflective stripes.
+_TRUCK_COLOURS = (
+    (235, 235, 235),
+    (200, 202, 206),
+    (40, 70, 140),
+    (170, 30, 35),
+    (250, 190, 0),  # school-bus / delivery yellow: the construction vehicles' colour
+    (240, 120, 20),  # orange delivery truck
+)
+
+
+def truck(p: Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
+    """A non-construction truck seen from the side: a tall box body, a lower cab, two axles, no beacon."""
+    w = 2.2 * h
+    colour = vary(_TRUCK_COLOURS[int(rng.integers(len(_TRUCK_COLOURS)))], rng, 10)
+    cab = vary((235, 235, 235), rng, 15) if rng.random() < 0.5 else colour
+    front = 1.0 if rng.random() < 0.5 else -1.0  # the cab on the right or the left
+    box0, box1 = sorted((x - front * 0.5 * w, x + front * 0.2 * w))
+    p.rect(box0, yb - h, box1, yb - 0.18 * h, colour)
+    p.rect(box0, yb - 0.24 * h, box1, yb - 0.18 * h, vary((60, 60, 64), rng, 8))  # chassis rail
+    cab0, cab1 = sorted((x + front * 0.22 * w, x + front * 0.5 * w))
+    p.rect(cab0, yb - 0.7 * h, cab1, yb - 0.18 * h, cab)
+    win0, win1 = sorted((x + front * 0.3 * w, x + front * 0.47 * w))
+    p.rect(win0, yb - 0.64 * h, win1, yb - 0.45 * h, (60, 80, 100))
+    for wx in (x - front * 0.35 * w, x - front * 0.12 * w, x + front * 0.36 * w):
+        p.ellipse(wx, yb - 0.11 * h, 0.07 * w, 0.11 * h, (28, 28, 30))
+        p.ellipse(wx, yb - 0.11 * h, 0.03 * w, 0.05 * h, (150, 150, 155))
+    p.rect(cab0, yb - 0.3 * h, cab1, yb - 0.25 * h, (235, 220, 170), emissive=1.0)  # lamp strip
+    p.lights.append((x + front * 0.48 * w, yb - 0.28 * h, 0.04 * h, (255, 235, 190)))
+
+
+def trash_bin(p: Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
+    """An orange (sometimes yellow) wheelie bin: a plain tapered body, a dark lid, two small wheels."""
+    w = 0.6 * h
+    colour = vary(((245, 120, 10), (250, 150, 20), (240, 200, 30))[int(rng.integers(3))], rng, 12)
+    p.poly(
+        [(x - 0.5 * w, yb - 0.9 * h), (x + 0.5 * w, yb - 0.9 * h), (x + 0.42 * w, yb), (x - 0.42 * w, yb)],
+        colour,
+    )
+    p.rect(x - 0.55 * w, yb - h, x + 0.55 * w, yb - 0.88 * h, vary((70, 70, 72), rng, 10))
+    for wx in (x - 0.3 * w, x + 0.3 * w):
+        p.ellipse(wx, yb - 0.03 * h, 0.1 * w, 0.05 * h, (25, 25, 25))
+
+
+def pedestrian(p: Painter, x: float, yb: float, h: float, rng: np.random.Generator) -> None:
+    """A person in an orange, red or yellow jacket: no retroreflective stripes, no hard hat."""
+    w = 0.3 * h
+    jacket = vary(
+        ((245, 115, 25), (200, 40, 40), (240, 200, 30), (255, 140, 0))[int(rng.integers(4))], rng, 12
+    )
+    legs = vary(((35, 40, 60), (60, 60, 62), (90, 75, 55))[int(rng.integers(3))], rng, 8)
+    for lx in (x - 0.28 * w, x + 0.04 * w):
+        p.rect(lx, yb - 0.47 * h, lx + 0.24 * w, yb, legs)
+    for x0, x1, y0, y1 in ((-0.66, -0.44, 0.8, 0.48), (0.44, 0.66, 0.8, 0.48), (-0.48, 0.48, 0.82, 0.44)):
+        p.rect(x + x0 * w, yb - y0 * h, x + x1 * w, yb - y1 * h, jacket)
+    if rng.random() < 0.5:  # a backpack or a shopping bag
+        p.rect(x + 0.5 * w, yb - 0.6 * h, x + 0.85 * w, yb - 0.38 * h, vary((60, 50, 45), rng, 20))
+    p.ellipse(x, yb - 0.89 * h, 0.25 * w, 0.07 * h, vary((200, 160, 130), rng, 30))
+    hair = ((40, 30, 25), (120, 80, 40), (210, 180, 110), (20, 20, 20))[int(rng.integers(4))]
+    p.ellipse(x, yb - 0.945 * h, 0.27 * w, 0.035 * h, hair)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,11 +261,22 @@ def save_cross_fit(fit: CrossFit, table: Table, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     records = []
     for run in fit.runs:
-        run.model.save_pretrained(out_dir / FOLD_DIR.format(k=run.fold))
+        fold_dir = out_dir / FOLD_DIR.format(k=run.fold)
+        run.model.save_pretrained(fold_dir)
+        _sort_target_modules(fold_dir / "adapter_config.json")
         for role, rows in (("fit", run.fit), ("val", run.val), ("heldout", run.heldout)):
             records += [(table.image_id[r], run.fold, role) for r in rows]
     roles = pl.DataFrame(records, schema=["image_id", "fold", "role"], orient="row")
     roles.write_parquet(out_dir / FOLDS_FILE)
+
+
+def _sort_target_modules(path: Path) -> None:
+    """peft keeps `target_modules` as a set and writes it in hash order, which changes from process to
+    process (PYTHONHASHSEED): sorted, the same adapters are the same bytes on every run."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_fold_models(head_dir: Path, member_dir: Path, device: str | torch.device = "cpu") -> list[PeftModel]:
