@@ -1,153 +1,284 @@
-"""Ablation harness: one DVC experiment per row, then a table of validation and test MCC.
+"""Ablation table: every switch of the head, the loss, the data and the refinements, three seeds each,
+with and without metadata, and on validator-style challenges.
 
-Each row replaces the ensemble by a single member `full` with the row's overrides of `train` (and,
-for a few rows, of other params), queues `dvc exp run` for it, runs the queue, and reads every
-experiment's `metrics/final.json`. DoRA and TTA are switched off (`finetune.members=[]`,
-`tta.members=[]`): the rows compare heads. The caches (features, text, GPS, masks) are shared; only a
-row that changes `masks.*` rebuilds the mask cache.
+Runs in a project whose pipeline has run (`dvc repro`): every row trains one member in-process on the
+same caches (features, text, GPS, masks; the challenges' tokens), so a row costs seconds of training,
+not a `dvc repro`. Per row and seed it records:
+- full: the member with metadata, validation and test MCC (test ROC-AUC too);
+- image: the same member trained and evaluated without metadata (`train.metadata: false`);
+- validator: the image-only member on the test challenges' real half (224 px, levels 0-3, no
+  metadata), rounded at 0.5 after the calibration `submit` would fit on the validation challenges.
+The DoRA row adapts the row's full head K-fold on the test split (out-of-fold MCC); the TTA row
+re-scores it with FOODS over the TTA cache's augmentations; the truth-masks row rasterises the
+generator's polygons into a temporary mask cache. Results go to `<out>.json` as they come (a killed run
+resumes), and the table to `docs/ablations.md`, keeping its hand-written reading.
 
-    python bench/ablate.py                 # queue, run and write docs/ablations.md
-    python bench/ablate.py --only full mlp # a subset of rows
-    python bench/ablate.py --collect       # rewrite the table from experiments already run
+    python bench/ablate.py                     # every row, seeds 42 7 123
+    python bench/ablate.py --only full no-gafm # some rows
+    python bench/ablate.py --table             # rewrite the table from the saved results
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import platform
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from roadwork.config import load_params
+import numpy as np
+import polars as pl
+import torch
 
-PREFIX = "abl-"
+from roadwork.config import load_params, load_paths, section, subset
+from roadwork.data.gps import read_weights
+from roadwork.data.index import read_index
+from roadwork.ensemble.calibrate import fit_calibration
+from roadwork.features.cache import CacheKey, open_features
+from roadwork.features.mask_config import MaskKey, MasksConfig
+from roadwork.features.mask_fill import plan_jobs
+from roadwork.features.masks import MaskCache, expected_attrs, open_masks, source_manifest, truth_path
+from roadwork.features.truth import fill_truth_masks, read_truth
+from roadwork.metrics import binary_metrics, sigmoid, validator_metrics
+from roadwork.train.config import member_config
+from roadwork.train.data import metadata_arrays, null_metadata, prepare_tables
+from roadwork.train.dora import FinetuneConfig, cross_fit
+from roadwork.train.loop import predict_with_model
+from roadwork.train.member import fit_member
+from roadwork.views.challenges import TABLE_FILE, VAL_FEATURES
+from roadwork.views.plan import boxes_by_image, read_plan
+
+SEEDS = (42, 7, 123)
 READING = "## Reading"
-ROWS: dict[str, tuple[str, dict]] = {
-    # name: (what it tests, overrides of `train` for the single member)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("baseline MLP (views pooled, metadata concatenated)", {"model": "mlp", "lr": 1.0e-3}),
     "full": ("full head, default recipe", {}),
-    "full-seed7": ("full head, another seed (seed noise)", {"seed": 7}),
-    "full-seed123": ("full head, a third seed (seed noise)", {"seed": 123}),
-    "no-gps-weighting": ("without GPS-weighted sampling", {"gps_weighting": False}),
-    "no-aug": ("without augmentation copies (clean views only)", {"aug": False}),
-    "no-tiling": ("without tiling (global view only)", {"views": "global", "pruning": False}),
-    "no-pruning": ("without view pruning (all 12 views)", {"pruning": False}),
+    "no-tiling": ("global view only (no tiles)", {"views": "global", "pruning": False}),
+    "no-pruning": ("all 12 views (no pruning)", {"pruning": False}),
     "no-pyramid": ("without the multi-scale pyramid", {"pyramid": False}),
-    "no-gating": ("without attention gating (plain attention)", {"gating": False}),
-    "no-gafm": ("without GAFM (mean pooling)", {"gafm": False}),
-    "no-metadata": ("without metadata (image only)", {"metadata": False}),
-    "mlp-no-metadata": ("baseline MLP, image only", {"model": "mlp", "lr": 1.0e-3, "metadata": False}),
-    "no-text": ("without the scene-description text", {"text": False}),
-    "no-focal": ("loss without the focal term", {"loss_weights": {"focal": 0.0}}),
-    "no-consistency": (
-        "loss without the multi-view consistency term",
-        {"loss_weights": {"consistency": 0.0}},
-    ),
-    "no-weather": ("loss without the auxiliary weather term", {"loss_weights": {"weather": 0.0}}),
+    "no-gating": ("plain attention (no output gate)", {"gating": False}),
+    "no-gafm": ("mean pooling instead of GAFM", {"gafm": False}),
     "tokens-cls": ("view feature = CLS token", {"tokens": "cls"}),
     "tokens-cls+mean": ("view feature = CLS + mean of patches", {"tokens": "cls+mean"}),
-    "no-dice": ("loss without the Dice term (no mask decoder)", {"masks": False}),
+    "no-focal": ("loss without the focal term", {"loss_weights": {"focal": 0.0}}),
+    "no-consistency": ("loss without multi-view consistency", {"loss_weights": {"consistency": 0.0}}),
+    "no-weather": ("loss without the auxiliary weather term", {"loss_weights": {"weather": 0.0}}),
+    "no-dice": ("loss without Dice (no mask decoder)", {"masks": False}),
+    "dice-truth": ("Dice on the generator's true masks, not SAM 3's", {}),
+    "no-gps-weighting": ("uniform sampling (no GPS weights)", {"gps_weighting": False}),
+    "no-aug": ("no augmented or challenge copies (clean views only)", {"aug": False}),
+    "no-challenge-copies": ("no validator-style copies", {"challenge_rate": 0.0}),
+    "no-meta-dropout": ("no metadata dropout", {"meta_dropout": 0.0}),
+    "dora": ("+ DoRA on the test split (out of fold)", {}),
+    "tta": ("+ FOODS test-time augmentation", {}),
 }
-# Overrides outside `train` for some rows.
-OTHER: dict[str, dict[str, object]] = {
-    "dice-truth": {"masks.source": "truth"},
-}
-ROWS["dice-truth"] = ("Dice on the generator's true object masks instead of SAM 3's", {})
-# Every row: the head alone, without DoRA fine-tuning or TTA.
-COMMON = ("ensemble.top_k=1", "config.yaml:finetune.members=[]", "config.yaml:tta.members=[]")
 
 
-def dvc(*args: str) -> str:
-    done = subprocess.run(["dvc", *args], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"dvc {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
+class Context:
+    """The caches every row reads, opened once."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params, self.paths = params, load_paths(params)
+        self.index = read_index(Path(self.paths.prepared))
+        self.cache = open_features(self.paths, subset(CacheKey, params, "extract"))
+        self.gps = read_weights(Path(self.paths.gps))
+        self.masks = open_masks(self.paths, subset(MaskKey, params, "masks"))
+        self._truth: MaskCache | None = None
+        self.challenges = challenge_tokens(Path(self.paths.challenge), self.paths)
+
+    def truth_masks(self) -> MaskCache:
+        """A mask cache rasterised from the generator's polygons (built once, in a temporary folder)."""
+        if self._truth is None:
+            config = dataclasses.replace(section(MasksConfig, self.params, "masks"), source="truth")
+            plan, plan_meta = read_plan(Path(self.paths.views))
+            source = source_manifest(config, sam_dir=Path(self.paths.sam), raw_root=Path(self.paths.raw))
+            folder = Path(tempfile.mkdtemp()) / "truth.zarr"
+            attrs = expected_attrs(config, sam=source, plan_meta=plan_meta)
+            cache = MaskCache.create(folder, config=config, views=plan_meta["n_views"], attrs=attrs)
+            jobs = plan_jobs(self.index, cache, config)
+            truth = read_truth(truth_path(Path(self.paths.raw)))
+            fill_truth_masks(cache=cache, jobs=jobs, truth=truth, boxes=boxes_by_image(plan), config=config)
+            self._truth = cache
+        return self._truth
 
 
-def to_hydra(value: object) -> str:
-    """A Python value in DVC's `-S` (Hydra) override syntax."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {to_hydra(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+def challenge_tokens(challenge_dir: Path, paths: Any) -> dict[str, Any]:
+    """The challenges' rows and tokens: validation (embedded by the challenge stage) and the test
+    challenges' real half (embedded here once, exactly as `roadwork predict` embeds an image)."""
+    from roadwork.features.backbone import load_backbone
+    from roadwork.features.extract import embed_files
+    from roadwork.views.plan import ViewsConfig
+
+    table = pl.read_parquet(challenge_dir / TABLE_FILE)
+    test = table.filter((pl.col("part") == "test") & (pl.col("domain") == "real"))
+    cached = Path("bench/results/ablation-test-challenges.npy")
+    if not cached.is_file():
+        params = load_params()
+        model = load_backbone(Path(paths.backbone), params["backbone"]["dtype"], "cpu")
+        views, key = section(ViewsConfig, params, "views"), subset(CacheKey, params, "extract")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(
+            cached, embed_files(model, [challenge_dir / f for f in test["file"]], views=views, config=key)
+        )
+    return {
+        "val": (table.filter(pl.col("part") == "val"), np.load(challenge_dir / VAL_FEATURES)),
+        "test": (test, np.load(cached)),
+    }
 
 
-def queue(rows: list[str]) -> None:
-    for name in rows:
-        member = to_hydra({"full": ROWS[name][1]})
-        overrides = ["config.yaml:~ensemble.members", f"config.yaml:+ensemble.members={member}", *COMMON]
-        overrides += [f"config.yaml:{key}={to_hydra(value)}" for key, value in OTHER.get(name, {}).items()]
-        dvc("exp", "run", "--queue", "-n", PREFIX + name, *(arg for o in overrides for arg in ("-S", o)))
-        print(f"queued {PREFIX}{name}", flush=True)
+def challenge_logits(model: torch.nn.Module, config: Any, vocab: Any, tokens: np.ndarray) -> np.ndarray:
+    """A trained member's log-odds on challenge tokens, without metadata (as `roadwork predict`)."""
+    from roadwork.train.checkpoint import SavedHead
+
+    head = SavedHead("row", model.eval(), {}, vocab, config)
+    n = len(tokens)
+    text = (np.zeros((n, 384), np.float32), np.zeros(n, bool))
+    return head.logits(tokens, metadata_arrays(null_metadata(n), vocab, text))
 
 
-def collect() -> dict[str, dict]:
-    """`metrics/final.json` of every experiment named `abl-*` (the newest of each name).
-
-    Read from the experiment's commit (the file is tracked by git), since `dvc exp show` drops lists.
-    """
-    shown = json.loads(dvc("exp", "show", "--json", "--no-fetch", "--all-commits"))
-    found: dict[str, dict] = {}
-    for commit in shown:
-        for exp in commit.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                name = rev.get("name") or ""
-                if not name.startswith(PREFIX) or name[len(PREFIX) :] in found:
-                    continue
-                shown_file = subprocess.run(
-                    ["git", "show", f"{rev['rev']}:metrics/final.json"], capture_output=True, text=True
-                )
-                if shown_file.returncode == 0:
-                    found[name[len(PREFIX) :]] = json.loads(shown_file.stdout)
-    return found
+def validator_score(model: torch.nn.Module, config: Any, vocab: Any, challenges: dict[str, Any]) -> float:
+    """MCC (floored) on the test challenges' real half, after the calibration fitted on validation."""
+    val_rows, val_tokens = challenges["val"]
+    test_rows, test_tokens = challenges["test"]
+    calibration = fit_calibration(
+        challenge_logits(model, config, vocab, val_tokens), val_rows["label"].to_numpy()
+    )
+    prob = calibration.probability(challenge_logits(model, config, vocab, test_tokens))
+    return validator_metrics(test_rows["label"].to_numpy(), prob, n=1)["mcc"]
 
 
-def cell(scores: dict | None) -> str:
-    if not scores:
+def scores(model: torch.nn.Module, table: Any, config: Any) -> dict[str, float]:
+    logit = predict_with_model(model=model, table=table, config=config)
+    out = binary_metrics(table.label, sigmoid(logit))
+    return {"mcc": out["mcc"], "auc": out["roc_auc"]}
+
+
+def refinement(ctx: Context, name: str, model: torch.nn.Module, config: Any, tables: dict) -> float | None:
+    """The DoRA or TTA row's test MCC of the full head (None for other rows)."""
+    if name == "dora":
+        fit = cross_fit(
+            base=model,
+            table=tables["test"],
+            config=section(FinetuneConfig, ctx.params, "finetune"),
+            member=config,
+        )
+        held = fit.fold_of >= 0
+        return binary_metrics(tables["test"].label[held], sigmoid(fit.oof_logit[held]))["mcc"]
+    if name == "tta":
+        from roadwork.features.cache import ExtractConfig
+        from roadwork.features.manifest import read_manifest
+        from roadwork.tta import TtaConfig
+        from roadwork.tta.extract import open_checked, tta_attrs
+        from roadwork.tta.heads import MemberTTA, Variant
+        from roadwork.tta.run import score as feed
+
+        tta = section(TtaConfig, ctx.params, "tta")
+        _, plan_meta = read_plan(Path(ctx.paths.views))
+        extract = section(ExtractConfig, ctx.params, "extract")
+        attrs = tta_attrs(
+            extract, backbone=read_manifest(Path(ctx.paths.backbone), "backbone"), plan_meta=plan_meta
+        )
+        caches = open_checked(Path(ctx.paths.tta), tta.augmentations, attrs)
+        test = tables["test"]
+        member = MemberTTA(
+            name,
+            config=config,
+            rows=test,
+            train=tables["train"],
+            variants=[Variant("plain", [model], np.zeros(len(test), np.int64))],
+            tta=tta,
+        )
+        feed([member], caches, tta.augmentations)
+        frame, _ = member.frames("test")["plain"]
+        labelled = frame.filter(pl.col("label").is_not_null())
+        return binary_metrics(labelled["label"].to_numpy(), labelled["prob"].to_numpy())["mcc"]
+    return None
+
+
+def run_row(ctx: Context, name: str, seed: int) -> dict[str, Any]:
+    """One row, one seed: the member with and without metadata, and its refinement if any."""
+    out: dict[str, Any] = {}
+    for mode, metadata in (("full", True), ("image", False)):
+        overrides = {**ROWS[name][1], "seed": seed, "metadata": metadata}
+        config = member_config(ctx.params["train"], overrides, name)
+        masks = None
+        if config.model == "head" and config.masks:
+            masks = ctx.truth_masks() if name == "dice-truth" else ctx.masks
+        gps = ctx.params["gps"]
+        tables, vocab = prepare_tables(
+            ctx.index,
+            cache=ctx.cache,
+            text_path=Path(ctx.paths.text),
+            gps=ctx.gps,
+            config=config,
+            near_km=gps["near_km"],
+            first_bracket_km=gps["brackets_km"][0],
+            masks=masks,
+        )
+        torch.manual_seed(seed)
+        model, _, _ = fit_member(config=config, tables=tables, vocab=vocab)
+        out[mode] = {"val_mcc": scores(model, tables["val"], config)["mcc"]} | {
+            f"test_{k}": v for k, v in scores(model, tables["test"], config).items()
+        }
+        if mode == "image":
+            out["validator_mcc"] = validator_score(model, config, vocab, ctx.challenges)
+        elif name in ("dora", "tta"):
+            out["refined_test_mcc"] = refinement(ctx, name, model, config, tables)
+    return out
+
+
+def spread(values: list[float | None]) -> str:
+    """mean [min, max] over seeds."""
+    values = [v for v in values if v is not None]
+    if not values:
         return "n/a"
-    # Intervals are `mcc_lo`/`mcc_hi`; runs made before that change stored a list `mcc_ci`.
-    lo, hi = scores["mcc_ci"] if "mcc_ci" in scores else (scores["mcc_lo"], scores["mcc_hi"])
-    return f"{scores['mcc']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{np.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def write_table(results: dict[str, dict], out: Path) -> None:
+def write_table(results: dict[str, dict[str, Any]], out: Path) -> None:
     params = load_params()
     synth, extract = params["synth"], params["extract"]
     lines = [
         "# Ablations",
         "",
-        f"Generated by `python bench/ablate.py` on {datetime.date.today()}: one DVC experiment per row, each",
-        "a single member trained on the same caches; MCC at threshold 0.5 with 95 % bootstrap intervals",
-        "over videos (`submit.bootstrap` resamples). Validation = grouped 20 % of the train split; test =",
-        "the test split (never used for any choice).",
+        f"Generated by `python bench/ablate.py` on {datetime.date.today()}: each row trains one member",
+        f"on the same caches with seeds {', '.join(map(str, SEEDS))}; each cell is the mean over the seeds",
+        "and, in brackets, the lowest and highest. MCC at threshold 0.5 (validator: rounded at 0.5 after",
+        "the calibration fitted on the validation challenges). Validation = the grouped 20 % of the train",
+        "split, test = the test split (never used for any choice), validator = the test challenges'",
+        "real half.",
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python "
         f"{platform.python_version()}, no GPU",
         f"- data: the embedded default, synthetic {synth['rows']['train']} train + "
-        f"{synth['rows']['test']} test images, scale {synth['scale']}, seed "
-        f"{synth['seed']}; backbone `{params['backbone']['model']}` (random weights); view side "
-        f"{extract['side']}, {extract['aug_copies']} augmented copy per training image",
+        f"{synth['rows']['test']} test images, scale {synth['scale']}, seed {synth['seed']}; backbone "
+        f"`{params['backbone']['model']}`; view side {extract['side']}, {extract['aug_copies']} augmented + "
+        f"{extract.get('challenge_copies', 0)} validator-style copies per training image",
         "",
-        "| row | what | val MCC [95 % CI] | test MCC [95 % CI] | test ROC-AUC |",
-        "|---|---|---|---|---|",
+        "| row | what | val MCC (metadata) | test MCC (metadata) | test MCC (image only) | test ROC-AUC "
+        "(image only) | validator MCC (image only) | refined test MCC |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, (what, _) in ROWS.items():
-        final = results.get(name)
-        if final is None:
-            lines.append(f"| {name} | {what} | not run | not run | |")
+        runs = [results.get(f"{name}/{seed}") for seed in SEEDS]
+        runs = [r for r in runs if r]
+        if not runs:
+            lines.append(f"| {name} | {what} | not run | | | | | |")
             continue
-        auc = final["test"]["roc_auc"] if final.get("test") else None
-        lines.append(
-            f"| {name} | {what} | {cell(final.get('val'))} | {cell(final.get('test'))} | "
-            f"{'n/a' if auc is None else f'{auc:.3f}'} |"
-        )
-    # Keep the hand-written reading of the table (everything from READING on) across regenerations.
-    if out.is_file() and READING in out.read_text():
+        cells = [
+            spread([r["full"]["val_mcc"] for r in runs]),
+            spread([r["full"]["test_mcc"] for r in runs]),
+            spread([r["image"]["test_mcc"] for r in runs]),
+            spread([r["image"]["test_auc"] for r in runs]),
+            spread([r["validator_mcc"] for r in runs]),
+            spread([r.get("refined_test_mcc") for r in runs]),
+        ]
+        lines.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
+    if out.is_file() and READING in out.read_text():  # keep the hand-written reading
         lines += ["", READING + out.read_text().split(READING, 1)[1].rstrip()]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
@@ -158,13 +289,24 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", nargs="+", choices=sorted(ROWS), help="rows to run (default: all)")
-    parser.add_argument("--collect", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--results", type=Path, default=Path("bench/results/ablations.json"))
     parser.add_argument("--out", type=Path, default=Path("docs/ablations.md"))
+    parser.add_argument("--table", action="store_true", help="only rewrite the table from saved results")
     args = parser.parse_args()
-    if not args.collect:
-        queue(args.only or list(ROWS))
-        dvc("exp", "run", "--run-all", "--jobs", "1")
-    write_table(collect(), args.out)
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    if not args.table:
+        ctx = Context(load_params())
+        for name in args.only or list(ROWS):
+            for seed in args.seeds:
+                key = f"{name}/{seed}"
+                if key in results:  # done in an earlier (maybe killed) run
+                    continue
+                results[key] = run_row(ctx, name, seed)
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                args.results.write_text(json.dumps(results, indent=1) + "\n")
+                print(f"{key}: {json.dumps(results[key])}", flush=True)
+    write_table(results, args.out)
 
 
 if __name__ == "__main__":

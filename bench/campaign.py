@@ -1,48 +1,43 @@
 """Campaign benchmark: the real stages end to end on NATIX-shaped synthetic data, timed stage by stage.
 
-    python bench/campaign.py                                   # tiny: 1 % of NATIX, full-size frames,
-                                                               # tiny models, on this machine (CPU)
+    python bench/campaign.py                     # 1 % of NATIX, real frame sizes, tiny models, this machine
     python bench/campaign.py --fraction 0.02 --out docs/bench/campaign-cpu2.json
-    python bench/campaign.py --full --fraction 0.05 --out docs/bench/campaign-h200.json
-                                                               # the real architectures on a GPU
+    python bench/campaign.py --full --fraction 0.05 --out docs/bench/campaign-h200.json   # on a GPU
 
-A fresh project is built in a temporary directory (the code of `roadwork/` and `stages/`, dvc.yaml, and
-the configuration written by `roadwork.config.write_params`), the `synth` stage writes a dataset of
-NATIX's shape there (`--fraction` of the real split sizes, 6,251 train and 2,298 test images;
-`synth.scale` 1.0: 1920x1080 video frames and 4032x3024 phone photos, `synth.phone_share` of them
-photos), and then every stage runs once, in dvc.yaml's order, as its own process
-(`python -m stages.<name>`, what `dvc repro` runs; DVC's own hashing is left out, see
-docs/benchmarks.md "DVC at NATIX scale"): config, synth, ingest, backbone, gps, views, text, extract,
-sam, masks, train@<member> for every ensemble member, finetune, tta, submit.
+A fresh project is built in a temporary directory: the code of `roadwork/` and `stages/`, dvc.yaml, and
+the configuration (`roadwork.config.write_params`). Then every stage that `--through` (default: submit)
+depends on runs once, in dependency order, as its own process, with the command dvc.yaml gives it
+(matrix stages expanded: one train@<member> per ensemble member): config, synth, ingest, backbone, gps,
+views, text, extract, sam, masks, challenge, train@<member>..., finetune, tta, submit, as dvc.yaml
+stands today. DVC itself does not run: its hashing of outputs is measured apart (docs/benchmarks.md,
+"DVC at NATIX scale"). The data are NATIX-shaped: `--fraction` of the real split sizes (6,251 train and
+2,298 test images), at `synth.scale` 1.0 1920x1080 video frames and 4032x3024 phone photos
+(`synth.phone_share` of them photos). The `synth` step, the stand-in for the download, is this script's
+`make_data`: the synth stage's generator on every core, its generated half at scale 0.25.
 
-Per stage: wall seconds; throughput in the unit that stage's work grows with (images, views, training
-images); peak host memory (the largest process, from wait4, and the sum over the stage's process tree,
-polled every 0.2 s); with a GPU, the utilisation (mean and max) and the peak memory in use, polled by
-`nvidia-smi -lms 200` (on a CPU machine: n/a).
+Per stage: wall seconds; start-up (process start to the stage module imported); work units and
+throughput (images, views or training images per wall second); peak host memory (the largest process,
+from wait4, and the sum over the stage's process tree, DataLoader workers included, polled every 0.2 s);
+with a GPU, the utilisation (mean and max) and the peak memory in use from `nvidia-smi -lms 200`
+(n/a without one).
 
-The projection to the full NATIX size splits each stage's time into a fixed part and a part that
-grows with its work, from the stage's own progress lines (`roadwork.progress`: the loop over images,
-epochs or folds; the first segment of a loop, which holds compilation, worker start-up and warm-up,
-counts as fixed beyond the loop's steady rate):
-
-    projected = fixed + steady x (units at NATIX size) / (units measured)
-
-where steady = loop units / steady rate of the loop and fixed = wall - steady. A stage without a loop
-line takes `fixed` = the bare start-up of a Python process importing torch, polars and roadwork
-(measured once per campaign); model materialisation (`backbone`, `sam`) and `config` do not grow with
-the data (projected = wall). The units: images for ingest, gps, views, text and masks; views,
-12 x (train images x (1 + extract.aug_copies) + test images), for extract; training images for each
-train@<member> (the same number of epochs assumed); adaptation-split images for finetune;
-augmentations x test images x 12 views for tta; test images for submit. `synth` is the stand-in for
-the download and is not projected. A projection from a small fraction is a projection: it assumes the
-per-unit cost stays what it was (no cache or memory effects at scale).
+The projection to the full NATIX size (`FORMULA`) splits each stage's wall time into a fixed part and
+its work: the main thread's time outside imports, model and head loading and torch.compile's
+compilation, sampled from its stack every 10 ms by the wrapper the stage runs under (`STAGE_WRAPPER`,
+which then runs the module exactly as `python -m` does). The work grows with the stage's work units:
+images (ingest, gps, views, text, masks, challenge), views = 12 x (train images x copies + test images)
+(extract; copies = 1 + aug_copies + challenge_copies), training images (train@<member>: the same number
+of epochs assumed), adaptation-split images (finetune), augmentations x test images x 12 views (tta),
+test images (submit). config, backbone and sam do not grow with the data; synth stands in for the
+download and is not projected.
 
 `--full`: ViT-H+/16 (840.6M parameters, bench/backbone.py's `vith16plus`) and SAM 3 (`Sam3Config()`,
 840.4M) with random weights (speed does not depend on the values), saved with `save_pretrained` in
 float32 (as the real checkpoints are) and named by `backbone.model` / `masks.model`; the README's
 real-data settings (bf16, `extract.side` 512, `extract.compile`, shards of 512 rows, head width 512,
 DESIGN's 16 TTA augmentations) and `--workers` DataLoader workers for extract, masks and tta. It needs
-a GPU. `--members`, `--epochs`, `--side` and `--scale` shrink a run (the test runs it tiny on the CPU).
+a GPU. `--members`, `--epochs`, `--side`, `--scale` and `--set KEY=VALUE` shrink a run (the test runs
+it tiny on the CPU).
 
 Prints one markdown table and, with `--out`, writes a JSON file: the machine, the software versions,
 the command, the date, the settings, the per-stage numbers and the projection.
@@ -57,15 +52,18 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/campaign.py`: the project root is not on the path
@@ -75,6 +73,7 @@ from roadwork.config import load_params, write_params  # noqa: E402
 
 NATIX = {"train": 6251, "test": 2298}  # natix-network-org/roadwork: 8,549 labelled images
 MIN_ROWS = {"train": 48, "test": 16}  # the validation split and the 5 DoRA folds need a few videos each
+GENERATED_SCALE = 0.25  # the generated half's size (1008x756 photos): challenges cut it to 224 px
 SHARD_IMAGES = 500  # synthetic images per parquet shard (about 0.4 GB at full size)
 POLL_S = 0.2
 # DESIGN's 16 TTA augmentations (README, "Real data and checkpoints").
@@ -96,15 +95,6 @@ TTA_16 = [
     {"contrast": 0.9, "saturation": 1.1},
     {"contrast": 1.1, "saturation": 0.9},
 ]
-# The progress loop (`roadwork.progress` desc) whose lines time each stage's per-unit work.
-LOOPS = {
-    "ingest": "ingest: image headers",
-    "extract": "extract",
-    "masks": "masks",
-    "train": "epochs",
-    "finetune": "DoRA folds",
-    "tta": "tta",
-}
 CONSTANT = ("config", "backbone", "sam")  # work that does not grow with the data
 
 
@@ -140,12 +130,13 @@ def campaign_params(args: argparse.Namespace, models: dict[str, str]) -> dict[st
         params["ensemble"]["top_k"] = min(params["ensemble"]["top_k"], len(args.members))
     if args.epochs:
         params["train"].update(epochs=args.epochs, patience=min(params["train"]["patience"], args.epochs))
+    # Random weights throughout (speed does not depend on them): "tiny" builds the configured tiny
+    # architectures, --full names the saved full-size ones.
+    params["backbone"]["model"], params["masks"]["model"] = models["backbone"], models["masks"]
     if args.full:
         workers = args.workers
-        params["backbone"].update(model=models["backbone"], dtype="bfloat16")
-        params["masks"].update(
-            model=models["masks"], dtype="bfloat16", device="cuda", shard_rows=512, workers=workers
-        )
+        params["backbone"].update(dtype="bfloat16")
+        params["masks"].update(dtype="bfloat16", device="cuda", shard_rows=512, workers=workers)
         params["extract"].update(
             side=512, batch_images=8, workers=workers, device="cuda", compile=True, shard_rows=512
         )
@@ -161,13 +152,19 @@ def campaign_params(args: argparse.Namespace, models: dict[str, str]) -> dict[st
             params[name]["workers"] = args.workers
     if args.side:
         params["extract"]["side"] = args.side
-    if args.tiny_sam_side:
-        params["masks"]["tiny"]["image_size"] = args.tiny_sam_side
     if args.device:
         for name in ("text", "extract", "masks", "train", "finetune", "tta"):
             params[name]["device"] = args.device
-    if args.bootstrap:
-        params["submit"]["bootstrap"] = args.bootstrap
+    for assignment in args.set or []:
+        key, sep, value = assignment.partition("=")
+        *parents, leaf = key.split(".")
+        try:
+            node = _lookup(params, ".".join(parents)) if parents else params
+            if not sep or leaf not in node:
+                raise KeyError(key)
+        except (KeyError, TypeError):
+            raise SystemExit(f"--set {assignment}: expected KEY=VALUE, KEY in the configuration") from None
+        node[leaf] = yaml.safe_load(value)
     return params
 
 
@@ -181,14 +178,44 @@ def build_full_models(directory: Path) -> dict[str, str]:
     from roadwork.features.sam import build_tiny_tokenizer
 
     out = {"backbone": directory / "vith16plus", "masks": directory / "sam3"}
-    torch.manual_seed(0)
-    DINOv3ViTModel(vith16plus()).save_pretrained(out["backbone"])
-    torch.manual_seed(0)
-    Sam3Model(Sam3Config()).save_pretrained(out["masks"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # initialising 1.7B weights
+    for name, build in (
+        ("backbone", lambda: DINOv3ViTModel(vith16plus())),
+        ("masks", lambda: Sam3Model(Sam3Config())),
+    ):
+        torch.manual_seed(0)
+        with device:
+            model = build()
+        model.save_pretrained(out[name])
+        del model
     # The real tokenizer is a download; the tiny one's ids fit the real 49,408-token vocabulary.
     processor = Sam3Processor(image_processor=Sam3ImageProcessor(), tokenizer=build_tiny_tokenizer())
     processor.save_pretrained(out["masks"])
     return {k: str(v) for k, v in out.items()}
+
+
+def make_data(project: Path) -> None:
+    """What the `synth` stage writes, written faster (every core; the generated half at a small scale).
+
+    The stage's generator with its rendering processes capped at 2 and the generated half (the second
+    style, only cut into 224 px challenges) drawn at full size, where its edge-preserving filter takes
+    ~50 s per 4032x3024 photo, would cost a GPU host more than the stages measured.
+    """
+    from dataclasses import replace
+
+    from roadwork.config import load_paths, section
+    from roadwork.synth import dataset
+
+    params = load_params(project / "params.yaml")
+    paths, config = load_paths(params), section(dataset.SynthConfig, params, "synth")
+    workers = os.cpu_count() or 1
+    start = time.perf_counter()
+    dataset.write_dataset(config, project / paths.synthetic, workers=workers)
+    generated = getattr(paths, "synthetic_generated", None)
+    if generated and hasattr(dataset, "write_generated"):
+        small = replace(config, scale=min(config.scale, GENERATED_SCALE))
+        dataset.write_generated(small, project / generated, workers=workers)
+    print(f"campaign: data written in {time.perf_counter() - start:.1f} s by {workers} processes")
 
 
 def make_project(directory: Path, params: dict[str, Any]) -> None:
@@ -199,13 +226,130 @@ def make_project(directory: Path, params: dict[str, Any]) -> None:
     write_params(directory, params)
 
 
-def stage_commands(params: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """(name, argv) of every stage in dvc.yaml's order, one train@<member> per ensemble member."""
-    before = ["config", "synth", "ingest", "backbone", "gps", "views", "text", "extract", "sam", "masks"]
-    out = [(name, ["-m", f"stages.{name}"]) for name in before]
-    out += [(f"train@{m}", ["-m", "stages.train", m]) for m in params["ensemble"]["members"]]
-    out += [(name, ["-m", f"stages.{name}"]) for name in ("finetune", "tta", "submit")]
-    return [(name, [sys.executable, *argv]) for name, argv in out]
+def _lookup(params: dict[str, Any], dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _resolve(text: str, params: dict[str, Any], key: str | None) -> str:
+    """dvc.yaml's `${a.b}` interpolation (and a matrix stage's `${key}`) of one string."""
+
+    def value(match: re.Match) -> str:
+        name = match[1]
+        if key is not None and name in ("key", "item.member", "key.member"):
+            return key
+        return str(_lookup(params, name))
+
+    return re.sub(r"\$\{([^}]+)\}", value, text)
+
+
+def _paths(entries: list | None, params: dict[str, Any], key: str | None) -> list[str]:
+    """The paths of a deps / outs / metrics / plots list (entries are strings or {path: options})."""
+    out = []
+    for entry in entries or []:
+        path = entry if isinstance(entry, str) else next(iter(entry))
+        out.append(_resolve(path, params, key).rstrip("/"))
+    return out
+
+
+def pipeline(project: Path, params: dict[str, Any], through: str) -> list[tuple[str, list[str]]]:
+    """(name, argv) of `through` and every stage it depends on, from the project's dvc.yaml (matrix
+    stages expanded, `${...}` resolved), in dependency order (ties in dvc.yaml's order)."""
+    spec = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    stages: dict[str, dict[str, Any]] = {}
+    for name, stage in spec.items():
+        keys: list[str | None] = [None]
+        if "matrix" in stage:
+            ((_, values),) = stage["matrix"].items()
+            values = _lookup(params, values[2:-1]) if isinstance(values, str) else values
+            keys = list(values)
+        for key in keys:
+            stages[name if key is None else f"{name}@{key}"] = {
+                "cmd": _resolve(stage["cmd"], params, key),
+                "deps": _paths(stage.get("deps"), params, key),
+                "outs": [
+                    p for kind in ("outs", "metrics", "plots") for p in _paths(stage.get(kind), params, key)
+                ],
+            }
+    if through not in stages:
+        raise SystemExit(f"--through {through}: not a stage of dvc.yaml ({', '.join(stages)})")
+
+    def inside(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+    needs = {
+        name: {
+            other
+            for other, o in stages.items()
+            if other != name and any(inside(d, out) for d in s["deps"] for out in o["outs"])
+        }
+        for name, s in stages.items()
+    }
+    wanted, todo = set(), [through]
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo += needs[name]
+    order: list[str] = []
+    while len(order) < len(wanted):
+        ready = [n for n in stages if n in wanted and n not in order and needs[n] <= set(order)]
+        if not ready:
+            raise SystemExit(f"dvc.yaml: a cycle among {sorted(wanted - set(order))}")
+        order.append(ready[0])
+    out = []
+    for name in order:
+        argv = shlex.split(stages[name]["cmd"])
+        if name == "synth":  # the stand-in for the download: written by this script (`make_data`)
+            argv = [sys.executable, str(Path(__file__).resolve()), "--make-data", str(project)]
+        elif argv[:2] == ["python", "-m"]:  # the same module, run so that it says when its imports are done
+            argv = [sys.executable, "-c", STAGE_WRAPPER, *argv[2:]]
+        elif argv[0] == "python":
+            argv[0] = sys.executable
+        out.append((name, argv))
+    return out
+
+
+# `python -m MODULE ARGS...`, run as -m runs it, with two probes: the time the module's own imports are
+# done (the start-up), and a 10 ms sampler of the main thread's stack that adds up the time spent outside
+# imports, model / head loading and torch.compile's compilation (the stage's work: what grows with the
+# data), printed at exit.
+STAGE_WRAPPER = """
+import atexit, importlib, runpy, sys, threading, time
+module = sys.argv[1]
+sys.argv = [module, *sys.argv[2:]]
+LOADING = {"from_pretrained", "load_model", "load_encoder", "load_backbone", "load_sam", "load_head",
+           "load_state_dict"}
+COMPILING = ("/torch/_dynamo/convert_frame.py", "/torch/_inductor/compile_fx.py")
+main, work = threading.get_ident(), [0.0]
+def fixed(frame):
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in LOADING or code.co_filename.startswith("<frozen importlib"):
+            return True
+        if code.co_filename.endswith(COMPILING):
+            return True
+        frame = frame.f_back
+    return False
+def sample():
+    last = time.perf_counter()
+    while True:
+        time.sleep(0.01)
+        now = time.perf_counter()
+        if not fixed(sys._current_frames().get(main)):
+            work[0] += now - last
+        last = now
+threading.Thread(target=sample, daemon=True).start()
+atexit.register(lambda: print(f"campaign: work {work[0]:.3f}", flush=True))
+importlib.import_module(module)
+print(f"campaign: imported {time.time():.6f}", flush=True)
+del sys.modules[module]  # run it afresh as __main__ (its imports are cached by now)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+_IMPORTED = re.compile(r"^campaign: imported (\d+\.\d+)$", re.MULTILINE)
+_WORK = re.compile(r"^campaign: work (\d+\.\d+)$", re.MULTILINE)
 
 
 # ---------------------------------------------------------------------------------------------- probes
@@ -234,7 +378,7 @@ class GpuMonitor:
         except (OSError, subprocess.SubprocessError):
             return
         self._process = subprocess.Popen(
-            [*query, "--query-gpu=utilization.gpu,memory.used", f"-lms={int(POLL_S * 1000)}"],
+            [*query, "--query-gpu=utilization.gpu,memory.used", f"--loop-ms={int(POLL_S * 1000)}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -314,12 +458,14 @@ class StageRun:
     gpu_util_mean: float | None = None
     gpu_util_max: float | None = None
     gpu_mem_peak_mib: float | None = None
-    loops: list[dict[str, float]] = field(default_factory=list)  # per progress loop: n, seconds, steady
+    startup_s: float | None = None  # process start to the stage module imported (STAGE_WRAPPER)
+    sampled_work_s: float | None = None  # main thread outside imports, loading, compiling (STAGE_WRAPPER)
     unit: str = ""
     units: float = 0.0
     natix_units: float = 0.0
     fixed_s: float = 0.0
     variable_s: float = 0.0
+    projection: str = ""  # constant | sampled | linear (no sample: all of it grows) | "" (synth)
     projected_s: float | None = None
 
 
@@ -329,7 +475,7 @@ def run_stage(name: str, argv: list[str], cwd: Path, env: dict[str, str], gpu: G
     log.parent.mkdir(exist_ok=True)
     peak_tree = 0.0
     with log.open("w") as out:
-        start = time.perf_counter()
+        start, started = time.perf_counter(), time.time()
         process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         done = threading.Event()
 
@@ -356,56 +502,13 @@ def run_stage(name: str, argv: list[str], cwd: Path, env: dict[str, str], gpu: G
         tree_rss_peak_mib=max(peak_tree, usage.ru_maxrss / 1024),
         **(gpu.window(start, end) if gpu.available else {}),
     )
-    desc = LOOPS.get(name.split("@")[0])
-    run.loops = progress_loops(text, desc) if desc else []
+    imported = _IMPORTED.search(text)
+    if imported:
+        run.startup_s = max(0.0, float(imported[1]) - started)
+    work = _WORK.search(text)
+    if work:
+        run.sampled_work_s = min(run.wall_s, float(work[1]))
     return run
-
-
-_LINE = re.compile(  # tqdm's meter without a bar: "desc:  25% 300/1200 [00:12<00:37, 24.30img/s]"
-    r"^(?P<desc>.+?): +\d+% (?P<n>\d+)/(?P<total>\d+) \[[^\]<]*<[^,\]]*, +"
-    r"(?:(?P<inv>[\d.]+)s/\S+|(?P<rate>[\d.]+)\S*/s|\?\S*/s)\]$"
-)
-
-
-def progress_loops(text: str, desc: str) -> list[dict[str, float]]:
-    """The loops of one progress description in a log (`roadwork.progress` lines, tqdm's meter): per loop
-    its units `n`, its `seconds`, and `steady`, the seconds those units take at the loop's rate after its
-    first line (the first segment holds compilation and warm-up)."""
-    loops: list[list[tuple[int, float]]] = []
-    for line in text.splitlines():
-        match = _LINE.match(line.strip())
-        if not match or match["desc"] != desc:
-            continue
-        n = int(match["n"])
-        if match["inv"]:
-            seconds = n * float(match["inv"])
-        elif match["rate"] and float(match["rate"]) > 0:
-            seconds = n / float(match["rate"])
-        else:  # "?it/s": nothing done yet
-            seconds = 0.0
-        if not loops or n < loops[-1][-1][0]:
-            loops.append([])
-        loops[-1].append((n, seconds))
-    out = []
-    for points in loops:
-        n, seconds = points[-1]
-        n1, t1 = points[0]
-        steady = seconds
-        if len(points) >= 2 and n > n1 and seconds > t1:
-            steady = n * (seconds - t1) / (n - n1)  # all n units at the rate after the first line
-        out.append({"n": n, "seconds": seconds, "steady": min(steady, seconds)})
-    return out
-
-
-def startup_seconds(env: dict[str, str], cwd: Path) -> float:
-    """Wall time of a bare stage-like process: Python importing torch, polars and the roadwork basics."""
-    code = "import torch, polars, zarr, roadwork.config, roadwork.data.index"
-    times = []
-    for _ in range(2):  # the first may pay for a cold file cache
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=True)
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 # ---------------------------------------------------------------------------------------------- projection
@@ -414,7 +517,7 @@ def startup_seconds(env: dict[str, str], cwd: Path) -> float:
 def work_units(params: dict[str, Any], counts: dict[str, int], views: int) -> dict[str, tuple[str, float]]:
     """(unit, amount) of the work of each data-dependent stage for the given split sizes."""
     train, test = counts["train"], counts["test"]
-    copies = 1 + params["extract"]["aug_copies"]
+    copies = 1 + params["extract"]["aug_copies"] + params["extract"].get("challenge_copies", 0)
     splits = params["extract"]["splits"]
     extract_views = views * (train * copies * ("train" in splits) + test * ("test" in splits))
     tta_images = sum(
@@ -437,8 +540,13 @@ def work_units(params: dict[str, Any], counts: dict[str, int], views: int) -> di
     return units
 
 
-def project(runs: list[StageRun], params: dict[str, Any], counts: dict[str, int], startup: float) -> None:
-    """Fill in each run's units and its projection to the full NATIX size (module docstring)."""
+def stage_units(stage: str, units: dict[str, tuple[str, float]], counts: dict[str, int]) -> tuple[str, float]:
+    """A stage's work; a stage `work_units` does not know (a new one) counts images."""
+    return units.get(stage, ("images", counts["train"] + counts["test"]))
+
+
+def project(runs: list[StageRun], params: dict[str, Any], counts: dict[str, int]) -> None:
+    """Fill in each run's work and its projection to the full NATIX size (see the module docstring)."""
     from roadwork.config import section
     from roadwork.views.plan import ViewsConfig, n_views
 
@@ -446,19 +554,20 @@ def project(runs: list[StageRun], params: dict[str, Any], counts: dict[str, int]
     measured = work_units(params, counts, views)
     natix = work_units(params, NATIX, views)
     for run in runs:
-        if run.stage == "synth":
+        if run.stage == "synth":  # the stand-in for the download
             continue
-        if run.stage in CONSTANT or run.stage not in measured:
-            run.fixed_s, run.projected_s = run.wall_s, run.wall_s
+        if run.stage in CONSTANT:
+            run.projection, run.fixed_s, run.projected_s = "constant", run.wall_s, run.wall_s
             continue
-        run.unit, run.units = measured[run.stage]
-        run.natix_units = natix[run.stage][1]
-        if run.loops:
-            run.variable_s = sum(loop["steady"] for loop in run.loops)
+        run.unit, run.units = stage_units(run.stage, measured, counts)
+        run.natix_units = stage_units(run.stage, natix, NATIX)[1]
+        ratio = run.natix_units / max(run.units, 1e-9)
+        if run.sampled_work_s is None:  # a command other than `python -m`: all of it grows
+            run.projection, run.variable_s = "linear", run.wall_s
         else:
-            run.variable_s = max(0.0, run.wall_s - startup)
+            run.projection, run.variable_s = "sampled", run.sampled_work_s
         run.fixed_s = run.wall_s - run.variable_s
-        run.projected_s = run.fixed_s + run.variable_s * run.natix_units / max(run.units, 1e-9)
+        run.projected_s = run.fixed_s + run.variable_s * ratio
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -494,6 +603,7 @@ def machine_info(gpu: GpuMonitor) -> dict[str, Any]:
         "memory_gb": memory_gb,
         "gpu": gpu.name,  # "name, memory MiB, driver" or null
         "gpu_idle_mib": gpu.idle_mib(),
+        "load_average": os.getloadavg(),  # other work on the machine (at the end of the campaign)
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
@@ -504,13 +614,28 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def _projected(run: StageRun) -> str:
+    if run.projected_s is None:
+        return "-"
+    return f"{run.projected_s:,.0f}" + (" (constant)" if run.projection == "constant" else "")
+
+
+def totals(runs: list[StageRun]) -> dict[str, float]:
+    return {
+        "measured_s": sum(r.wall_s for r in runs),
+        "measured_without_synth_s": sum(r.wall_s for r in runs if r.stage != "synth"),
+        "projected_s": sum(r.projected_s for r in runs if r.projected_s is not None),
+    }
+
+
 def table(runs: list[StageRun], gpu: bool) -> str:
     """The markdown table: one row per stage, the totals last."""
     head = (
-        "| stage | wall s | work | throughput | GPU util % mean / max | GPU mem peak GiB "
-        "| host RSS peak GiB (largest process / all) | fixed s | NATIX work | projected NATIX s |"
+        "| stage | wall s | start-up s | work s | work units | throughput | GPU util % mean / max "
+        "| GPU mem peak GiB | host RSS peak GiB, largest process / all | NATIX work units "
+        "| projected NATIX s |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in runs:
         work = f"{r.units:,.0f} {r.unit}" if r.unit else "-"
         rate = f"{r.units / r.wall_s:,.1f} {r.unit}/s" if r.unit else "-"
@@ -518,28 +643,26 @@ def table(runs: list[StageRun], gpu: bool) -> str:
         memory = _fmt(r.gpu_mem_peak_mib / 1024, 2) if gpu and r.gpu_mem_peak_mib is not None else "n/a"
         rss = f"{r.rss_peak_mib / 1024:.2f} / {r.tree_rss_peak_mib / 1024:.2f}"
         natix = f"{r.natix_units:,.0f}" if r.unit else "-"
-        projected = "(not projected)" if r.projected_s is None else _fmt(r.projected_s)
-        fixed = "-" if r.projected_s is None else _fmt(r.fixed_s)
         lines.append(
-            f"| {r.stage} | {r.wall_s:.1f} | {work} | {rate} | {util} | {memory} | {rss} | {fixed} "
-            f"| {natix} | {projected} |"
+            f"| {r.stage} | {r.wall_s:.1f} | {_fmt(r.startup_s)} | {_fmt(r.sampled_work_s)} | {work} "
+            f"| {rate} | {util} | {memory} "
+            f"| {rss} | {natix} | {_projected(r)} |"
         )
-    measured = sum(r.wall_s for r in runs)
-    projected = sum(r.projected_s for r in runs if r.projected_s is not None)
-    without_synth = sum(r.wall_s for r in runs if r.stage != "synth")
+    t = totals(runs)
     lines.append(
-        f"| **total** | {measured:.1f} ({without_synth:.1f} without synth) | | | | | | | "
-        f"| **{projected:,.0f} ({projected / 60:.1f} min)** |"
+        f"| **total** | {t['measured_s']:.1f} ({t['measured_without_synth_s']:.1f} without synth) "
+        f"| | | | | | | | | **{t['projected_s']:,.0f} ({t['projected_s'] / 60:.1f} min)** |"
     )
     return "\n".join(lines)
 
 
-FORMULA = (
-    "projected = fixed + (wall - fixed) x NATIX work / measured work; wall - fixed is the stage's "
-    "progress loop at its steady rate (after the loop's first line), or, for a stage without one, "
-    "wall - {startup:.1f} s (a bare Python start-up with torch, polars, roadwork); config, backbone "
-    "and sam are constant; NATIX = 6,251 train + 2,298 test images"
-)
+FORMULA = """\
+Projection to NATIX (6,251 train + 2,298 test images), per stage:
+  projected = fixed + work x NATIX work units / measured work units
+  work: the stage's main thread outside imports, model and head loading and torch.compile's
+  compilation (its stack sampled every 10 ms); fixed = wall - work. config, backbone and sam do not
+  grow with the data (projected = wall); synth, the data written here (the download of a real run), is
+  not projected. The total is the sum: it assumes the per-unit costs stay those measured here."""
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -557,20 +680,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", nargs="+", help="ensemble members to train (default: all)")
     parser.add_argument("--epochs", type=int, help="train.epochs (default: config.yaml's)")
     parser.add_argument("--side", type=int, help="extract.side (default: config.yaml's; 512 with --full)")
-    parser.add_argument("--tiny-sam-side", type=int, help="masks.tiny.image_size (tiny SAM 3 only)")
     parser.add_argument("--device", help="device of every model stage (default: auto / cuda with --full)")
-    parser.add_argument("--bootstrap", type=int, help="submit.bootstrap resamples (default: config's)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="any other configuration key, applied last (YAML values: --set finetune.folds=2)",
+    )
+    parser.add_argument("--through", default="submit", help="the last stage (default: submit)")
     parser.add_argument("--workdir", type=Path, help="build the project here (default: a temporary dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project directory")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
+    parser.add_argument("--make-data", type=Path, help=argparse.SUPPRESS)  # the `synth` step, in a child
     args = parser.parse_args(argv)
+    args.command = " ".join(["python", "bench/campaign.py", *map(shlex.quote, argv or sys.argv[1:])])
     if args.full and args.workers is None:
         args.workers = max(1, min(12, (os.cpu_count() or 1) - 2))
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    if args.make_data:
+        make_data(args.make_data)
+        return None
     if args.full:
         import torch
 
@@ -596,6 +729,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: GpuMonitor) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.UTC)
+    load_before = os.getloadavg()
     models = {"backbone": "tiny", "masks": "tiny"}
     prepare_s = 0.0
     if args.full:
@@ -612,18 +746,17 @@ def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: Gp
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
-    startup = startup_seconds(env, project_dir)
     rows = params["synth"]["rows"]
     print(
         f"campaign: {rows['train']} train + {rows['test']} test images ({args.fraction:g} of NATIX), "
         f"scale {args.scale:g}, backbone {Path(models['backbone']).name}, "
         f"SAM 3 {Path(models['masks']).name}, "
         f"side {params['extract']['side']}, {len(params['ensemble']['members'])} member(s); "
-        f"start-up floor {startup:.1f} s; in {project_dir}",
+        f"in {project_dir}",
         flush=True,
     )
     runs = []
-    for name, argv in stage_commands(params):
+    for name, argv in pipeline(project_dir, params, args.through):
         run = run_stage(name, argv, project_dir, env, gpu)
         runs.append(run)
         print(f"campaign: {name:<20} {run.wall_s:8.1f} s", flush=True)
@@ -632,16 +765,15 @@ def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: Gp
 
     index = read_index(project_dir / params["paths"]["prepared"])
     counts = {split: int((index["split"] == split).sum()) for split in NATIX}
-    project(runs, params, counts, startup)
+    project(runs, params, counts)
     text = table(runs, gpu.available)
-    formula = FORMULA.format(startup=startup)
     print()
     print(text)
-    print(f"\n{formula}")
+    print(f"\n{FORMULA}")
     result = {
-        "command": " ".join(["python", "bench/campaign.py", *sys.argv[1:]]),
+        "command": args.command,
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine_info(gpu),
+        "machine": machine_info(gpu) | {"load_average_before": load_before},
         "settings": {
             "fraction": args.fraction,
             "scale": args.scale,
@@ -659,14 +791,9 @@ def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: Gp
         },
         "indexed": counts,
         "prepare_models_s": prepare_s,
-        "startup_s": startup,
         "stages": [asdict(r) for r in runs],
-        "projection": {
-            "natix": NATIX,
-            "formula": formula,
-            "total_s": sum(r.projected_s for r in runs if r.projected_s is not None),
-        },
-        "measured_total_s": sum(r.wall_s for r in runs),
+        "totals": totals(runs),
+        "projection": {"natix": NATIX, "formula": FORMULA},
         "table": text,
     }
     if args.out:

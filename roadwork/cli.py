@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import datetime
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,31 +17,36 @@ from typing import Any, NamedTuple, Protocol, TextIO
 from roadwork.config import load_params, load_paths
 
 
+def _scores_line(name: str, scores: dict) -> str:
+    lo, hi = scores["mcc_lo"], scores["mcc_hi"]
+    auc = "" if scores.get("roc_auc") is None else f", ROC-AUC {scores['roc_auc']:.3f}"
+    reward = f", reward {scores['reward']:.3f}" if "reward" in scores else ""
+    mcc = f"MCC {scores['mcc']:.3f} (95% CI {lo:.3f}-{hi:.3f})"
+    return f"{name:>28} {mcc}, accuracy {scores['accuracy']:.3f}{auc}{reward}"
+
+
 def summary(args: argparse.Namespace) -> int:
-    """Print the final metrics and where each output lives."""
+    """Print the served model's scores (validator-style challenges, NATIX test) and the outputs."""
     paths = load_paths(load_params(args.params))
-    final_path = Path(paths.submission) / "scores.json"
-    if not final_path.is_file():
-        print(f"{final_path}: not found; run `dvc repro` first", file=sys.stderr)
+    scores_path = Path(paths.submission) / "scores.json"
+    if not scores_path.is_file():
+        print(f"{scores_path}: not found; run `dvc repro` first", file=sys.stderr)
         return 1
-    final = json.loads(final_path.read_text())
-    for part in ("val", "test"):
-        scores = final.get(part)
-        if scores:
-            lo, hi = scores["mcc_lo"], scores["mcc_hi"]
-            auc = "n/a" if scores["roc_auc"] is None else f"{scores['roc_auc']:.3f}"
-            print(
-                f"{part:>5} MCC {scores['mcc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
-                f"accuracy {scores['accuracy']:.3f}, ROC-AUC {auc}"
-            )
-    print(f"members chosen: {', '.join(final['chosen'])}")
+    scores = json.loads(scores_path.read_text())
+    validator = Path(paths.validation) / "details.json"
+    if validator.is_file():  # what a StreetVision validator would pay for
+        details = json.loads(validator.read_text())
+        for domain, block in details["domains"].items():
+            print(_scores_line(f"validator challenges, {domain}", block))
+    print(_scores_line("NATIX test (with metadata)", scores["served"]["test"]))
+    print(f"served: {', '.join(scores['served']['members'])} (chosen for the {scores['target']} target)")
     print("outputs:")
     for label, path in (
         ("submission", Path(paths.submission) / "submission.csv"),
-        ("final metrics", final_path),
+        ("scores", scores_path),
+        ("validator", validator),
+        ("report", Path(paths.reports) / "index.html"),
         ("trained heads", Path(paths.heads)),
-        ("predictions", Path(paths.predictions)),
-        ("training logs", Path(paths.live)),
         ("feature cache", Path(paths.features)),
         ("ingest report", Path(paths.metrics) / "ingest.json"),
     ):
@@ -175,6 +182,46 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def card(args: argparse.Namespace) -> int:
+    """Write the `model_card.json` a StreetVision miner publishes with its model (shared VALIDATOR.md)."""
+    if not VERSION_RE.match(args.version):
+        print(f"--version {args.version!r}: expected X.Y.Z", file=sys.stderr)
+        return 2
+    if not args.name.strip() or not args.hotkey.strip():
+        print("--name and --hotkey must not be empty", file=sys.stderr)
+        return 2
+    paths = load_paths(load_params(args.params))
+    description = args.description or served_description(Path(paths.submission), Path(paths.metrics))
+    when = args.time or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    model_card = {
+        "model_name": args.name,
+        "description": description,
+        "version": args.version,
+        "submitted_by": args.hotkey,
+        "submission_time": when,
+    }
+    Path(args.out).write_text(json.dumps(model_card, indent=2) + "\n")
+    print(f"card: {args.out}")
+    return 0
+
+
+def served_description(submission: Path, metrics: Path) -> str:
+    """What is served, in one sentence, with the validator-mode score when it has been measured."""
+    choice = json.loads((submission / "ensemble.json").read_text())
+    text = (
+        f"roadwork: frozen DINOv3 features of 12 views per image, {len(choice['members'])} head(s) "
+        f"({', '.join(choice['members'])}) chosen for the {choice.get('target', 'natix')} target"
+    )
+    validator = metrics / "validator.json"
+    if validator.is_file():
+        scores = json.loads(validator.read_text())
+        text += f"; validator-style challenges: MCC {scores['mcc']:.3f}, reward {scores['reward']:.3f}"
+    return text
+
+
 def pretrain(args: argparse.Namespace) -> int:
     """Pretrain the tiny DINOv3 on the synthetic corpus and save it (the embedded default's backbone)."""
     from roadwork.config import section
@@ -227,6 +274,19 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=None, help="stop after this many steps (default: the recipe's)"
     )
     p.set_defaults(func=pretrain)
+    p = commands.add_parser(
+        "card",
+        help="write the model_card.json a StreetVision miner publishes",
+        description="The fields NATIX's backend checks: model_name (unique across miners), description, "
+        "version (X.Y.Z), submitted_by (the miner's hotkey), submission_time.",
+    )
+    p.add_argument("--name", required=True, help="model_name, unique across miners")
+    p.add_argument("--hotkey", required=True, help="submitted_by: the miner's hotkey")
+    p.add_argument("--version", default="1.0.0", help="X.Y.Z (default 1.0.0)")
+    p.add_argument("--description", default=None, help="default: what is served, with its validator score")
+    p.add_argument("--time", default=None, help="submission_time (default: now, UTC, ISO 8601)")
+    p.add_argument("--out", default="model_card.json", help="where to write it (default model_card.json)")
+    p.set_defaults(func=card)
     args = parser.parse_args(argv)
     if args.command == "predict" and args.batch < 1:
         parser.error(f"--batch: must be >= 1, got {args.batch}")

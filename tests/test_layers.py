@@ -1,6 +1,6 @@
 """The library's floors: a module imports only from its own floor or the floors below it.
 
-    4  report/, predict.py, validate.py, cli.py   what a person reads or runs
+    4  report/, predict.py, validate.py, miner.py, cli.py   what a person reads or runs
     3  tta/, ensemble/                      refining and combining trained members
     2  train/                               training heads on cached features
     1  views/, features/                    cutting views, running models, the caches
@@ -23,6 +23,7 @@ FLOORS = {
     "predict": 4,
     "validate": 4,
     "cli": 4,
+    "miner": 4,
     "tta": 3,
     "ensemble": 3,
     "train": 2,

@@ -64,7 +64,7 @@ def run(cwd: Path, *args: str) -> str:
 def project(tmp_path_factory) -> Path:
     """A fresh git + DVC repository holding the project's code, dvc.yaml and a tiny configuration."""
     root = tmp_path_factory.mktemp("project")
-    for name in ("roadwork", "stages"):
+    for name in ("roadwork", "stages", "assets"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     (root / "docs").mkdir()
@@ -261,3 +261,58 @@ def test_predict_matches_the_pipeline_and_survives_bad_inputs(project: Path, tmp
     assert rc == 1 and [r["id"] for r in records] == files and "error" in records[1]
     # another batch composition: equal up to float summation order
     assert records[0]["probability"] == pytest.approx(by_id[files[0]]["probability"], abs=1e-6)
+
+
+@pytest.mark.e2e
+def test_validate_scores_what_roadwork_predict_answers(project: Path) -> None:
+    answers = pl.read_parquet(project / "validation/answers.parquet")
+    assert set(answers["level"].to_list()) <= {0, 1, 2, 3} and set(answers["domain"]) == {"real", "generated"}
+    for domain, frame in answers.group_by("domain"):
+        assert frame["label"].sum() * 2 == len(frame), domain  # balanced, like a validator's draws
+    files = answers["file"].to_list()
+    rc, records = predict(project, *(f"data/challenge/{f}" for f in files))
+    assert rc == 0
+    np.testing.assert_allclose([r["probability"] for r in records], answers["prob"].to_numpy(), atol=1e-6)
+    details = json.loads((project / "validation/details.json").read_text())
+    headline = json.loads((project / "metrics/validator.json").read_text())
+    assert headline["mcc"] == round(details["all"]["mcc"], 4) and 0.0 <= headline["mcc"] <= 1.0
+    assert sorted(details["levels"]) == sorted(str(v) for v in set(answers["level"].to_list()))
+    latency = json.loads((project / "metrics/validator_latency.json").read_text())
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"] and latency["n"] == len(answers)
+
+
+@pytest.mark.e2e
+def test_the_miner_detector_answers_like_predict_and_refuses_bad_input(project: Path) -> None:
+    from roadwork.miner import InvalidImageError, RoadworkDetector
+
+    detector = RoadworkDetector(project, device="cpu")
+    file = pl.read_parquet(project / "validation/answers.parquet")["file"][0]
+    image = Image.open(project / "data/challenge" / file)
+    _, records = predict(project, f"data/challenge/{file}")
+    assert detector(image) == pytest.approx(records[0]["probability"], abs=1e-6)
+    truncated = io.BytesIO((project / "data/challenge" / file).read_bytes()[:200])
+    with pytest.raises(InvalidImageError, match="cannot read the image"):
+        detector(Image.open(truncated))
+    with pytest.raises(InvalidImageError, match="expected a PIL image"):
+        detector(b"not an image")
+
+
+@pytest.mark.e2e
+def test_card_writes_the_fields_a_validator_backend_checks(project: Path) -> None:
+    out = run(
+        project, sys.executable, "-m", "roadwork.cli", "card", "--name", "rw-miner-1", "--hotkey", "5Fkey"
+    )
+    assert "model_card.json" in out
+    card = json.loads((project / "model_card.json").read_text())
+    assert sorted(card) == ["description", "model_name", "submission_time", "submitted_by", "version"]
+    assert (
+        card["model_name"] == "rw-miner-1" and card["submitted_by"] == "5Fkey" and card["version"] == "1.0.0"
+    )
+    assert "validator-style challenges: MCC" in card["description"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "roadwork.cli", "card", "--name", "x", "--hotkey", "y", "--version", "1.0"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "expected X.Y.Z" in bad.stderr

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from roadwork.config import Paths
 from roadwork.data.gps import read_clusters, read_weights
@@ -10,6 +14,7 @@ from roadwork.data.index import read_index
 from roadwork.ensemble.submit import SCORES_FILE
 from roadwork.features.cache import ExtractConfig
 from roadwork.report import analysis
+from roadwork.report.figures import data_uri
 from roadwork.report.gallery import failure_gallery
 from roadwork.report.html import ReportConfig, ReportData, render_report
 from roadwork.views.plan import read_plan
@@ -37,6 +42,7 @@ def report_data(
         width=config.thumb_width,
     )
     live, members, ablations = Path(paths.live), list(final["members"]), Path(config.ablations)
+    details = Path(paths.validation) / "details.json"
     return ReportData(
         final=final,
         test=test,
@@ -51,7 +57,23 @@ def report_data(
         gallery_notes=notes,
         ablations=analysis.markdown_tables(ablations.read_text()) if ablations.is_file() else None,
         ablations_source=str(ablations),
+        validator=json.loads(details.read_text()) if details.is_file() else None,
+        validator_worst=worst_challenges(Path(paths.validation), Path(paths.challenge), config.gallery),
     )
+
+
+def worst_challenges(validation: Path, challenge_dir: Path, count: int) -> list[dict[str, Any]]:
+    """The `count` most confidently wrong test challenges, each with its JPEG as a data URI."""
+    answers = validation / "answers.parquet"
+    if not answers.is_file():
+        return []
+    frame = pl.read_parquet(answers).with_columns(error=(pl.col("prob") - pl.col("label")).abs())
+    wrong = frame.filter((pl.col("prob") > 0.5).cast(pl.Int8) != pl.col("label"))
+    worst = wrong.sort(["error", "file"], descending=[True, False]).head(count)
+    return [
+        row | {"uri": data_uri((challenge_dir / row["file"]).read_bytes(), "image/jpeg")}
+        for row in worst.select("file", "domain", "level", "label", "prob").to_dicts()
+    ]
 
 
 def write_report(data: ReportData, out_dir: Path) -> Path:

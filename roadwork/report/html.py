@@ -19,6 +19,7 @@ from roadwork.report import analysis, figures
 from roadwork.report.gallery import GalleryItem
 
 SECTIONS = {
+    "validator": "Validator challenges",
     "final": "Final metrics",
     "slices": "Metrics per slice",
     "confusion": "Confusion matrix",
@@ -84,6 +85,8 @@ class ReportData:
     ablations: list[list[list[str]]] | None = None  # markdown tables, None when the doc does not exist
     ablations_source: str = ""
     missing_curves: list[str] = field(default_factory=list)  # members without dvclive logs
+    validator: dict[str, Any] | None = None  # <validation>/details.json; None before `validate` ran
+    validator_worst: list[dict[str, Any]] = field(default_factory=list)  # the worst challenges, as sent
 
 
 def esc(value: Any) -> str:
@@ -275,6 +278,32 @@ def ablations_section(tables: list[list[list[str]]] | None, source: str) -> str:
     return section("ablations", body + note(f"From {source}."))
 
 
+def validator_section(details: dict[str, Any] | None, worst: list[dict[str, Any]]) -> str:
+    """The served model as a StreetVision validator scores it, and the challenges it got most wrong."""
+    if details is None:
+        return section("validator", note("The validate stage has not run: no validator-style scores."))
+    groups = {"all": details["all"], **{f"domain {k}": v for k, v in details["domains"].items()}}
+    groups |= {f"level {k}": v for k, v in details["levels"].items()}
+    groups |= {f"{k.replace('/', ', level ')}": v for k, v in details["cells"].items()}
+    rows = [
+        [name, s["n"], with_ci(s, "mcc"), fmt(s["accuracy"]), with_ci(s, "reward")]
+        for name, s in groups.items()
+    ]
+    body = table(
+        ["challenges", "n", "MCC (floored)", "accuracy", "reward"], rows, [False, True, True, True, True]
+    )
+    if not details.get("generated_half"):
+        body += note("No generated half: the real half is scored alone.")
+    cards = "".join(
+        f'<div class="card">{img(w["uri"], w["file"], 224)}<dl><dt>label</dt><dd>{w["label"]}</dd>'
+        f"<dt>answer</dt><dd>{w['prob']:.3f}</dd><dt>level</dt><dd>{w['level']}</dd>"
+        f"<dt>domain</dt><dd>{esc(w['domain'])}</dd></dl></div>"
+        for w in worst
+    )
+    body += "<h3>The most confident mistakes, as the validator sent them (224 px JPEG)</h3>"
+    return section("validator", body + f'<div class="grid">{cards}</div>')
+
+
 def render_report(data: ReportData) -> str:
     """The whole page."""
     counts = analysis.confusion(data.test, data.threshold)
@@ -283,6 +312,7 @@ def render_report(data: ReportData) -> str:
     body = [
         f"<h1>roadwork: error analysis</h1><p>Ensemble of {esc(chosen)}; {len(data.test)} labelled test "
         f"images; threshold {data.threshold:g}.</p><nav>{nav}</nav>",
+        validator_section(data.validator, data.validator_worst),
         final_section(data.final),
         slices_section(analysis.all_slices(data.test, data.threshold)),
         confusion_section(counts, data.threshold),

@@ -1,0 +1,74 @@
+"""The embedded default's pretrained backbone: shipped, loadable, reproducible, trained on its own scenes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from transformers import DINOv3ViTModel
+
+from roadwork.config import load_params, section, to_dict
+from roadwork.features.backbone import TinyBackboneConfig
+from roadwork.features.corpus import KINDS, CorpusConfig, present, scene
+from roadwork.features.manifest import weights_fingerprint
+from roadwork.features.pretrain import FIRST_STEPS, RECORD_FILE, PretrainConfig, batch_order, pretrain
+from roadwork.synth.dataset import SynthConfig, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = load_params(ROOT / "params.yaml")
+SHIPPED = ROOT / PARAMS["backbone"]["model"]
+RECORD = json.loads((SHIPPED / RECORD_FILE).read_text())
+
+
+def test_the_shipped_checkpoint_loads_the_real_way_with_the_tiny_config():
+    model = DINOv3ViTModel.from_pretrained(SHIPPED, local_files_only=True)
+    tiny = section(TinyBackboneConfig, PARAMS["backbone"], "tiny")
+    assert (
+        model.config.hidden_size == tiny.hidden_size
+        and model.config.num_hidden_layers == tiny.num_hidden_layers
+    )
+    assert weights_fingerprint(model) == RECORD["fingerprint"]
+    assert RECORD["config"] == to_dict(PretrainConfig())  # made with the recipe the command runs
+
+
+def test_the_command_s_first_steps_give_the_shipped_first_steps():
+    tiny = section(TinyBackboneConfig, PARAMS["backbone"], "tiny")
+    extract = PARAMS["extract"]
+    _, record = pretrain(
+        PretrainConfig(), tiny, mean=tuple(extract["mean"]), std=tuple(extract["std"]), steps=FIRST_STEPS
+    )
+    assert len(record["first_steps"]) == FIRST_STEPS
+    for got, shipped in zip(record["first_steps"], RECORD["first_steps"], strict=True):
+        for key in ("loss", "view", "patch", "attr"):  # bit for bit on one machine; float noise elsewhere
+            assert got[key] == pytest.approx(shipped[key], rel=1e-4), (got["step"], key)
+
+
+def test_batches_take_whole_scenes_in_a_seeded_order():
+    config = PretrainConfig(corpus=CorpusConfig(scenes=20), steps=7, scenes_per_batch=4)
+    batches = batch_order(config)
+    assert len(batches) == 7 and all(len(b) == 4 for b in batches)
+    assert sorted(i for b in batches[:5] for i in b) == list(range(20))  # one pass covers the corpus
+    assert batch_order(config) == batches
+
+
+def test_a_scene_has_views_cover_and_no_roadwork_label():
+    out = scene(CorpusConfig(), 5)
+    assert out["views"].shape == (16, 112, 112, 3) and out["cover"].shape == (16, len(KINDS), 7, 7)
+    assert set(out) == {"views", "cover", "attrs", "jpeg"}  # targets: what is drawn, never a label
+    assert present(out["cover"], 4.0).any()  # scenery at least is drawn in every scene
+
+
+def test_the_corpus_shares_no_image_with_the_dataset():
+    """The corpus streams are seeded by a namespace no dataset unit uses; the bytes agree."""
+    synth = section(SynthConfig, PARAMS, "synth")
+    dataset = generate(synth, workers=2)
+    dataset_hashes = {
+        hashlib.sha256(r.row["image"]["bytes"]).hexdigest() for rows in dataset.values() for r in rows
+    }
+    corpus = CorpusConfig()
+    corpus_hashes = {
+        hashlib.sha256(scene(corpus, i)["jpeg"].tobytes()).hexdigest() for i in range(0, corpus.scenes, 30)
+    }
+    assert len(corpus_hashes) == 100 and not corpus_hashes & dataset_hashes
