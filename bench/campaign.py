@@ -110,10 +110,10 @@ def split_rows(fraction: float) -> dict[str, int]:
     return rows
 
 
-def campaign_params(args: argparse.Namespace, models: dict[str, str]) -> dict[str, Any]:
+def campaign_params(args: argparse.Namespace, models: dict[str, str], fraction: float) -> dict[str, Any]:
     """The project's configuration with NATIX-shaped synthetic data and the chosen models and settings."""
     params = load_params(ROOT / "params.yaml")
-    rows = split_rows(args.fraction)
+    rows = split_rows(fraction)
     params["synth"].update(
         rows=rows,
         shards={s: max(1, math.ceil(n / SHARD_IMAGES)) for s, n in rows.items()},
@@ -155,6 +155,14 @@ def campaign_params(args: argparse.Namespace, models: dict[str, str]) -> dict[st
     if args.device:
         for name in ("text", "extract", "masks", "train", "finetune", "tta"):
             params[name]["device"] = args.device
+    if len(args.fraction) > 1:  # two sizes: the same work per unit in both (see `fit`)
+        params["train"]["patience"] = params["train"]["epochs"]
+        params["finetune"]["patience"] = params["finetune"]["epochs"]
+        default = params["train"]["model"]
+        members = params["ensemble"]["members"].items()
+        heads = [name for name, member in members if member.get("model", default) != "mlp"]
+        heads = heads[: params["ensemble"]["top_k"]] or None  # None: no full head, nothing to adapt
+        params["finetune"]["members"] = params["tta"]["members"] = heads
     for assignment in args.set or []:
         key, sep, value = assignment.partition("=")
         *parents, leaf = key.split(".")
@@ -546,7 +554,7 @@ def stage_units(stage: str, units: dict[str, tuple[str, float]], counts: dict[st
 
 
 def project(runs: list[StageRun], params: dict[str, Any], counts: dict[str, int]) -> None:
-    """Fill in each run's work and its projection to the full NATIX size (see the module docstring)."""
+    """Fill in each run's work units and its projection to NATIX from this one run (`FORMULA`)."""
     from roadwork.config import section
     from roadwork.views.plan import ViewsConfig, n_views
 
@@ -568,6 +576,22 @@ def project(runs: list[StageRun], params: dict[str, Any], counts: dict[str, int]
             run.projection, run.variable_s = "sampled", run.sampled_work_s
         run.fixed_s = run.wall_s - run.variable_s
         run.projected_s = run.fixed_s + run.variable_s * ratio
+
+
+def fit(small: list[StageRun], large: list[StageRun]) -> None:
+    """Replace the projections of `large` by a line through both sizes' wall times (`FORMULA_FIT`):
+    wall = fixed + per_unit x units, per_unit >= 0 and fixed >= 0."""
+    by_name = {run.stage: run for run in small}
+    for run in large:
+        other = by_name.get(run.stage)
+        if other is None or run.projection in ("", "constant") or run.units <= other.units:
+            continue
+        per_unit = max(0.0, (run.wall_s - other.wall_s) / (run.units - other.units))
+        fixed = run.wall_s - per_unit * run.units
+        if fixed < 0:  # steeper than proportional: proportional through the larger run
+            fixed, per_unit = 0.0, run.wall_s / run.units
+        run.projection, run.fixed_s, run.variable_s = "fit", fixed, run.wall_s - fixed
+        run.projected_s = fixed + per_unit * run.natix_units
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -628,8 +652,10 @@ def totals(runs: list[StageRun]) -> dict[str, float]:
     }
 
 
-def table(runs: list[StageRun], gpu: bool) -> str:
-    """The markdown table: one row per stage, the totals last."""
+def table(runs: list[StageRun], gpu: bool, smaller: list[StageRun] | None = None) -> str:
+    """The markdown table: one row per stage, the totals last; with `smaller` (a run at a smaller
+    fraction), its wall times and work units beside this run's."""
+    before = {r.stage: r for r in smaller or []}
     head = (
         "| stage | wall s | start-up s | work s | work units | throughput | GPU util % mean / max "
         "| GPU mem peak GiB | host RSS peak GiB, largest process / all | NATIX work units "
@@ -637,16 +663,19 @@ def table(runs: list[StageRun], gpu: bool) -> str:
     )
     lines = [head, "|" + "---|" * 11]
     for r in runs:
+        other = before.get(r.stage)
+        wall = f"{other.wall_s:.1f} / {r.wall_s:.1f}" if other else f"{r.wall_s:.1f}"
         work = f"{r.units:,.0f} {r.unit}" if r.unit else "-"
+        if other and r.unit:
+            work = f"{other.units:,.0f} / {work}"
         rate = f"{r.units / r.wall_s:,.1f} {r.unit}/s" if r.unit else "-"
         util = f"{_fmt(r.gpu_util_mean, 0)} / {_fmt(r.gpu_util_max, 0)}" if gpu else "n/a"
         memory = _fmt(r.gpu_mem_peak_mib / 1024, 2) if gpu and r.gpu_mem_peak_mib is not None else "n/a"
         rss = f"{r.rss_peak_mib / 1024:.2f} / {r.tree_rss_peak_mib / 1024:.2f}"
         natix = f"{r.natix_units:,.0f}" if r.unit else "-"
         lines.append(
-            f"| {r.stage} | {r.wall_s:.1f} | {_fmt(r.startup_s)} | {_fmt(r.sampled_work_s)} | {work} "
-            f"| {rate} | {util} | {memory} "
-            f"| {rss} | {natix} | {_projected(r)} |"
+            f"| {r.stage} | {wall} | {_fmt(r.startup_s)} | {_fmt(r.sampled_work_s)} | {work} "
+            f"| {rate} | {util} | {memory} | {rss} | {natix} | {_projected(r)} |"
         )
     t = totals(runs)
     lines.append(
@@ -665,6 +694,16 @@ Projection to NATIX (6,251 train + 2,298 test images), per stage:
   not projected. The total is the sum: it assumes the per-unit costs stay those measured here."""
 
 
+FORMULA_FIT = """\
+Projection to NATIX (6,251 train + 2,298 test images), per stage, from the runs at both fractions:
+  projected = fixed + per_unit x NATIX work units
+  per_unit = (wall_large - wall_small) / (units_large - units_small), fixed = wall_large - per_unit x
+  units_large (both >= 0). Early stopping is off and finetune / tta adapt the first top_k full heads in
+  both runs, so both do the same work per unit. config, backbone and sam do not grow with the data
+  (projected = wall); synth, the data written here (the download of a real run), is not projected. The
+  total is the sum; the other columns are the larger run's."""
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -672,7 +711,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--fraction", type=float, default=0.01, help="share of NATIX's split sizes")
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        nargs="+",
+        default=[0.01],
+        help="share of NATIX's split sizes; two values: run both and project from the line through them",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="synth.scale (1.0: real frame sizes)")
     parser.add_argument("--phone-share", type=float, help="synth.phone_share (default: config.yaml's)")
     parser.add_argument("--full", action="store_true", help="ViT-H+/16 and SAM 3, real-run settings (GPU)")
@@ -693,6 +738,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     parser.add_argument("--make-data", type=Path, help=argparse.SUPPRESS)  # the `synth` step, in a child
     args = parser.parse_args(argv)
+    if len(args.fraction) > 2 or len(set(args.fraction)) != len(args.fraction):
+        parser.error("--fraction: one value, or two different ones")
     args.command = " ".join(["python", "bench/campaign.py", *map(shlex.quote, argv or sys.argv[1:])])
     if args.full and args.workers is None:
         args.workers = max(1, min(12, (os.cpu_count() or 1) - 2))
@@ -709,35 +756,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
         if not torch.cuda.is_available():
             raise SystemExit("--full runs the real architectures: it needs a GPU")
-    gpu = GpuMonitor()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="campaign-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    project_dir = workdir / "project"
-    if project_dir.exists():
-        raise SystemExit(f"{project_dir} exists; give an empty --workdir")
-    project_dir.mkdir()
+    if any(workdir.glob("project-*")):
+        raise SystemExit(f"{workdir} holds a campaign already; give an empty --workdir")
+    gpu = GpuMonitor()
     try:
-        result = campaign(args, workdir, project_dir, gpu)
+        result = campaign(args, workdir, gpu)
     finally:
         gpu.stop()
         if args.workdir is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.keep or args.workdir:
-        print(f"project kept in {project_dir}")
+        print(f"projects kept in {workdir}")
     return result
 
 
-def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: GpuMonitor) -> dict[str, Any]:
-    started = datetime.datetime.now(datetime.UTC)
-    load_before = os.getloadavg()
-    models = {"backbone": "tiny", "masks": "tiny"}
-    prepare_s = 0.0
-    if args.full:
-        start = time.perf_counter()
-        models = build_full_models(workdir / "models")
-        prepare_s = time.perf_counter() - start
-        print(f"campaign: random ViT-H+/16 and SAM 3 saved in {prepare_s:.0f} s", flush=True)
-    params = campaign_params(args, models)
+def run_pipeline(
+    args: argparse.Namespace, params: dict[str, Any], project_dir: Path, gpu: GpuMonitor
+) -> tuple[list[StageRun], dict[str, int]]:
+    """Every stage once in a fresh project; the runs and the indexed images per split."""
+    from roadwork.data.index import read_index
+
     make_project(project_dir, params)
     env = {
         **os.environ,
@@ -748,11 +788,9 @@ def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: Gp
     }
     rows = params["synth"]["rows"]
     print(
-        f"campaign: {rows['train']} train + {rows['test']} test images ({args.fraction:g} of NATIX), "
-        f"scale {args.scale:g}, backbone {Path(models['backbone']).name}, "
-        f"SAM 3 {Path(models['masks']).name}, "
-        f"side {params['extract']['side']}, {len(params['ensemble']['members'])} member(s); "
-        f"in {project_dir}",
+        f"campaign: {rows['train']} train + {rows['test']} test images, scale {args.scale:g}, "
+        f"backbone {Path(params['backbone']['model']).name}, SAM 3 {Path(params['masks']['model']).name}, "
+        f"side {params['extract']['side']}, {len(params['ensemble']['members'])} member(s); in {project_dir}",
         flush=True,
     )
     runs = []
@@ -760,24 +798,42 @@ def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: Gp
         run = run_stage(name, argv, project_dir, env, gpu)
         runs.append(run)
         print(f"campaign: {name:<20} {run.wall_s:8.1f} s", flush=True)
-
-    from roadwork.data.index import read_index
-
     index = read_index(project_dir / params["paths"]["prepared"])
     counts = {split: int((index["split"] == split).sum()) for split in NATIX}
     project(runs, params, counts)
-    text = table(runs, gpu.available)
+    return runs, counts
+
+
+def campaign(args: argparse.Namespace, workdir: Path, gpu: GpuMonitor) -> dict[str, Any]:
+    started = datetime.datetime.now(datetime.UTC)
+    load_before = os.getloadavg()
+    models = {"backbone": "tiny", "masks": "tiny"}
+    prepare_s = 0.0
+    if args.full:
+        start = time.perf_counter()
+        models = build_full_models(workdir / "models")
+        prepare_s = time.perf_counter() - start
+        print(f"campaign: random ViT-H+/16 and SAM 3 saved in {prepare_s:.0f} s", flush=True)
+    sizes = []
+    for fraction in sorted(args.fraction):
+        params = campaign_params(args, models, fraction)
+        runs, counts = run_pipeline(args, params, workdir / f"project-{fraction:g}", gpu)
+        sizes.append({"fraction": fraction, "indexed": counts, "runs": runs})
+    runs = sizes[-1]["runs"]  # `params`: the largest fraction's, as the runs
+    if len(sizes) > 1:
+        fit(sizes[0]["runs"], runs)
+    text = table(runs, gpu.available, sizes[0]["runs"] if len(sizes) > 1 else None)
+    formula = FORMULA_FIT if len(sizes) > 1 else FORMULA
     print()
     print(text)
-    print(f"\n{FORMULA}")
+    print(f"\n{formula}")
     result = {
         "command": args.command,
         "date": started.isoformat(timespec="seconds"),
         "machine": machine_info(gpu) | {"load_average_before": load_before},
         "settings": {
-            "fraction": args.fraction,
+            "fractions": sorted(args.fraction),
             "scale": args.scale,
-            "rows": rows,
             "phone_share": params["synth"]["phone_share"],
             "backbone": Path(models["backbone"]).name,
             "masks": Path(models["masks"]).name,
@@ -787,13 +843,16 @@ def campaign(args: argparse.Namespace, workdir: Path, project_dir: Path, gpu: Gp
             "workers": {name: params[name]["workers"] for name in ("extract", "masks", "tta")},
             "members": list(params["ensemble"]["members"]),
             "epochs": params["train"]["epochs"],
+            "patience": params["train"]["patience"],
             "tta_augmentations": len(params["tta"]["augmentations"]),
+            "set": args.set or [],
         },
-        "indexed": counts,
+        "indexed": sizes[-1]["indexed"],
         "prepare_models_s": prepare_s,
         "stages": [asdict(r) for r in runs],
+        "smaller": [{**size, "runs": [asdict(r) for r in size["runs"]]} for size in sizes[:-1]],
         "totals": totals(runs),
-        "projection": {"natix": NATIX, "formula": FORMULA},
+        "projection": {"natix": NATIX, "formula": formula},
         "table": text,
     }
     if args.out:

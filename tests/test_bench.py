@@ -106,7 +106,7 @@ def test_campaign_full_settings_are_a_valid_configuration(tmp_path: Path) -> Non
 
     args = parse_args(["--full", "--fraction", "0.1", "--workers", "12"])
     models = {"backbone": str(tmp_path / "vith16plus"), "masks": str(tmp_path / "sam3")}
-    params = campaign_params(args, models)
+    params = campaign_params(args, models, 0.1)
     stage_shares(params)  # every stage's keys are there
     synth = section(SynthConfig, params, "synth")
     assert dict(synth.rows) == {"train": 625, "test": 230} and synth.scale == 1.0
@@ -166,6 +166,40 @@ def test_campaign_projection_arithmetic() -> None:
     augs = len(params["tta"]["augmentations"])
     assert (tta.units, tta.natix_units) == (augs * 20 * 12, augs * NATIX["test"] * 12)
     assert tta.projected_s == pytest.approx(3.0 + 3.0 * NATIX["test"] / 20)
+
+
+def test_campaign_fit_through_two_fractions() -> None:
+    from campaign import StageRun, fit
+
+    def run(stage: str, wall: float, units: float, projection: str = "sampled") -> StageRun:
+        out = StageRun(stage, wall_s=wall, rss_peak_mib=1, tree_rss_peak_mib=1, units=units)
+        out.projection, out.natix_units, out.projected_s = projection, 1000.0, wall
+        return out
+
+    small = [run("extract", 10.0, 10), run("train@mlp", 8.0, 10), run("tta", 5.0, 10), run("sam", 9, 0)]
+    large = [run("extract", 14.0, 20), run("train@mlp", 8.0, 20), run("tta", 20.0, 20)]
+    large.append(run("sam", 9.5, 0, "constant"))
+    fit(small, large)
+    extract, train, tta, sam = large
+    assert (extract.projection, extract.fixed_s) == ("fit", pytest.approx(6.0))
+    assert extract.projected_s == pytest.approx(6.0 + 0.4 * 1000)
+    assert train.projected_s == pytest.approx(8.0)  # no growth between the sizes: all of it fixed
+    assert (tta.fixed_s, tta.projected_s) == (0.0, pytest.approx(1.0 * 1000))  # steeper: proportional
+    assert sam.projection == "constant" and sam.projected_s == 9.5
+
+
+def test_campaign_two_fractions_fix_the_work_per_unit() -> None:
+    from campaign import campaign_params, parse_args
+
+    params = campaign_params(
+        parse_args(["--fraction", "0.01", "0.02"]), {"backbone": "tiny", "masks": "tiny"}, 0.02
+    )
+    assert params["train"]["patience"] == params["train"]["epochs"]  # every run trains every epoch
+    heads = params["finetune"]["members"]
+    assert heads == params["tta"]["members"] and 0 < len(heads) <= params["ensemble"]["top_k"]
+    assert all(
+        params["ensemble"]["members"][h].get("model", params["train"]["model"]) != "mlp" for h in heads
+    )
 
 
 @pytest.mark.e2e
