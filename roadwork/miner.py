@@ -54,7 +54,7 @@ class RoadworkDetector:
         except OSError as e:  # a truncated or unreadable image fails when its pixels are loaded
             raise InvalidImageError(f"cannot read the image: {e}") from e
         with self._lock:
-            result = self.predictor.predict([("image", buffer.getvalue())])[0]
-        if "error" in result:
-            raise InvalidImageError(result["error"])
-        return float(result["probability"])
+            try:
+                return self.predictor.probability(buffer.getvalue())
+            except ValueError as e:
+                raise InvalidImageError(str(e)) from e

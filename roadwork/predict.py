@@ -89,6 +89,13 @@ class Predictor:
         result for an item that fails."""
         return self._score(items, null_metadata(len(items)))
 
+    def probability(self, data: bytes) -> float:
+        """The served probability of one image's bytes (no metadata); ValueError when it cannot be read."""
+        result = self.predict([("image", data)])[0]
+        if "error" in result:
+            raise ValueError(result["error"])
+        return float(result["probability"])
+
     def _score(self, items: list[tuple[Any, bytes]], meta_rows: pl.DataFrame) -> list[dict[str, Any]]:
         """One result per (id, bytes) item with its metadata row: scored, or the error that stopped it."""
         results: list[dict[str, Any]] = []

@@ -1,15 +1,17 @@
 """The served model scored as a StreetVision validator scores a miner (shared VALIDATOR.md).
 
-Each test challenge (224 px JPEG, level 0-3, no metadata) goes through `roadwork predict`'s own code
-(`Predictor.predict`), one image per call as a validator queries; the answer is rounded at 0.5
-(exactly 0.5 is "no roadwork"). Scored overall, per domain (real / generated) and per level: MCC
-floored at 0, accuracy and the reward `(0.5 MCC + 0.5 accuracy)^3`, each with a 95 % bootstrap interval
-over the source images' groups (a video's frames are resampled together); and the answer latency.
+Each test challenge (224 px JPEG, level 0-3, no metadata) is answered one image per call as a validator
+queries (the served model: `roadwork predict`'s own code, `Predictor.probability`); the answer is
+rounded at 0.5 (exactly 0.5 is "no roadwork"). Scored overall, per domain (real / generated) and per
+level: MCC floored at 0, accuracy and the reward `(0.5 MCC + 0.5 accuracy)^3`, each with a 95 %
+bootstrap interval over the source images' groups (a video's frames are resampled together); and the
+answer latency.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +19,23 @@ import numpy as np
 import polars as pl
 
 from roadwork.metrics import validator_metrics
-from roadwork.predict import Predictor
 from roadwork.views.challenges import TABLE_FILE
 
 
-def answer_challenges(predictor: Predictor, challenge_dir: Path) -> pl.DataFrame:
-    """The test challenges with the served answer (`prob`) and the seconds each answer took."""
+def answer_challenges(answer: Callable[[bytes], float], challenge_dir: Path) -> pl.DataFrame:
+    """The test challenges with the answer (`prob`: `answer` of the JPEG bytes, one image per call) and
+    the seconds each answer took. A challenge that cannot be answered is a defect: it raises, naming
+    the file."""
     table = pl.read_parquet(Path(challenge_dir) / TABLE_FILE).filter(pl.col("part") == "test")
     probs, seconds = [], []
     for file in table["file"]:
         data = (Path(challenge_dir) / file).read_bytes()
         start = time.perf_counter()
-        result = predictor.predict([(file, data)])[0]
+        try:
+            probs.append(float(answer(data)))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{challenge_dir / file}: {e}") from e
         seconds.append(time.perf_counter() - start)
-        if "error" in result:  # a challenge the validator sends must be answered: this is a defect
-            raise ValueError(f"{challenge_dir / file}: {result['error']}")
-        probs.append(result["probability"])
     return table.with_columns(prob=pl.Series(probs), seconds=pl.Series(seconds))
 
 

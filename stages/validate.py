@@ -19,7 +19,7 @@ from roadwork.validate import answer_challenges, headline, latency, level_rows, 
 def main() -> None:
     params = load_stage_params("validate")
     paths = load_paths(params)
-    answers = answer_challenges(Predictor(params, device="cpu"), Path(paths.challenge))
+    answers = answer_challenges(Predictor(params, device="cpu").probability, Path(paths.challenge))
     details = score_answers(answers, int(params["submit"]["bootstrap"]))
     out = Path(paths.validation)
     out.mkdir(parents=True, exist_ok=True)

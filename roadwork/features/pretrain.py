@@ -47,7 +47,7 @@ class PretrainConfig:
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     seed: int = 0  # head init, batch order and every augmentation draw (the weights: backbone.tiny.seed)
-    steps: int = 800
+    steps: int = 600  # the prototype measured 600 (decisions.md); 40 min on 2 cores
     scenes_per_batch: int = 8  # x 16 views a scene = 128 views a step
     lr: float = 1e-3  # AdamW peak; linear warmup, then cosine to lr_min
     lr_min: float = 1e-5

@@ -164,12 +164,15 @@ def challenge_views(
     data: bytes, size: tuple[int, int], *, rng: np.random.Generator, views: ViewsConfig, side: int
 ) -> np.ndarray:
     """A validator-style copy of an image, as the served model will see one: a level drawn uniformly
-    from 0-3, the level's transform, JPEG quality 75, then the views of that 224 px JPEG (the rule for
-    small images), each resized to `side`: uint8 [V, side, side, 3].
-
-    The image (displayed `size` = (width, height)) is decoded at the coarsest JPEG scale that keeps its
-    short side at least 4 x 224 px: the smallest crop (a fifth of the area) still has 224 px to give.
-    """
-    image, _ = decode(data, min_side_scale=min(1.0, 4 * SIZE / min(size)))
-    jpeg = to_jpeg(challenge(image, int(rng.integers(0, len(LEVELS))), rng))
+    from 0-3, the level's transform, JPEG quality 75 (`challenge_jpeg`), then the views of that 224 px
+    JPEG (the rule for small images), each resized to `side`: uint8 [V, side, side, 3]."""
+    jpeg = challenge_jpeg(data, size, rng)
     return load_views(jpeg, view_boxes(SIZE, SIZE, views), side, size=(SIZE, SIZE))
+
+
+def challenge_jpeg(data: bytes, size: tuple[int, int], rng: np.random.Generator) -> bytes:
+    """A validator-style copy of an image (displayed `size` = (width, height)): a level drawn uniformly
+    from 0-3, the level's transform, JPEG quality 75. Decoded at the coarsest JPEG scale that keeps the
+    short side at least 4 x 224 px: the smallest crop (a fifth of the area) still has 224 px to give."""
+    image, _ = decode(data, min_side_scale=min(1.0, 4 * SIZE / min(size)))
+    return to_jpeg(challenge(image, int(rng.integers(0, len(LEVELS))), rng))
