@@ -141,10 +141,15 @@ def campaign_params(args: argparse.Namespace, models: dict[str, str], fraction: 
             side=512, batch_images=8, workers=workers, device="cuda", compile=True, shard_rows=512
         )
         params["train"].update(amp="bf16", width=512, heads=8)
-        full_members = {"wider": {"width": 768}, "more_heads": {"heads": 16}}  # DESIGN's 1.5x and 2x
+        # DESIGN's six full heads (the embedded default trains four): wider 1.5x, more_heads 2x
+        full_members = {
+            "wider": {"width": 768},
+            "more_heads": {"heads": 16, "seed": 2026},
+            "gps_strong": {"gps_near_weight": 10.0, "seed": 314},
+        }
+        members = params["ensemble"]["members"]
         for name, override in full_members.items():
-            if name in params["ensemble"]["members"]:
-                params["ensemble"]["members"][name] = {**params["ensemble"]["members"][name], **override}
+            members[name] = {**members.get(name, {}), **override}
         params["tta"].update(shard_rows=512, augmentations=TTA_16, workers=workers)
         params["ingest"]["workers"] = min(8, os.cpu_count() or 1)
     elif args.workers is not None:
