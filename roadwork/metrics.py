@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sklearn.metrics import roc_auc_score
 
 METRICS = ("mcc", "accuracy", "f1", "roc_auc", "brier", "ece", "reward")
 CI_METRICS = ("mcc", "accuracy", "f1", "roc_auc", "brier", "reward")
@@ -115,6 +114,8 @@ def reward_proxy(mcc: Any, accuracy: Any) -> Any:
 
 def binary_metrics(y_true: Any, prob: Any, threshold: float = 0.5) -> dict[str, Any]:
     """mcc, accuracy, f1, roc_auc (None with one class), brier, ece, reward, n, positives, threshold."""
+    from sklearn.metrics import roc_auc_score  # here: sklearn's import costs every stage ~1 s otherwise
+
     y, p = _inputs(y_true, prob)
     pred = (p > threshold).astype(np.int64)
     tp, fp = int(np.sum((y == 1) & (pred == 1))), int(np.sum((y == 0) & (pred == 1)))

@@ -27,7 +27,6 @@ from functools import partial
 
 import cv2
 import numpy as np
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from roadwork.data.images import decode
@@ -78,6 +77,10 @@ def crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, in
 
 def rotate_and_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Level 1: rotation in [-20, 20] degrees (nearest, black corners), then a random resized crop."""
+    # Imported here: torchvision's import pulls in torch._dynamo (~2 s), paid by every stage that
+    # imports this module otherwise, though only `extract` and `challenge` transform images.
+    import torchvision.transforms.functional as TF
+
     tensor = TF.pil_to_tensor(image)
     angle = float(rng.uniform(-MAX_ANGLE, MAX_ANGLE))
     rotated = TF.rotate(tensor, angle, interpolation=TF.InterpolationMode.NEAREST, fill=[0, 0, 0])
