@@ -193,7 +193,8 @@ def scored(answers: pl.DataFrame, bootstrap: int) -> dict[str, Any]:
 
 def compare(params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune the peers' recipe, then score it, the served model and their average side by side."""
-    paths, config = load_paths(params), PeerConfig(epochs=args.epochs, steps=args.steps, threads=args.threads)
+    paths = load_paths(params)
+    config = PeerConfig(epochs=args.epochs, steps=args.steps, threads=args.threads, lr=args.lr)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     index = read_index(Path(paths.prepared))
@@ -290,6 +291,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=PeerConfig.epochs)
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch at most (smoke runs)")
     parser.add_argument("--threads", type=int, default=PeerConfig.threads)
+    parser.add_argument("--lr", type=float, default=PeerConfig.lr, help="the backbone's AdamW learning rate")
     args = parser.parse_args()
     results = compare(load_params(), args)
     save_json(results, args.out / "peers.json")

@@ -309,9 +309,12 @@ def render_report(data: ReportData) -> str:
     counts = analysis.confusion(data.test, data.threshold)
     nav = "".join(f'<a href="#{esc(k)}">{esc(t)}</a>' for k, t in SECTIONS.items())
     chosen = ", ".join(data.final["chosen"])
+    served = data.final.get("served", {}).get("members", data.final["chosen"])
     body = [
-        f"<h1>roadwork: error analysis</h1><p>Ensemble of {esc(chosen)}; {len(data.test)} labelled test "
-        f"images; threshold {data.threshold:g}.</p><nav>{nav}</nav>",
+        f"<h1>roadwork: error analysis</h1><p>Served: {esc(', '.join(served))} (chosen for the "
+        f"{esc(data.final.get('target', 'natix'))} target). NATIX test sections: the ensemble of "
+        f"{esc(chosen)} (chosen by validation MCC with metadata); {len(data.test)} labelled test images; "
+        f"threshold {data.threshold:g}.</p><nav>{nav}</nav>",
         validator_section(data.validator, data.validator_worst),
         final_section(data.final),
         slices_section(analysis.all_slices(data.test, data.threshold)),
