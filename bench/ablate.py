@@ -66,7 +66,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "tokens-cls+mean": ("view feature = CLS + mean of patches", {"tokens": "cls+mean"}),
     "no-focal": ("loss without the focal term", {"loss_weights": {"focal": 0.0}}),
     "no-consistency": ("loss without multi-view consistency", {"loss_weights": {"consistency": 0.0}}),
-    "no-weather": ("loss without the auxiliary weather term", {"loss_weights": {"weather": 0.0}}),
+    "weather": ("+ the auxiliary weather term (DESIGN's 0.15)", {"loss_weights": {"weather": 0.15}}),
     "no-dice": ("loss without Dice (no mask decoder)", {"masks": False}),
     "dice-truth": ("Dice on the generator's true masks, not SAM 3's", {}),
     "no-gps-weighting": ("uniform sampling (no GPS weights)", {"gps_weighting": False}),
