@@ -299,7 +299,8 @@ def test_the_miner_detector_answers_like_predict_and_refuses_bad_input(project: 
     _, records = predict(project, str(tmp_path / "challenge.png"))
     detector = RoadworkDetector(project, device="cpu")
     assert detector(image) == pytest.approx(records[0]["probability"], abs=1e-6)
-    truncated = io.BytesIO((project / "data/challenge" / file).read_bytes()[:200])
+    data = (project / "data/challenge" / file).read_bytes()
+    truncated = io.BytesIO(data[: len(data) // 2])  # the header opens, the pixels do not decode
     with pytest.raises(InvalidImageError, match="cannot read the image"):
         detector(Image.open(truncated))
     with pytest.raises(InvalidImageError, match="expected a PIL image"):
