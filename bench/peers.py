@@ -15,7 +15,7 @@ Runs in a project whose pipeline has run (`dvc repro`); writes `<out>/model/`, `
 and `<out>/peers.md` (the table).
 
     python bench/peers.py                       # the embedded default: bench/results/peers
-    python bench/peers.py --epochs 1 --steps 1  # a smoke run (the test)
+    python bench/peers.py --epochs 1 --steps 1  # a smoke run
 """
 
 from __future__ import annotations
@@ -91,9 +91,13 @@ def epoch_copies(rows: pl.DataFrame, data: list[bytes], epoch: int, seed: int) -
 
 
 @torch.inference_mode()
-def roadwork_probability(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
-    """P(Roadwork) of a pixel batch (the softmax score the pipeline returns for the label)."""
-    return model(pixel_values=batch).logits.softmax(-1)[:, 1].numpy()
+def roadwork_probability(model: torch.nn.Module, batch: torch.Tensor, chunk: int = 64) -> np.ndarray:
+    """P(Roadwork) of pixels `[n, 3, H, W]` (the softmax score the pipeline returns for the label),
+    `chunk` images per forward so that a real backbone's activations fit."""
+    parts = [
+        model(pixel_values=batch[i : i + chunk]).logits.softmax(-1)[:, 1] for i in range(0, len(batch), chunk)
+    ]
+    return torch.cat(parts).numpy()
 
 
 def fine_tune(
