@@ -54,8 +54,10 @@ from roadwork.views.plan import boxes_by_image, read_plan
 
 SEEDS = (42, 7, 123)
 READING = "## Reading"
+MLP_VIEWS = {"model": "mlp", "pool": "views", "lr": 1.0e-3, "dropout": 0.3, "weight_decay": 0.05, "patience": 8}
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("baseline MLP (views pooled, metadata concatenated)", {"model": "mlp", "lr": 1.0e-3}),
+    "mlp-views": ("MLP on the views side by side (member `mlp_views`)", MLP_VIEWS),
     "full": ("full head, default recipe", {}),
     "no-tiling": ("global view only (no tiles)", {"views": "global", "pruning": False}),
     "no-pruning": ("all 12 views (no pruning)", {"pruning": False}),
@@ -69,7 +71,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "weather": ("+ the auxiliary weather term (DESIGN's 0.15)", {"loss_weights": {"weather": 0.15}}),
     "no-dice": ("loss without Dice (no mask decoder)", {"masks": False}),
     "dice-truth": ("Dice on the generator's true masks, not SAM 3's", {}),
-    "no-gps-weighting": ("uniform sampling (no GPS weights)", {"gps_weighting": False}),
+    "gps-weighting": ("+ GPS-weighted sampling (DESIGN's recipe)", {"gps_weighting": True}),
     "no-aug": ("no augmented or challenge copies (clean views only)", {"aug": False}),
     "no-challenge-copies": ("no validator-style copies", {"challenge_rate": 0.0}),
     "no-meta-dropout": ("no metadata dropout", {"meta_dropout": 0.0}),

@@ -145,7 +145,7 @@ def campaign_params(args: argparse.Namespace, models: dict[str, str], fraction: 
         full_members = {
             "wider": {"width": 768},
             "more_heads": {"heads": 16, "seed": 2026},
-            "gps_strong": {"gps_near_weight": 10.0, "seed": 314},
+            "gps_strong": {"gps_weighting": True, "gps_near_weight": 10.0, "seed": 314},
         }
         members = params["ensemble"]["members"]
         for name, override in full_members.items():

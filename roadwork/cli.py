@@ -218,7 +218,7 @@ def served_description(submission: Path, metrics: Path) -> str:
     validator = metrics / "validator.json"
     if validator.is_file():
         scores = json.loads(validator.read_text())
-        text += f"; validator-style challenges: MCC {scores['mcc']:.3f}, reward {scores['reward']:.3f}"
+        text += f"; validator-style challenges: MCC {scores['v_mcc']:.3f}, reward {scores['v_reward']:.3f}"
     return text
 
 

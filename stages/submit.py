@@ -2,7 +2,8 @@
 
 Writes `submission/submission.csv`, `submission/ensemble.json` (what `roadwork predict` serves),
 `submission/scores.json` (every variant scored on the test split with 95 % group-bootstrap intervals)
-and `metrics/final.json` (the headline numbers `dvc exp show` and `dvc metrics diff` compare).
+`metrics/final.json` (the headline numbers `dvc exp show` and `dvc metrics diff` compare) and
+`metrics/members.json` (each member's validation MCC, a DVC plot).
 """
 
 from __future__ import annotations

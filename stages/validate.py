@@ -1,6 +1,6 @@
 """Stage `validate`: the served model on the test challenges, as a StreetVision validator scores it.
 
-Writes `metrics/validator.json` (the DVC metric: overall MCC and reward, MCC per domain),
+Writes `metrics/validator.json` (the DVC metric: overall MCC and reward as `v_mcc`, `v_reward`),
 `<paths.validation>/details.json` (overall, per domain, per level, per (domain, level), each with 95 %
 intervals), `answers.parquet` (every challenge's answer), `metrics/validator_levels.json` (the DVC plot
 of MCC per domain and level) and `metrics/validator_latency.json` (answer latency p50 / p99: the one

@@ -67,12 +67,32 @@ SPEC = {
     "hidden": 32,
     "dropout": 0.1,
     "metadata": True,
+    "pool": "meanmax",
     "vocab_sizes": {"weather": 3, "daytime": 2, "scene_environment": 4},
 }
 
 
+def test_mlp_pools_views_by_mean_and_max_or_lays_them_side_by_side():
+    from tests.test_head import VOCAB, make_batch
+
+    batch = make_batch(3, n_views=4, view_dim=8)
+    shuffled = {**batch, "views": batch["views"][:, [2, 0, 3, 1]]}
+    spec = SPEC | {"vocab_sizes": VOCAB}
+    for pool, order_matters in (("meanmax", False), ("views", True)):
+        torch.manual_seed(0)
+        model = build_model(spec | {"pool": pool}).eval()
+        logits = model(batch)["logits"]
+        assert logits.shape == (3, 2)
+        assert torch.allclose(logits, model(shuffled)["logits"], atol=1e-5) != order_matters
+    assert build_model(spec | {"pool": "views"}).mlp[0].in_features == 4 * 8 + (
+        build_model(spec).mlp[0].in_features - 2 * 8
+    )
+    with pytest.raises(ValueError, match="pool='sum'"):
+        build_model(spec | {"pool": "sum"})
+
+
 def test_baseline_learns_the_signal():
-    cfg = config(lr=1e-3, epochs=12, patience=12)
+    cfg = config(lr=1e-3, epochs=12, patience=12, gps_weighting=True)
     model = seeded_model()
     records = []
     result = train_with_model(

@@ -119,17 +119,22 @@ def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict
     }
     save_json(scores, out / SCORES_FILE)
     save_json(headline(scores), Path(paths.metrics) / "final.json")
+    save_json(member_rows(scores), Path(paths.metrics) / "members.json")
     return scores
 
 
 def headline(scores: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers `dvc exp show` and `dvc metrics diff` compare: the served model's NATIX test
-    (with metadata) MCC, accuracy, ROC-AUC and reward, and each member's validation MCC in the mode of
-    the target (with metadata for natix, on the validation challenges for validator)."""
+    """The four numbers `dvc exp show` and `dvc metrics diff` compare: the served model's NATIX test
+    (with metadata) MCC, accuracy, ROC-AUC and reward."""
     served = scores["served"]["test"] or scores["val"]
-    out: dict[str, Any] = {key: None if served[key] is None else round(served[key], 4) for key in HEADLINE}
+    return {key: None if served[key] is None else round(served[key], 4) for key in HEADLINE}
+
+
+def member_rows(scores: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each member's validation MCC in the mode of the target (with metadata for natix, on the
+    validation challenges for validator): the DVC plot `dvc plots diff` compares across experiments."""
     members = scores["validator"]["members"] if scores["target"] == "validator" else scores["members"]
-    return out | {"val_mcc": {name: round(value, 4) for name, value in members.items()}}
+    return [{"member": name, "val_mcc": round(value, 4)} for name, value in members.items()]
 
 
 def read_choice(submission_dir: Path) -> dict[str, Any]:

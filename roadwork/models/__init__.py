@@ -14,16 +14,18 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """A model from its spec (saved in every checkpoint, so a head can be rebuilt without params.yaml).
 
     spec: {"model": "mlp", "view_dim": D, "n_views": V, "vocab_sizes": {...}, "hidden": H,
-           "dropout": p, "metadata": bool}
+           "dropout": p, "metadata": bool, "pool": "meanmax" | "views"}
     or {"model": "head", ...}: the full head, keys documented in `roadwork.models.head`.
     """
     if spec["model"] == "mlp":
         return BaselineMLP(
             view_dim=spec["view_dim"],
+            n_views=spec["n_views"],
             vocab_sizes=spec["vocab_sizes"],
             hidden=spec["hidden"],
             dropout=spec["dropout"],
             metadata=spec["metadata"],
+            pool=spec["pool"],
         )
     if spec["model"] == "head":
         return RoadworkHead(spec)

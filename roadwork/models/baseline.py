@@ -1,6 +1,8 @@
-"""The honest baseline: views pooled (mean and max), metadata concatenated, an MLP.
+"""The honest baseline: views pooled (mean and max) or laid side by side, metadata concatenated, an MLP.
 
-It stays in every ablation table as the row the full head has to beat.
+It stays in every ablation table as the row the full head has to beat. `pool="views"` concatenates the
+V views in their fixed order (global view, then the tiles row by row), as a linear probe on the
+concatenated views does: each part of the frame gets its own weights, which pooling takes away.
 """
 
 from __future__ import annotations
@@ -13,21 +15,33 @@ from roadwork.models.layers import MLP, InputNorm, gps_sinusoidal
 
 GPS_DIM = 32
 TEXT_DIM = 384
+POOLS = ("meanmax", "views")  # how the views become one vector: mean and max | concatenated in order
 
 
 class BaselineMLP(nn.Module):
     """[B, V, D] view features + metadata -> {"logits": [B, 2]}."""
 
     def __init__(
-        self, *, view_dim: int, vocab_sizes: dict[str, int], hidden: int, dropout: float, metadata: bool
+        self,
+        *,
+        view_dim: int,
+        n_views: int,
+        vocab_sizes: dict[str, int],
+        hidden: int,
+        dropout: float,
+        metadata: bool,
+        pool: str = "meanmax",
     ):
         super().__init__()
-        self.metadata = metadata
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r}: expected one of {POOLS}")
+        self.metadata, self.pool = metadata, pool
         self.vocab_sizes = dict(vocab_sizes)
         meta_dim = GPS_DIM + 1 + sum(self.vocab_sizes.values()) + TEXT_DIM + 1 if metadata else 0
+        pooled_dim = (2 if pool == "meanmax" else n_views) * view_dim
         self.input_norm = InputNorm(view_dim)
-        self.norm = nn.LayerNorm(2 * view_dim)
-        self.mlp = MLP(2 * view_dim + meta_dim, hidden, 2, dropout)
+        self.norm = nn.LayerNorm(pooled_dim)
+        self.mlp = MLP(pooled_dim + meta_dim, hidden, 2, dropout)
 
     def meta_vector(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """GPS sin/cos (zeros + flag when absent), one-hot categories (NULL is its own class), text + flag."""
@@ -41,6 +55,9 @@ class BaselineMLP(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         views = self.input_norm(batch["views"])
-        pooled = self.norm(torch.cat([views.mean(dim=1), views.amax(dim=1)], dim=1))
+        if self.pool == "meanmax":
+            pooled = self.norm(torch.cat([views.mean(dim=1), views.amax(dim=1)], dim=1))
+        else:
+            pooled = self.norm(views.flatten(1))
         x = torch.cat([pooled, self.meta_vector(batch)], dim=1) if self.metadata else pooled
         return {"logits": self.mlp(x)}

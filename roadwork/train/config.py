@@ -43,6 +43,7 @@ class TrainConfig:
     # JPEG of a random level, no metadata), when the feature cache has them (`extract.challenge_copies`)
     gps_near_weight: float | None  # sampling weight of rows in the first GPS bracket (null: gps stage's)
     hidden: int  # hidden width of the MLP baseline
+    pool: str  # the MLP's view pooling: meanmax (mean and max over views) | views (concatenated in order)
     dropout: float
     # --- the full head (model: head); see roadwork/models/head.py
     width: int  # token / embedding width
@@ -93,7 +94,7 @@ class TrainConfig:
         common = {"view_dim": view_dim, "n_views": n_views, "vocab_sizes": vocab_sizes}
         common |= {"dropout": self.dropout, "metadata": self.metadata}
         if self.model == "mlp":
-            return {"model": "mlp", "hidden": self.hidden, **common}
+            return {"model": "mlp", "hidden": self.hidden, "pool": self.pool, **common}
         head_keys = ("width", "layers", "heads", "pruning", "keep_ratio", "pyramid", "gating", "rope", "gafm")
         spec = {"model": "head", "text": self.text, **common, **{k: getattr(self, k) for k in head_keys}}
         if mask_shape is not None:
