@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 import torch
 
-from roadwork.config import load_params
+from roadwork.config import ConfigError, load_params
 from roadwork.models import build_model
 from roadwork.train.config import member_config
 from roadwork.train.data import NULL, Table, Vocab, split_train_val
@@ -121,6 +121,21 @@ def test_early_stopping_on_noise():
     )
     assert result.epochs_run < 30
     assert result.epochs_run == result.best_epoch + 1 + cfg.patience
+
+
+@pytest.mark.parametrize("select", ["mcc", "roc_auc"])
+def test_the_best_epoch_is_the_first_with_the_best_selected_score(select):
+    cfg = config(epochs=10, patience=10, select=select)
+    train, val = toy_table(128, 0, signal=0.8), toy_table(64, 1, signal=0.8)
+    result = train_with_model(model=seeded_model(), train=train, val=val, config=cfg)
+    scores = [r[f"val/{select}"] for r in result.history]
+    assert result.best_epoch == int(np.argmax(scores))  # argmax: the first of equal bests
+    assert result.best_val_mcc == result.history[result.best_epoch]["val/mcc"]
+
+
+def test_select_must_be_a_known_score():
+    with pytest.raises(ConfigError, match=r"train\.select='loss'"):
+        config(select="loss")
 
 
 def test_lr_schedule_warmup_capped_then_cosine():

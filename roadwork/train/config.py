@@ -25,7 +25,8 @@ class TrainConfig:
     split_seed: int  # seed of that split; shared by all members so their validation MCCs compare
     seed: int  # model init, sampling, dropout
     epochs: int  # at most this many epochs
-    patience: int  # stop after this many epochs without a better validation MCC
+    patience: int  # stop after this many epochs without a better validation score (`select`)
+    select: str  # the validation score that picks the best epoch: mcc (at 0.5) | roc_auc
     batch_size: int  # rows per micro-batch
     accumulation: int  # micro-batches per optimiser step
     lr: float  # peak AdamW learning rate
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"train.views={self.views!r}: expected 'all' or 'global'")
         if self.amp not in ("bf16", "none"):
             raise ConfigError(f"train.amp={self.amp!r}: expected 'bf16' or 'none'")
+        if self.select not in ("mcc", "roc_auc"):
+            raise ConfigError(f"train.select={self.select!r}: expected 'mcc' or 'roc_auc'")
         if self.model not in ("mlp", "head"):
             raise ConfigError(f"train.model={self.model!r}: expected 'mlp' or 'head'")
         if not 0.0 < self.val_fraction < 1.0:

@@ -53,7 +53,7 @@ class TrainResult:
 
     state: dict[str, torch.Tensor]  # the best epoch's weights
     best_epoch: int
-    best_val_mcc: float
+    best_val_mcc: float  # validation MCC at the best epoch (the one `select` chose)
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -148,7 +148,7 @@ def train_with_model(
     total = config.epochs * math.ceil(micro / config.accumulation)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, total, config))
     best = TrainResult(copy.deepcopy(model.state_dict()), -1, -math.inf, 0)
-    stale = 0
+    stale, best_score = 0, -math.inf
     for epoch in progress(range(config.epochs), total=config.epochs, desc="epochs", unit="epoch"):
         model.train()
         order = epoch_order(train, config, rng)
@@ -188,11 +188,13 @@ def train_with_model(
         best.history.append(record)
         if log:
             log(record)
-        if metrics["mcc"] > best.best_val_mcc:
-            best.state, best.best_epoch, best.best_val_mcc, stale = (
+        score = metrics[config.select] or 0.0  # ROC-AUC is None on a one-class validation split
+        if score > best_score:
+            best.state, best.best_epoch, best.best_val_mcc, best_score, stale = (
                 copy.deepcopy(model.state_dict()),
                 epoch,
                 metrics["mcc"],
+                score,
                 0,
             )
         else:
