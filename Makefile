@@ -4,7 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+# `dvc exp show` gives every stage dependency a column (about 130 here) and rich keeps one character of
+# the terminal per column even when DVC folds it into "…"; without them the table fits 200 columns.
+DEPS_COLUMNS := ^(assets|config\.yaml|live|predictions(_dora|_tta)?|submission|validation|.*/.*)$$
+
+.PHONY: setup run test lint clean exps
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +27,9 @@ run: setup
 
 test: setup
 	. $(VENV)/bin/activate && ruff check . && pytest -q
+
+exps: setup
+	. $(VENV)/bin/activate && dvc exp show --drop '$(DEPS_COLUMNS)'
 
 lint: setup
 	. $(VENV)/bin/activate && ruff check . && ruff format --check .

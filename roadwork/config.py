@@ -60,7 +60,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 # The keys that live in params.yaml: what experiments vary, shown by `dvc exp show` (`write_params`).
-EXPERIMENT_KEYS = ("train.seed", "train.metadata", "submit.target")
+EXPERIMENT_KEYS = ("train.seed", "train.metadata", "train.meta_dropout", "submit.target")
 
 
 def write_params(directory: str | Path, params: dict[str, Any]) -> None:

@@ -29,8 +29,8 @@ from roadwork.config import load_params, write_params
 ROOT = Path(__file__).resolve().parents[1]
 # The metric and param columns of `dvc exp show`, before the dependencies' hashes.
 EXP_SHOW_COLUMNS = (
-    *("mcc", "accuracy", "roc_auc", "v_mcc", "v_reward"),
-    *("train.seed", "train.metadata", "submit.target", "train.meta_dropout"),
+    *("mcc", "accuracy", "roc_auc", "reward", "v_mcc", "v_reward"),
+    *("train.seed", "train.metadata", "train.meta_dropout", "submit.target", "extract.side"),
 )
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
@@ -126,10 +126,10 @@ def test_repro_end_to_end(project: Path) -> None:
     assert -1 <= scores["test"]["mcc"] <= 1 and scores["test"]["n"] == len(submission)
     lo, hi = scores["test"]["mcc_lo"], scores["test"]["mcc_hi"]
     assert lo <= scores["test"]["mcc"] <= hi
-    # The DVC metric is the headline: the served variant's three numbers; each member's validation MCC is
+    # The DVC metric is the headline: the served variant's four numbers; each member's validation MCC is
     # a DVC plot beside it.
     final = json.loads((project / "metrics/final.json").read_text())
-    assert sorted(final) == ["accuracy", "mcc", "roc_auc"]
+    assert sorted(final) == ["accuracy", "mcc", "reward", "roc_auc"]
     assert final["mcc"] == round(scores["test"]["mcc"], 4)
     members = json.loads((project / "metrics/members.json").read_text())
     assert sorted(row["member"] for row in members) == ["head", "mlp"]
@@ -201,7 +201,7 @@ def computed_views(log: str) -> int:
 def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) -> None:
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "baseline run")
-    out = run(project, "dvc", "exp", "run", "-S", "train.seed=7")
+    out = run(project, "dvc", "exp", "run", "-n", "seed7", "-S", "train.seed=7")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     # The caches (extract, sam, masks) stay; the heads retrain, and every stage reading a head reruns:
     # DoRA adapts the new heads, TTA re-predicts with them, submit and the report show the new numbers,
@@ -212,16 +212,19 @@ def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) ->
     assert set(diff) <= {"metrics/final.json", "metrics/validator.json"}
     assert sorted(diff.get("metrics/validator.json", {})) in ([], ["v_mcc", "v_reward"])
     changed = diff["metrics/final.json"]
-    assert sorted(changed) == ["accuracy", "mcc", "roc_auc"]
+    assert sorted(changed) == ["accuracy", "mcc", "reward", "roc_auc"]
     assert any(entry["diff"] for entry in changed.values())
-    # `dvc exp show`: these metric and param columns and no others (no interpolated `paths.*`), all of
-    # them shown in a 200-column terminal (DVC folds only the dependency hashes into "…").
+    # `dvc exp show`: these metric and param columns and no others (no interpolated `paths.*`); without
+    # the dependency columns (`make exps`) all of them show in a 200-column terminal.
     header = run(project, "dvc", "exp", "show", "--csv").splitlines()[0].split(",")
     shown = header[header.index("parent") + 1 :][: len(EXP_SHOW_COLUMNS)]
     assert sorted(shown) == sorted(EXP_SHOW_COLUMNS)
-    table = run_with(project, {"COLUMNS": "200"}, "dvc", "exp", "show", "--no-pager")
+    makefile = (ROOT / "Makefile").read_text().splitlines()
+    drop = next(line for line in makefile if line.startswith("DEPS_COLUMNS")).split(":=", 1)[1]
+    drop = drop.strip().replace("$$", "$")
+    table = run_with(project, {"COLUMNS": "200"}, "dvc", "exp", "show", "--no-pager", "--drop", drop)
     assert max(len(line) for line in table.splitlines()) <= 200
-    assert all(f" {column} " in table for column in shown)
+    assert all(f" {column} " in table for column in shown) and "…" not in table, table
 
 
 @pytest.mark.e2e

@@ -33,7 +33,7 @@ from roadwork.predictions import average_logits, read_layer, read_predictions
 
 CHOICE_FILE = "ensemble.json"  # written by `submit` (members, variant, calibration), read by `predict`
 SCORES_FILE = "scores.json"  # every variant with intervals: what the report and `roadwork summary` read
-HEADLINE = ("mcc", "accuracy", "roc_auc")
+HEADLINE = ("mcc", "accuracy", "roc_auc", "reward")
 SERVED_VARIANTS = ("best_single", "ensemble")  # what `roadwork predict` can reproduce
 
 
@@ -124,9 +124,8 @@ def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict
 
 
 def headline(scores: dict[str, Any]) -> dict[str, Any]:
-    """The three numbers `dvc exp show` and `dvc metrics diff` compare: the served model's NATIX test
-    (with metadata) MCC, accuracy and ROC-AUC (the validator's reward is `validator.json`'s `v_reward`;
-    on the NATIX rows it is in `scores.json`)."""
+    """The four numbers `dvc exp show` and `dvc metrics diff` compare: the served model's NATIX test
+    (with metadata) MCC, accuracy, ROC-AUC and reward."""
     served = scores["served"]["test"] or scores["val"]
     return {key: None if served[key] is None else round(served[key], 4) for key in HEADLINE}
 
