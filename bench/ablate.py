@@ -54,9 +54,10 @@ from roadwork.views.plan import boxes_by_image, read_plan
 
 SEEDS = (42, 7, 123)
 READING = "## Reading"
-# the `mlp_views` member of config.yaml, without its seed
-MLP_VIEWS = {"model": "mlp", "pool": "views", "lr": 1e-3, "dropout": 0.3, "weight_decay": 0.05, "patience": 8}
-MLP_VIEWS |= {"select": "roc_auc"}
+MLP_VIEWS = {  # the `mlp_views` member of config.yaml, without its seed
+    **{"model": "mlp", "pool": "views", "lr": 1e-3, "dropout": 0.3, "weight_decay": 0.05},
+    **{"patience": 8, "select": "roc_auc"},
+}
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("baseline MLP (views pooled, metadata concatenated)", {"model": "mlp", "lr": 1.0e-3}),
     "mlp-views": ("MLP on the views side by side (member `mlp_views`)", MLP_VIEWS),
