@@ -58,9 +58,11 @@ MLP_VIEWS = {  # the `mlp_views` member of config.yaml, without its seed
     **{"model": "mlp", "pool": "views", "lr": 1e-3, "dropout": 0.3, "weight_decay": 0.05},
     **{"patience": 8, "select": "roc_auc"},
 }
+LINEAR = MLP_VIEWS | {"hidden": 0, "dropout": 0.0}  # the `linear` member, without its seed
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("baseline MLP (views pooled, metadata concatenated)", {"model": "mlp", "lr": 1.0e-3}),
     "mlp-views": ("MLP on the views side by side (member `mlp_views`)", MLP_VIEWS),
+    "linear": ("logistic regression on the views side by side (member `linear`)", LINEAR),
     "full": ("full head, default recipe", {}),
     "no-tiling": ("global view only (no tiles)", {"views": "global", "pruning": False}),
     "no-pruning": ("all 12 views (no pruning)", {"pruning": False}),

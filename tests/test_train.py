@@ -91,6 +91,16 @@ def test_mlp_pools_views_by_mean_and_max_or_lays_them_side_by_side():
         build_model(spec | {"pool": "sum"})
 
 
+def test_hidden_zero_is_a_logistic_regression_on_the_normalised_views():
+    model = build_model(SPEC | {"pool": "views", "hidden": 0, "metadata": False})
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 4 * 8 and linears[0].out_features == 2
+    model.eval()
+    x = torch.randn(5, 4, 8)
+    normalised = model.norm(model.input_norm(x).flatten(1))  # what the one layer sees
+    torch.testing.assert_close(model({"views": x})["logits"], linears[0](normalised))
+
+
 def test_baseline_learns_the_signal():
     cfg = config(lr=1e-3, epochs=12, patience=12, gps_weighting=True)
     model = seeded_model()

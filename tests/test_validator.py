@@ -43,6 +43,22 @@ def test_rotation_leaves_black_corners_and_crop_keeps_the_frame_aspect_range():
     assert found_black, "rotations of up to 20 degrees leave black corners in some crops"
 
 
+@pytest.mark.parametrize("level", V.LEVELS)
+def test_a_label_map_follows_its_image_through_each_level(level):
+    """The pretraining corpus's targets: the same crop and rotation as the pixels, by nearest neighbour."""
+    labels = np.zeros((270, 480), np.uint8)
+    labels[40:120, 60:200], labels[150:260, 300:420] = 3, 7  # two objects
+    image = Image.fromarray(np.repeat(labels[..., None] * 30, 3, axis=2))  # the labels as pixels
+    for seed in range(5):
+        out, out_labels = V.challenge_pair(image, labels, level, np.random.default_rng(seed))
+        alone = V.challenge(image, level, np.random.default_rng(seed))  # the labels change no draw
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(alone))
+        assert out_labels.shape == (224, 224) and set(np.unique(out_labels)) <= {0, 3, 7}
+        if level < 2:  # level 2's distortions change pixel values; the geometry is level 1's
+            seen = np.rint(np.asarray(out, np.float32)[..., 1] / 30)
+            assert (seen == out_labels).mean() > 0.97  # bilinear pixels vs nearest labels: edges only
+
+
 def test_crop_falls_back_to_the_clamped_centre_when_no_draw_fits():
     class NeverFits:
         def uniform(self, lo, hi):
@@ -77,9 +93,9 @@ def test_level2_applies_each_distortion_with_probability_one_half():
         def random(self):
             return next(self.flips)
 
-    untouched = V._distort(image, 2, Draws([0.9, 0.9, 0.9]))
+    untouched = V.distort(image, 2, Draws([0.9, 0.9, 0.9]))
     np.testing.assert_array_equal(np.asarray(untouched), np.asarray(image))
-    only_contrast = np.asarray(V._distort(image, 2, Draws([0.9, 0.1, 0.9])), dtype=np.float32)
+    only_contrast = np.asarray(V.distort(image, 2, Draws([0.9, 0.1, 0.9])), dtype=np.float32)
     np.testing.assert_allclose(only_contrast, np.rint(np.asarray(image, np.float32) * 0.85), atol=0.5)
 
 

@@ -3,6 +3,7 @@
 It stays in every ablation table as the row the full head has to beat. `pool="views"` concatenates the
 V views in their fixed order (global view, then the tiles row by row), as a linear probe on the
 concatenated views does: each part of the frame gets its own weights, which pooling takes away.
+`hidden=0` makes it that linear probe itself: a logistic regression on the normalised vector.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ class BaselineMLP(nn.Module):
         pooled_dim = (2 if pool == "meanmax" else n_views) * view_dim
         self.input_norm = InputNorm(view_dim)
         self.norm = nn.LayerNorm(pooled_dim)
-        self.mlp = MLP(pooled_dim + meta_dim, hidden, 2, dropout)
+        # hidden 0: a logistic regression (the linear probe; weight decay is its L2 penalty)
+        self.mlp = (
+            MLP(pooled_dim + meta_dim, hidden, 2, dropout)
+            if hidden
+            else nn.Sequential(nn.Dropout(dropout), nn.Linear(pooled_dim + meta_dim, 2))
+        )
 
     def meta_vector(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """GPS sin/cos (zeros + flag when absent), one-hot categories (NULL is its own class), text + flag."""

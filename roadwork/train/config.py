@@ -43,7 +43,7 @@ class TrainConfig:
     challenge_rate: float  # share of draws of a training row that take a validator-style copy (224 px
     # JPEG of a random level, no metadata), when the feature cache has them (`extract.challenge_copies`)
     gps_near_weight: float | None  # sampling weight of rows in the first GPS bracket (null: gps stage's)
-    hidden: int  # hidden width of the MLP baseline
+    hidden: int  # hidden width of the MLP baseline (0: linear, a logistic regression)
     pool: str  # the MLP's view pooling: meanmax (mean and max over views) | views (concatenated in order)
     dropout: float
     # --- the full head (model: head); see roadwork/models/head.py

@@ -27,6 +27,7 @@ from functools import partial
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from roadwork.data.images import decode
@@ -46,12 +47,15 @@ NOISE_VARIANCE = (0.001, 0.002)
 BLUR_KERNEL = (7, 9)
 
 
+def centre_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred square of the short side."""
+    s = min(width, height)
+    return (width - s) // 2, (height - s) // 2, (width - s) // 2 + s, (height - s) // 2 + s
+
+
 def centre_square(image: Image.Image) -> Image.Image:
     """Level 0: the centred square of the short side, resized to 224 x 224."""
-    w, h = image.size
-    s = min(w, h)
-    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    return image.crop(box).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    return image.crop(centre_box(*image.size)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
 
 
 def crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -75,20 +79,29 @@ def crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, in
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def rotate_and_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Level 1: rotation in [-20, 20] degrees (nearest, black corners), then a random resized crop."""
+Geometry = tuple[float, tuple[int, int, int, int]]  # rotation angle, crop (top, left, h, w)
+
+
+def draw_geometry(width: int, height: int, rng: np.random.Generator) -> Geometry:
+    """Level 1's draws: the angle in [-20, 20] degrees, then the random resized crop's box."""
+    angle = float(rng.uniform(-MAX_ANGLE, MAX_ANGLE))
+    return angle, crop_box(width, height, rng)
+
+
+def apply_geometry(tensor: torch.Tensor, geometry: Geometry, *, nearest: bool = False) -> torch.Tensor:
+    """[C, H, W] rotated (nearest, black corners) and crop-resized to 224 x 224: bilinear with antialias,
+    or nearest (`nearest`: a label map follows its image)."""
     # Imported here: torchvision's import pulls in torch._dynamo (~2 s), paid by every stage that
-    # imports this module otherwise, though only `extract` and `challenge` transform images.
+    # imports this module otherwise, though only `extract`, `challenge` and pretraining transform images.
     import torchvision.transforms.functional as TF
 
-    tensor = TF.pil_to_tensor(image)
-    angle = float(rng.uniform(-MAX_ANGLE, MAX_ANGLE))
-    rotated = TF.rotate(tensor, angle, interpolation=TF.InterpolationMode.NEAREST, fill=[0, 0, 0])
-    top, left, h, w = crop_box(image.width, image.height, rng)
-    crop = TF.resized_crop(
-        rotated, top, left, h, w, [SIZE, SIZE], interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+    angle, (top, left, h, w) = geometry
+    mode = TF.InterpolationMode
+    rotated = TF.rotate(tensor, angle, interpolation=mode.NEAREST, fill=[0] * tensor.shape[0])
+    resize = mode.NEAREST if nearest else mode.BILINEAR
+    return TF.resized_crop(
+        rotated, top, left, h, w, [SIZE, SIZE], interpolation=resize, antialias=not nearest
     )
-    return TF.to_pil_image(crop)
 
 
 def saturate(pixels: np.ndarray, factor: float) -> np.ndarray:
@@ -122,7 +135,7 @@ def blur(pixels: np.ndarray, kernel: int) -> np.ndarray:
     return cv2.GaussianBlur(pixels, (kernel, kernel), kernel / 6)
 
 
-def _distort(image: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:
+def distort(image: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:
     """Level 2 or 3 distortions of a 224 x 224 image, in the order saturation, contrast, rescale,
     noise, blur; each output is clipped to [0, 255] before the next."""
     ops = [(saturate, SATURATION), (contrast, CONTRAST), (rescale, RESCALE)]
@@ -140,13 +153,28 @@ def _distort(image: Image.Image, level: int, rng: np.random.Generator) -> Image.
 
 def challenge(image: Image.Image, level: int, rng: np.random.Generator) -> Image.Image:
     """The validator's level-`level` version of `image` (RGB): a 224 x 224 RGB image (before JPEG)."""
+    return challenge_pair(image, None, level, rng)[0]
+
+
+def challenge_pair(
+    image: Image.Image, labels: np.ndarray | None, level: int, rng: np.random.Generator
+) -> tuple[Image.Image, np.ndarray | None]:
+    """`challenge`, with a uint8 [H, W] label map of the image (or None) carried through the same crop
+    and rotation by nearest neighbour (the pretraining corpus's targets); distortions touch pixels only."""
     if level not in LEVELS:
         raise ValueError(f"challenge level {level!r}: expected one of {LEVELS}")
     image = image.convert("RGB")
     if level == 0:
-        return centre_square(image)
-    out = rotate_and_crop(image, rng)
-    return out if level == 1 else _distort(out, level, rng)
+        left, top, right, bottom = centre_box(*image.size)
+        if labels is not None:
+            labels = cv2.resize(labels[top:bottom, left:right], (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)
+        return centre_square(image), labels
+    geometry = draw_geometry(image.width, image.height, rng)
+    pixels = apply_geometry(torch.from_numpy(np.array(image)).permute(2, 0, 1), geometry)
+    out = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    if labels is not None:
+        labels = apply_geometry(torch.from_numpy(labels)[None], geometry, nearest=True)[0].numpy()
+    return (out if level == 1 else distort(out, level, rng)), labels
 
 
 def to_jpeg(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
