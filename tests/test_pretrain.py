@@ -55,7 +55,8 @@ def test_batches_take_whole_scenes_in_a_seeded_order():
 
 def test_a_scene_has_views_cover_and_no_roadwork_label():
     out = scene(CorpusConfig(), 5)
-    assert out["views"].shape == (16, 112, 112, 3) and out["cover"].shape == (16, len(KINDS), 7, 7)
+    views = 16 + 12  # the frame's crops, then its challenge copy's 12 views
+    assert out["views"].shape == (views, 112, 112, 3) and out["cover"].shape == (views, len(KINDS), 7, 7)
     assert set(out) == {"views", "cover", "attrs", "jpeg"}  # targets: what is drawn, never a label
     assert present(out["cover"], 4.0).any()  # scenery at least is drawn in every scene
 

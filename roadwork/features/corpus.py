@@ -37,6 +37,7 @@ from roadwork.synth.scene import (
 )
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, view_boxes
+from roadwork.views.validator import LEVELS, SIZE, challenge_pair, to_jpeg
 
 KINDS = (*ROADWORK_KINDS, *DISTRACTOR_KINDS, *SCENERY_KINDS)  # the per-patch target classes
 PATCH = 16  # DINOv3's patch side
@@ -59,6 +60,8 @@ class CorpusConfig:
     random_crops: int = 2  # boxes of random place and size (0.2-0.8 of the frame) per scene
     object_crops: int = 2  # tile-sized boxes around a random drawn object per scene
     jpeg_quality: int = 90  # like `synth.jpeg_quality`
+    challenges: int = 1  # validator-style copies per scene (a level drawn from 0-3, 224 px JPEG q75),
+    # cut into their 12 views like a served challenge: the targets follow the copy's crop and rotation
     side: int = 112  # view side in pixels (`extract.side`)
     grid: int = 3  # the planned views' rule (`views.grid`, `views.overlap`)
     overlap: float = 0.25
@@ -87,13 +90,13 @@ def draw_spec(config: CorpusConfig, rng: np.random.Generator) -> SceneSpec:
 
 
 def label_map(frame: Frame, width: int, height: int) -> np.ndarray:
-    """int16 [H, W]: 1 + the KINDS index of the object on top at each pixel, 0 where none is. Painted in
+    """uint8 [H, W]: 1 + the KINDS index of the object on top at each pixel, 0 where none is. Painted in
     the renderer's order: the road's yellow line first, then far to near (by the bottom of the box)."""
     drawn = sorted(
         [*frame.objects, *frame.distractors, *frame.scenery],
         key=lambda o: (o.kind != "yellow_line", o.box[3]),
     )
-    out = np.zeros((height, width), np.int16)
+    out = np.zeros((height, width), np.uint8)
     for obj in drawn:
         for polygon in obj.polygons:
             points = np.round(np.asarray(polygon, np.float64) * 8).astype(np.int32)  # 3 fractional bits
@@ -142,9 +145,25 @@ def cover_grid(labels: np.ndarray, box: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
+def challenge_copies(
+    config: CorpusConfig, jpeg: bytes, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Views and cover grids of `config.challenges` validator-style copies of a frame: what the served
+    model sees of a challenge, with the targets carried through the same geometry."""
+    views, covers = [], []
+    boxes = view_boxes(SIZE, SIZE, ViewsConfig(grid=config.grid, overlap=config.overlap))
+    image = Image.open(io.BytesIO(jpeg))
+    for _ in range(config.challenges):
+        copy, copy_labels = challenge_pair(image, labels, int(rng.integers(0, len(LEVELS))), rng)
+        views.append(load_views(to_jpeg(copy), boxes, config.side, size=(SIZE, SIZE)))
+        covers.append(np.stack([cover_grid(copy_labels, b, config.side) for b in boxes]))
+    return views, covers
+
+
 def scene(config: CorpusConfig, index: int) -> dict[str, np.ndarray]:
-    """Corpus scene `index`: `views` uint8 [V, side, side, 3], `cover` uint8 [V, K, g, g], `attrs` int8 [3],
-    `jpeg` (the encoded frame, for the test that no dataset image is in the corpus)."""
+    """Corpus scene `index`: `views` uint8 [V, side, side, 3] (the frame's crops, then its challenge
+    copies' views), `cover` uint8 [V, K, g, g], `attrs` int8 [3], `jpeg` (the encoded frame, for the
+    test that no dataset image is in the corpus)."""
     rng = scene_rng(config, index)
     spec = draw_spec(config, rng)
     frame = render_frames(spec, rng.spawn(1)[0], 1)[0]
@@ -153,9 +172,12 @@ def scene(config: CorpusConfig, index: int) -> dict[str, np.ndarray]:
     boxes = crop_boxes(config, frame, spec, rng)
     labels = label_map(frame, spec.width, spec.height)
     attrs = (WEATHERS.index(spec.weather), DAYTIMES.index(spec.daytime), ENVIRONMENTS.index(spec.environment))
+    views, covers = challenge_copies(config, buffer.getvalue(), labels, rng)
     return {
-        "views": load_views(buffer.getvalue(), boxes, config.side, size=(spec.width, spec.height)),
-        "cover": np.stack([cover_grid(labels, b, config.side) for b in boxes]),
+        "views": np.concatenate(
+            [load_views(buffer.getvalue(), boxes, config.side, size=(spec.width, spec.height)), *views]
+        ),
+        "cover": np.concatenate([np.stack([cover_grid(labels, b, config.side) for b in boxes]), *covers]),
         "attrs": np.array(attrs, np.int8),
         "jpeg": np.frombuffer(buffer.getvalue(), np.uint8),
     }
