@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import DINOv3ViTModel
 
@@ -55,10 +56,17 @@ def test_batches_take_whole_scenes_in_a_seeded_order():
 
 def test_a_scene_has_views_cover_and_no_roadwork_label():
     out = scene(CorpusConfig(), 5)
-    views = 16 + 12  # the frame's crops, then its challenge copy's 12 views
-    assert out["views"].shape == (views, 112, 112, 3) and out["cover"].shape == (views, len(KINDS), 7, 7)
+    assert out["views"].shape == (16, 112, 112, 3) and out["cover"].shape == (16, len(KINDS), 7, 7)
     assert set(out) == {"views", "cover", "attrs", "jpeg"}  # targets: what is drawn, never a label
     assert present(out["cover"], 4.0).any()  # scenery at least is drawn in every scene
+
+
+def test_a_challenge_copy_adds_its_12_views_and_leaves_the_frame_s_crops_alone():
+    plain, copied = scene(CorpusConfig(), 5), scene(CorpusConfig(challenges=1), 5)
+    assert copied["views"].shape == (16 + 12, 112, 112, 3) and copied["cover"].shape[0] == 16 + 12
+    np.testing.assert_array_equal(copied["views"][:16], plain["views"])  # drawn after the crops
+    np.testing.assert_array_equal(copied["cover"][:16], plain["cover"])
+    assert present(copied["cover"][16:], 4.0).any()
 
 
 def test_the_corpus_shares_no_image_with_the_dataset():

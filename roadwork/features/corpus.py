@@ -60,8 +60,9 @@ class CorpusConfig:
     random_crops: int = 2  # boxes of random place and size (0.2-0.8 of the frame) per scene
     object_crops: int = 2  # tile-sized boxes around a random drawn object per scene
     jpeg_quality: int = 90  # like `synth.jpeg_quality`
-    challenges: int = 1  # validator-style copies per scene (a level drawn from 0-3, 224 px JPEG q75),
-    # cut into their 12 views like a served challenge: the targets follow the copy's crop and rotation
+    challenges: int = 0  # validator-style copies per scene (a level drawn from 0-3, 224 px JPEG q75),
+    # cut into their 12 views like a served challenge, the targets following the copy's geometry
+    # (1 with 1,200 steps measured no gain on the challenges, decisions.md)
     side: int = 112  # view side in pixels (`extract.side`)
     grid: int = 3  # the planned views' rule (`views.grid`, `views.overlap`)
     overlap: float = 0.25

@@ -47,8 +47,8 @@ class PretrainConfig:
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     seed: int = 0  # head init, batch order and every augmentation draw (the weights: backbone.tiny.seed)
-    steps: int = 1200  # 22 min on 2 cores with the rendering (decisions.md)
-    scenes_per_batch: int = 8  # x 28 views a scene (16 crops, 12 of a challenge copy) = 224 a step
+    steps: int = 600  # 6.5 min on 2 cores with the rendering (decisions.md)
+    scenes_per_batch: int = 8  # x 16 views a scene = 128 views a step
     lr: float = 1e-3  # AdamW peak; linear warmup, then cosine to lr_min
     lr_min: float = 1e-5
     warmup: int = 100
