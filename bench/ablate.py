@@ -118,11 +118,14 @@ def challenge_tokens(challenge_dir: Path, paths: Any) -> dict[str, Any]:
     challenges' real half (embedded here once, exactly as `roadwork predict` embeds an image)."""
     from roadwork.features.backbone import load_backbone
     from roadwork.features.extract import embed_files
+    from roadwork.features.manifest import read_manifest
     from roadwork.views.plan import ViewsConfig
 
     table = pl.read_parquet(challenge_dir / TABLE_FILE)
     test = table.filter((pl.col("part") == "test") & (pl.col("domain") == "real"))
-    cached = Path("bench/results/ablation-test-challenges.npy")
+    # keyed by the backbone's weights: tokens of another backbone must not be read back
+    fingerprint = read_manifest(Path(paths.backbone), "backbone")["fingerprint"][:12]
+    cached = Path(f"bench/results/ablation-test-challenges-{fingerprint}.npy")
     if not cached.is_file():
         params = load_params()
         model = load_backbone(Path(paths.backbone), params["backbone"]["dtype"], "cpu")

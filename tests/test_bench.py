@@ -232,3 +232,27 @@ def test_campaign_runs_tiny_on_cpu(tmp_path: Path) -> None:
     assert stages["extract"]["natix_units"] == 12 * (copies * 6251 + 2298)
     assert result["totals"]["projected_s"] > result["totals"]["measured_without_synth_s"]
     assert "Projection to NATIX" in done.stdout and "**total**" in done.stdout
+
+
+def test_the_ceiling_counts_the_roadwork_a_challenge_keeps():
+    import polars as pl
+    from ceiling import left_pixels, roadwork_map
+
+    square = [[[100, 100], [140, 100], [140, 140], [100, 140]]]  # 40 x 40 px, well inside the centre
+    objects = [
+        {"kind": "cone", "polygons": square},
+        {"kind": "orange_car", "polygons": [[[0, 0], [50, 0], [50, 50]]]},
+    ]
+    drawn = roadwork_map(objects, 480, 270)
+    assert (
+        drawn.sum() == pytest.approx(40 * 40, rel=0.1) and drawn[:30, :30].sum() == 0
+    )  # look-alikes are not roadwork
+    index = pl.DataFrame(
+        {"image_id": ["a", "b"], "shard": ["s", "s"], "row": [0, 1], "width": [480] * 2, "height": [270] * 2}
+    )
+    table = pl.DataFrame(
+        {"file": ["test/real/a.jpg", "test/real/b.jpg"], "image_id": ["a", "b"], "level": [0, 0]}
+    )
+    left = left_pixels(table, index, {("s", 0): objects}, seed=0)  # "b" has no drawn objects
+    scale = 224 / 270  # level 0: the centre square of the short side, resized to 224
+    assert left[0] == pytest.approx(40 * 40 * scale**2, rel=0.15) and left[1] == 0
