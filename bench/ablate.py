@@ -287,7 +287,8 @@ def write_table(results: dict[str, dict[str, Any]], out: Path) -> None:
             spread([r["validator_mcc"] for r in runs]),
             spread([r.get("refined_test_mcc") for r in runs]),
         ]
-        lines.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
+        partial = f" ({len(runs)} of {len(SEEDS)} seeds)" if len(runs) < len(SEEDS) else ""
+        lines.append(f"| {name} | {what}{partial} | " + " | ".join(cells) + " |")
     if out.is_file() and READING in out.read_text():  # keep the hand-written reading
         lines += ["", READING + out.read_text().split(READING, 1)[1].rstrip()]
     out.write_text("\n".join(lines) + "\n")
