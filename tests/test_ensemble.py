@@ -32,6 +32,19 @@ def test_rank_by_validation_mcc():
     assert ranking[0][1] == pytest.approx(1.0) and ranking[2][1] == pytest.approx(-1.0)
 
 
+def test_rank_at_each_member_s_own_cut_ignores_a_shift_of_the_logits():
+    labels = [0, 0, 1, 1, 0, 1]
+    val = {
+        "shifted": frame(list("abcdef"), [-6, -5, -3, -2, -4, -1], labels),  # separates, all below 0
+        "noisy": frame(list("abcdef"), [-1, 2, 1, 3, -2, -1], labels),
+    }
+    at_half = rank_members(val, 0.5)
+    assert [name for name, _ in at_half] == ["noisy", "shifted"] and dict(at_half)["shifted"] == 0.0
+    own_cut = rank_members(val, None)
+    assert [name for name, _ in own_cut] == ["shifted", "noisy"]
+    assert dict(own_cut)["shifted"] == pytest.approx(1.0) and dict(own_cut)["noisy"] < 1.0
+
+
 def test_average_aligns_rows_by_id():
     a = frame(["x", "y"], [1.0, -3.0], [1, 0])
     b = frame(["y", "x"], [1.0, 3.0], [0, 1])

@@ -13,17 +13,20 @@ from pathlib import Path
 import polars as pl
 
 from roadwork.ensemble import EnsembleConfig
+from roadwork.ensemble.calibrate import best_cut
 from roadwork.metrics import mcc
 from roadwork.predictions import read_predictions
 from roadwork.train.checkpoint import load_head
 
 
-def rank_members(val: dict[str, pl.DataFrame], threshold: float) -> list[tuple[str, float]]:
-    """Members sorted by validation MCC, best first (ties by name, for determinism)."""
-    scores = {
-        name: mcc(frame["label"].to_numpy(), (frame["prob"].to_numpy() > threshold).astype(int))
-        for name, frame in val.items()
-    }
+def rank_members(val: dict[str, pl.DataFrame], threshold: float | None) -> list[tuple[str, float]]:
+    """Members sorted by validation MCC, best first (ties by name, for determinism): at `threshold` on
+    the probability, or (None) each at its own best cut, where its calibration would put 0.5."""
+    scores = {}
+    for name, frame in val.items():
+        label, logit = frame["label"].to_numpy(), frame["logit"].to_numpy()
+        said = logit > best_cut(logit, label) if threshold is None else frame["prob"].to_numpy() > threshold
+        scores[name] = mcc(label, said.astype(int))
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 

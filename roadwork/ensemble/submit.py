@@ -4,9 +4,9 @@ model written and served.
 Two ways to choose, both always scored (`submit.target` picks the served one):
 - `natix`: members ranked by validation MCC on the validation rows with their metadata; the variants
   (best single member, ensemble, + DoRA, + TTA, + DoRA + TTA) scored on the NATIX test split.
-- `validator`: members ranked by MCC on the validation *challenges* (224 px JPEGs of levels 0-3, no
-  metadata: shared VALIDATOR.md); the served probability calibrated on them so that the chosen cut
-  sits at 0.5, where a validator rounds.
+- `validator`: members ranked by MCC, each at its own best cut, on the validation *challenges* (224 px
+  JPEGs of levels 0-3, no metadata: shared VALIDATOR.md); the served probability calibrated on them so
+  that the chosen cut sits at 0.5, where a validator rounds.
 
 Writes `<submission>/submission.csv` (the served model on the NATIX test split), `ensemble.json`
 (what `roadwork predict` serves: members, calibration), `scores.json` (everything, with 95 %
@@ -69,7 +69,9 @@ def validator_choice(
     """Members by MCC on the validation challenges (no metadata), their ensemble calibrated there."""
     table, tokens = read_val_challenges(Path(paths.challenge))
     frames = challenge_frames(Path(paths.heads), list(ensemble.members), table, tokens)
-    ranking = rank_members(frames, 0.5)
+    # each member at its own best cut: the served ensemble is calibrated so that its best cut sits
+    # at 0.5, so a member whose challenge logits are merely shifted is not ranked down for it
+    ranking = rank_members(frames, None)
     chosen = [name for name, _ in ranking[: ensemble.top_k]]
     served = chosen[:1] if config.use == "best_single" else chosen
     mean = average_logits([frames[m] for m in served])
