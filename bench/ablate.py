@@ -45,24 +45,28 @@ from roadwork.features.masks import MaskCache, expected_attrs, open_masks, sourc
 from roadwork.features.truth import fill_truth_masks, read_truth
 from roadwork.metrics import binary_metrics, sigmoid, validator_metrics
 from roadwork.train.config import member_config
-from roadwork.train.data import metadata_arrays, null_metadata, prepare_tables
+from roadwork.train.crossfit import Trained, train_member
+from roadwork.train.data import metadata_arrays, null_metadata
 from roadwork.train.dora import FinetuneConfig, cross_fit
 from roadwork.train.loop import predict_with_model
-from roadwork.train.member import fit_member
 from roadwork.views.challenges import TABLE_FILE, VAL_FEATURES
 from roadwork.views.plan import boxes_by_image, read_plan
 
 SEEDS = (42, 7, 123)
 READING = "## Reading"
-MLP_VIEWS = {  # the `mlp_views` member of config.yaml, without its seed
+MLP_VIEWS = {  # the `mlp_views` member of config.yaml as one model (no crossfit), without its seed
     **{"model": "mlp", "pool": "views", "lr": 1e-3, "dropout": 0.3, "weight_decay": 0.05},
     **{"patience": 8, "select": "roc_auc"},
 }
-LINEAR = MLP_VIEWS | {"hidden": 0, "dropout": 0.0}  # the `linear` member, without its seed
+LINEAR = MLP_VIEWS | {"hidden": 0, "dropout": 0.0}  # the `linear` member likewise
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("baseline MLP (views pooled, metadata concatenated)", {"model": "mlp", "lr": 1.0e-3}),
-    "mlp-views": ("MLP on the views side by side (member `mlp_views`)", MLP_VIEWS),
-    "linear": ("logistic regression on the views side by side (member `linear`)", LINEAR),
+    "mlp-views": ("MLP on the views side by side (member `mlp_views`, one model)", MLP_VIEWS),
+    "linear": ("logistic regression on the views side by side (member `linear`, one model)", LINEAR),
+    "linear-crossfit": (
+        "member `linear` as configured: cross-fitted, 5 fold models",
+        LINEAR | {"crossfit": True},
+    ),
     "full": ("full head, default recipe", {}),
     "no-tiling": ("global view only (no tiles)", {"views": "global", "pruning": False}),
     "no-pruning": ("all 12 views (no pruning)", {"pruning": False}),
@@ -140,24 +144,26 @@ def challenge_tokens(challenge_dir: Path, paths: Any) -> dict[str, Any]:
     }
 
 
-def challenge_logits(model: torch.nn.Module, config: Any, vocab: Any, tokens: np.ndarray) -> np.ndarray:
-    """A trained member's log-odds on challenge tokens, without metadata (as `roadwork predict`)."""
+def challenge_logits(trained: Trained, config: Any, tokens: np.ndarray, part: str) -> np.ndarray:
+    """A trained member's log-odds on challenge tokens, without metadata (as `roadwork predict`); a
+    cross-fitted member answers a validation challenge with fold 0 (which held its row out), as
+    `submit` does, and a test challenge with the mean of its folds."""
     from roadwork.train.checkpoint import SavedHead
 
-    head = SavedHead("row", model.eval(), {}, vocab, config)
+    head = SavedHead("row", trained.model.eval(), {}, trained.vocab, config, trained.heldout)
     n = len(tokens)
     text = (np.zeros((n, 384), np.float32), np.zeros(n, bool))
-    return head.logits(tokens, metadata_arrays(null_metadata(n), vocab, text))
+    folds = np.full(n, 0 if part == "val" else -1, np.int64)
+    return head.logits(tokens, metadata_arrays(null_metadata(n), trained.vocab, text), folds)
 
 
-def validator_score(model: torch.nn.Module, config: Any, vocab: Any, challenges: dict[str, Any]) -> float:
+def validator_score(trained: Trained, config: Any, challenges: dict[str, Any]) -> float:
     """MCC (floored) on the test challenges' real half, after the calibration fitted on validation."""
     val_rows, val_tokens = challenges["val"]
     test_rows, test_tokens = challenges["test"]
-    calibration = fit_calibration(
-        challenge_logits(model, config, vocab, val_tokens), val_rows["label"].to_numpy()
-    )
-    prob = calibration.probability(challenge_logits(model, config, vocab, test_tokens))
+    val_logit = challenge_logits(trained, config, val_tokens, "val")
+    calibration = fit_calibration(val_logit, val_rows["label"].to_numpy())
+    prob = calibration.probability(challenge_logits(trained, config, test_tokens, "test"))
     return validator_metrics(test_rows["label"].to_numpy(), prob, n=1)["mcc"]
 
 
@@ -219,23 +225,23 @@ def run_row(ctx: Context, name: str, seed: int) -> dict[str, Any]:
         if config.model == "head" and config.masks:
             masks = ctx.truth_masks() if name == "dice-truth" else ctx.masks
         gps = ctx.params["gps"]
-        tables, vocab = prepare_tables(
+        torch.manual_seed(seed)
+        trained = train_member(
             ctx.index,
+            config=config,
             cache=ctx.cache,
             text_path=Path(ctx.paths.text),
             gps=ctx.gps,
-            config=config,
             near_km=gps["near_km"],
             first_bracket_km=gps["brackets_km"][0],
             masks=masks,
         )
-        torch.manual_seed(seed)
-        model, _, _ = fit_member(config=config, tables=tables, vocab=vocab)
+        model, tables = trained.model, trained.tables
         out[mode] = {"val_mcc": scores(model, tables["val"], config)["mcc"]} | {
             f"test_{k}": v for k, v in scores(model, tables["test"], config).items()
         }
         if mode == "image":
-            out["validator_mcc"] = validator_score(model, config, vocab, ctx.challenges)
+            out["validator_mcc"] = validator_score(trained, config, ctx.challenges)
         elif name in ("dora", "tta"):
             out["refined_test_mcc"] = refinement(ctx, name, model, config, tables)
     return out

@@ -17,9 +17,9 @@ from roadwork.features.mask_config import MaskKey
 from roadwork.features.masks import open_masks
 from roadwork.train.checkpoint import save_head
 from roadwork.train.config import member_config
-from roadwork.train.data import prepare_tables
+from roadwork.train.crossfit import train_member
 from roadwork.train.live import MemberLive
-from roadwork.train.member import fit_member, write_predictions
+from roadwork.train.member import write_predictions
 
 
 def main(member: str) -> None:
@@ -28,27 +28,38 @@ def main(member: str) -> None:
     config = member_config(params["train"], params["ensemble"]["members"][member], member)
     gps = params["gps"]  # near_km and brackets_km: what the sampling statistics need
     use_masks = config.model == "head" and config.masks  # targets of the full head's Dice term
-    tables, vocab = prepare_tables(
-        read_index(Path(paths.prepared)),
-        cache=open_features(paths, subset(CacheKey, params, "extract")),
-        text_path=Path(paths.text),
-        gps=read_weights(Path(paths.gps)),
-        config=config,
-        near_km=float(gps["near_km"]),
-        first_bracket_km=float(gps["brackets_km"][0]),
-        masks=open_masks(paths, subset(MaskKey, params, "masks")) if use_masks else None,
-    )
-    print(f"train@{member}: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
     with MemberLive(Path(paths.live) / member) as live:
-        model, spec, result = fit_member(config=config, tables=tables, vocab=vocab, log=live.step)
+        trained = train_member(
+            read_index(Path(paths.prepared)),
+            config=config,
+            log=live.step,
+            cache=open_features(paths, subset(CacheKey, params, "extract")),
+            text_path=Path(paths.text),
+            gps=read_weights(Path(paths.gps)),
+            near_km=float(gps["near_km"]),
+            first_bracket_km=float(gps["brackets_km"][0]),
+            masks=open_masks(paths, subset(MaskKey, params, "masks")) if use_masks else None,
+        )
+        tables, result = trained.tables, trained.result
+        print(f"train@{member}: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
         scores, labelled = write_predictions(
-            model=model, tables=tables, config=config, out_dir=Path(paths.predictions) / member
+            model=trained.model, tables=tables, config=config, out_dir=Path(paths.predictions) / member
         )
         summary = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, **scores}
+        if trained.fold_results:
+            summary["fold_best_epochs"] = [r.best_epoch for r in trained.fold_results]
         live.finish(
             summary, labelled, {"member": member, "model": config.model, "rows_train": len(tables["train"])}
         )
-    save_head(Path(paths.heads) / member, model=model, spec=spec, vocab=vocab, config=config, summary=summary)
+    save_head(
+        Path(paths.heads) / member,
+        model=trained.model,
+        spec=trained.spec,
+        vocab=trained.vocab,
+        config=config,
+        summary=summary,
+        heldout=trained.heldout,
+    )
     test = f", test MCC {summary['test']['mcc']:.3f}" if "test" in summary else ""
     print(f"train@{member}: best epoch {result.best_epoch}, val MCC {summary['val']['mcc']:.3f}{test}")
 

@@ -26,7 +26,6 @@ from roadwork.train.dora import (
     fold_average,
     load_fold_models,
     save_cross_fit,
-    take,
     train_fold,
 )
 from roadwork.train.loop import TrainResult, predict_with_model
@@ -190,7 +189,7 @@ def test_cross_fit_predicts_every_labelled_row_once_out_of_fold():
         assert not {table.group[i] for i in run.fit} & {
             table.group[i] for i in run.val
         }  # grouped inner split
-        want = predict_with_model(model=run.model, table=take(table, run.heldout), config=recipe)
+        want = predict_with_model(model=run.model, table=table.take(run.heldout), config=recipe)
         np.testing.assert_allclose(fit.oof_logit[run.heldout], want, rtol=0, atol=1e-6)
 
 

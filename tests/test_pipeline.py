@@ -25,6 +25,7 @@ import zarr
 from PIL import Image
 
 from roadwork.config import load_params, write_params
+from roadwork.train.checkpoint import load_head
 
 ROOT = Path(__file__).resolve().parents[1]
 # The metric and param columns of `dvc exp show`, before the dependencies' hashes.
@@ -51,9 +52,10 @@ def tiny_params() -> dict:
     params["train"].update(epochs=3, patience=3)
     params["ingest"].update(workers=1)
     params["submit"].update(bootstrap=100)
-    # Two members: the MLP baseline and a one-block full head (both take their seed from train.seed).
+    # Two members: the MLP baseline, cross-fitted, and a one-block full head (both take their seed from
+    # train.seed).
     params["ensemble"].update(
-        top_k=2, members={"mlp": {"model": "mlp"}, "head": {"model": "head", "layers": 1}}
+        top_k=2, members={"mlp": {"model": "mlp", "crossfit": True}, "head": {"model": "head", "layers": 1}}
     )
     return params
 
@@ -142,6 +144,11 @@ def test_repro_end_to_end(project: Path) -> None:
         "live/mlp/metrics.json",
     ):
         assert (project / path).is_file(), path
+    # The cross-fitted MLP: one model per fold, every labelled train row held out by exactly one of them.
+    assert len(json.loads((project / "live/mlp/metrics.json").read_text())["fold_best_epochs"]) == 5
+    heldout = load_head(project / "models/heads/mlp").heldout
+    labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
+    assert sorted(heldout) == sorted(labelled["image_id"]) and set(heldout.values()) == set(range(5))
 
     # Nothing changed: nothing runs.
     again = run(project, "dvc", "repro")
@@ -213,7 +220,12 @@ def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) ->
     assert sorted(diff.get("metrics/validator.json", {})) in ([], ["v_mcc", "v_reward"])
     changed = diff["metrics/final.json"]
     assert sorted(changed) == ["accuracy", "mcc", "reward", "roc_auc"]
-    assert any(entry["diff"] for entry in changed.values())
+    assert all({"old", "new"} <= set(entry) for entry in changed.values())
+    # the heads retrained to other weights (on 18 tiny test rows the headline numbers need not move)
+    before = yaml.safe_load(run(project, "git", "show", "HEAD:dvc.lock"))["stages"]
+    after = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for stage in ("train@mlp", "train@head"):
+        assert before[stage]["outs"] != after[stage]["outs"], stage
     # `dvc exp show`: these metric and param columns and no others (no interpolated `paths.*`); without
     # the dependency columns (`make exps`) all of them show in a 200-column terminal.
     header = run(project, "dvc", "exp", "show", "--csv").splitlines()[0].split(",")

@@ -38,7 +38,10 @@ def challenge_frames(
     frames = {}
     for name in members:
         head = load_head(Path(heads_dir) / name)
-        logit = head.logits(tokens, metadata_arrays(null_metadata(n), head.vocab, text))
+        meta = metadata_arrays(null_metadata(n), head.vocab, text)
+        # a validation challenge is cut from (or re-draws) a validation row: a cross-fitted member
+        # answers it with fold 0, the model that held the validation rows out
+        logit = head.logits(tokens, meta, folds=np.zeros(n, np.int64))
         frames[name] = predictions_frame(
             image_id=table["file"].to_list(),
             split="val",

@@ -23,6 +23,8 @@ class TrainConfig:
     views: str  # all | global (view 0 only: the no-tiling ablation)
     val_fraction: float  # share of the train split held out for validation, grouped by video / GPS cell
     split_seed: int  # seed of that split; shared by all members so their validation MCCs compare
+    crossfit: bool  # one model per fold of that split (fold 0 holds out the validation rows), served as
+    # their mean: every labelled row trains the member (roadwork/train/crossfit.py); MLP members only
     seed: int  # model init, sampling, dropout
     epochs: int  # at most this many epochs
     patience: int  # stop after this many epochs without a better validation score (`select`)
@@ -76,6 +78,11 @@ class TrainConfig:
             raise ConfigError(f"train.select={self.select!r}: expected 'mcc' or 'roc_auc'")
         if self.model not in ("mlp", "head"):
             raise ConfigError(f"train.model={self.model!r}: expected 'mlp' or 'head'")
+        if self.crossfit and self.model != "mlp":
+            raise ConfigError(
+                "train.crossfit: MLP members only (a full head would train once per fold, and DoRA, TTA "
+                "and the report's view gates read one full head)"
+            )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
         for name in ("meta_dropout", "challenge_rate"):

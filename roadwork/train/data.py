@@ -6,6 +6,7 @@ batch is drawn), so an epoch is pure indexing: no file I/O, no backbone.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +68,25 @@ class Table:
     first_bracket: np.ndarray | None = None  # [n] bool: in the first GPS bracket (strongest weight)
     masks: np.ndarray | None = None  # [n, V, P, G, G] float16: SAM 3 pseudo-masks per view and prompt
     challenge_copies: int = 0  # the last copies of a full row are validator-style (224 px, no metadata)
+    fold: np.ndarray | None = None  # [n] the fold that held each row out (a cross-fitted member); -1: none
 
     def __len__(self) -> int:
         return len(self.image_id)
+
+    def take(self, idx: np.ndarray) -> Table:
+        """The rows `idx` as a new Table (every per-row field indexed, whatever fields it has)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        values = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                value = value[idx]
+            elif isinstance(value, list):
+                value = [value[i] for i in idx] if value else []
+            elif isinstance(value, dict):
+                value = {k: v[idx] for k, v in value.items()}
+            values[f.name] = value
+        return Table(**values)
 
     def predictions(self, split: str, logit: np.ndarray) -> pl.DataFrame:
         """The prediction frame (`roadwork.predictions`) of these rows for their `logit`s."""
@@ -108,6 +125,8 @@ class Table:
         out.update({k: torch.from_numpy(null_where(k, v[idx], null_meta)) for k, v in self.meta.items()})
         if "weather" in self.meta:  # the auxiliary target: the tag describes the pixels, dropped input or not
             out["weather_target"] = torch.from_numpy(self.meta["weather"][idx])
+        if self.fold is not None:  # a cross-fitted member predicts a row with the model that held it out
+            out["fold"] = torch.from_numpy(self.fold[idx])
         if self.masks is not None:
             out["masks"] = torch.from_numpy(self.masks[idx].astype(np.float32))
             out["mask_valid"] = torch.ones(len(idx), dtype=torch.bool)
@@ -132,29 +151,39 @@ def view_features(tokens: np.ndarray, config: TrainConfig) -> np.ndarray:
     return features[:, [0]] if config.views == "global" else features
 
 
-def split_train_val(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Hold out about `fraction` of the rows, whole groups (videos / GPS cells) at a time, stratified.
+def grouped_folds(rows: pl.DataFrame, fraction: float, seed: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
+    """The rows dealt into about 1 / `fraction` folds, whole groups (videos / GPS cells) at a time,
+    stratified by label: (training rows, held-out rows) per fold, fold 0 first.
 
-    With fewer groups than 1 / `fraction`, one group is held out (a larger share, never zero rows).
+    With fewer groups than 1 / `fraction`, one fold per group (a larger share, never zero rows).
     """
     n_groups = rows["group"].n_unique()
     if n_groups < 2:
         raise ValueError(f"no validation part to hold out: {len(rows)} row(s) form {n_groups} group(s)")
     folds = min(max(2, round(1.0 / fraction)), n_groups)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(
-        splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), rows["group"].to_numpy())
-    )
-    return rows[np.sort(train_idx)], rows[np.sort(val_idx)]
+    split = splitter.split(np.zeros(len(rows)), rows["label"].to_numpy(), rows["group"].to_numpy())
+    return [(rows[np.sort(fit)], rows[np.sort(held)]) for fit, held in split]
+
+
+def split_train_val(rows: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Hold out about `fraction` of the rows, whole groups at a time, stratified: fold 0 of
+    `grouped_folds`."""
+    return grouped_folds(rows, fraction, seed)[0]
+
+
+def labelled_train_rows(index: pl.DataFrame) -> pl.DataFrame:
+    """The labelled rows of the train split: what members fit and validate on."""
+    labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
+    if labelled.is_empty():
+        raise ValueError("the index has no labelled train rows")
+    return labelled
 
 
 def train_val_rows(index: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The labelled train split cut into the rows heads fit on and the validation rows every member
     holds out (`train.val_fraction`, `train.split_seed`: shared, so validation MCCs compare)."""
-    labelled = index.filter((pl.col("split") == "train") & pl.col("label").is_not_null())
-    if labelled.is_empty():
-        raise ValueError("the index has no labelled train rows")
-    return split_train_val(labelled, fraction, seed)
+    return split_train_val(labelled_train_rows(index), fraction, seed)
 
 
 def metadata_arrays(
@@ -240,6 +269,39 @@ def prepare_tables(
         for name, rows in parts.items()
     }
     return tables, vocab
+
+
+def prepare_folds(
+    index: pl.DataFrame,
+    *,
+    cache: FeatureCache,
+    text_path: Path,
+    gps: pl.DataFrame,
+    config: TrainConfig,
+    near_km: float,
+    first_bracket_km: float,
+    masks: MaskCache | None = None,
+) -> tuple[list[dict[str, Table]], Vocab]:
+    """train / val / test Tables for every fold of the labelled train split (`grouped_folds`; fold 0's
+    held-out rows are the validation rows every member holds out), and one vocabulary for all folds:
+    fold 0's training rows' (the plain member's), so that fold 0 is exactly the plain member."""
+    labelled = labelled_train_rows(index)
+    split = grouped_folds(labelled, config.val_fraction, config.split_seed)
+    vocab = Vocab.fit(split[0][0])
+    test_rows = index.filter(pl.col("split") == "test")
+    common = {"cache": cache, "vocab": vocab, "config": config}
+    common |= {"near_km": near_km, "first_bracket_km": first_bracket_km}
+    text = read_text(text_path, labelled["image_id"].to_list())
+    pool = load_table(labelled, text=text, gps=gps, masks=masks, **common)
+    test = load_table(test_rows, text=read_text(text_path, test_rows["image_id"].to_list()), **common)
+    position = {image_id: k for k, image_id in enumerate(pool.image_id)}
+    folds = []
+    for k, (fit, held) in enumerate(split):
+        fit_idx, held_idx = ([position[i] for i in rows["image_id"]] for rows in (fit, held))
+        val = pool.take(held_idx)
+        val.fold = np.full(len(val), k, dtype=np.int64)  # the fold models ignore it; `FoldMean` reads it
+        folds.append({"train": pool.take(fit_idx), "val": val, "test": test})
+    return folds, vocab
 
 
 def null_metadata(n: int) -> pl.DataFrame:

@@ -131,22 +131,6 @@ def assign_folds(label: np.ndarray, groups: list[str], k: int, seed: int) -> np.
     return fold
 
 
-def take(table: Table, idx: np.ndarray) -> Table:
-    """The rows `idx` of a Table as a new Table (every per-row field indexed, whatever fields it has)."""
-    idx = np.asarray(idx, dtype=np.int64)
-    values = {}
-    for f in dataclasses.fields(table):
-        value = getattr(table, f.name)
-        if isinstance(value, np.ndarray):
-            value = value[idx]
-        elif isinstance(value, list):
-            value = [value[i] for i in idx] if value else []
-        elif isinstance(value, dict):
-            value = {k: v[idx] for k, v in value.items()}
-        values[f.name] = value
-    return Table(**values)
-
-
 def fold_train_config(member: TrainConfig, config: FinetuneConfig, fold: int) -> TrainConfig:
     """The member's recipe with the fine-tuning optimiser settings (its loss, batch and warmup stay)."""
     return dataclasses.replace(
@@ -193,12 +177,12 @@ def train_fold(
     fit_rows, val_rows = split_train_val(inner, config.val_fraction, config.seed + fold)
     fit, val = fit_rows["i"].to_numpy(), val_rows["i"].to_numpy()
     recipe = fold_train_config(member, config, fold)
-    val_table = take(table, val)
+    val_table = table.take(val)
     before = predict_with_model(model=base, table=val_table, config=recipe)
     model = attach_dora(base, config, config.seed + fold)
     result = train_with_model(
         model=model,
-        train=take(table, fit),
+        train=table.take(fit),
         val=val_table,
         config=recipe,
         loss_fn=loss_for(member),
@@ -245,7 +229,7 @@ def cross_fit(*, base: nn.Module, table: Table, config: FinetuneConfig, member: 
     oof = np.full(len(table), np.nan)
     for run in runs:
         recipe = fold_train_config(member, config, run.fold)
-        oof[run.heldout] = predict_with_model(model=run.model, table=take(table, run.heldout), config=recipe)
+        oof[run.heldout] = predict_with_model(model=run.model, table=table.take(run.heldout), config=recipe)
     return CrossFit(runs, fold_of, oof)
 
 
