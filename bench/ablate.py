@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from roadwork.config import load_params, load_paths, section, subset
+from roadwork.config import load_params, load_paths, section, subset, to_dict
 from roadwork.data.gps import read_weights
 from roadwork.data.index import read_index
 from roadwork.ensemble.calibrate import fit_calibration
@@ -99,7 +100,7 @@ class Context:
         self.gps = read_weights(Path(self.paths.gps))
         self.masks = open_masks(self.paths, subset(MaskKey, params, "masks"))
         self._truth: MaskCache | None = None
-        self.challenges = challenge_tokens(Path(self.paths.challenge), self.paths)
+        self.challenges = challenge_tokens(params, self.paths)
 
     def truth_masks(self) -> MaskCache:
         """A mask cache rasterised from the generator's polygons (built once, in a temporary folder)."""
@@ -117,7 +118,14 @@ class Context:
         return self._truth
 
 
-def challenge_tokens(challenge_dir: Path, paths: Any) -> dict[str, Any]:
+def tokens_key(fingerprint: str, views: Any, key: CacheKey) -> str:
+    """What cached challenge tokens depend on: the backbone's weights, the view rule, the view side and
+    normalisation (tokens of another backbone or side must not be read back)."""
+    parts = [fingerprint, to_dict(views), to_dict(key)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def challenge_tokens(params: dict[str, Any], paths: Any) -> dict[str, Any]:
     """The challenges' rows and tokens: validation (embedded by the challenge stage) and the test
     challenges' real half (embedded here once, exactly as `roadwork predict` embeds an image)."""
     from roadwork.features.backbone import load_backbone
@@ -125,15 +133,14 @@ def challenge_tokens(challenge_dir: Path, paths: Any) -> dict[str, Any]:
     from roadwork.features.manifest import read_manifest
     from roadwork.views.plan import ViewsConfig
 
+    challenge_dir = Path(paths.challenge)
     table = pl.read_parquet(challenge_dir / TABLE_FILE)
     test = table.filter((pl.col("part") == "test") & (pl.col("domain") == "real"))
-    # keyed by the backbone's weights: tokens of another backbone must not be read back
-    fingerprint = read_manifest(Path(paths.backbone), "backbone")["fingerprint"][:12]
-    cached = Path(f"bench/results/ablation-test-challenges-{fingerprint}.npy")
+    views, key = section(ViewsConfig, params, "views"), subset(CacheKey, params, "extract")
+    fingerprint = read_manifest(Path(paths.backbone), "backbone")["fingerprint"]
+    cached = Path(f"bench/results/ablation-test-challenges-{tokens_key(fingerprint, views, key)}.npy")
     if not cached.is_file():
-        params = load_params()
         model = load_backbone(Path(paths.backbone), params["backbone"]["dtype"], "cpu")
-        views, key = section(ViewsConfig, params, "views"), subset(CacheKey, params, "extract")
         cached.parent.mkdir(parents=True, exist_ok=True)
         np.save(
             cached, embed_files(model, [challenge_dir / f for f in test["file"]], views=views, config=key)

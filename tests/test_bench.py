@@ -256,3 +256,21 @@ def test_the_ceiling_counts_the_roadwork_a_challenge_keeps():
     left = left_pixels(table, index, {("s", 0): objects}, seed=0)  # "b" has no drawn objects
     scale = 224 / 270  # level 0: the centre square of the short side, resized to 224
     assert left[0] == pytest.approx(40 * 40 * scale**2, rel=0.15) and left[1] == 0
+
+
+def test_ablation_challenge_tokens_are_keyed_by_backbone_views_and_side():
+    import dataclasses
+
+    from ablate import tokens_key
+
+    from roadwork.config import subset
+    from roadwork.features.cache import CacheKey
+    from roadwork.views.plan import ViewsConfig
+
+    params = load_params()
+    views, key = section(ViewsConfig, params, "views"), subset(CacheKey, params, "extract")
+    base = tokens_key("a" * 64, views, key)
+    assert base == tokens_key("a" * 64, views, key)
+    assert base != tokens_key("b" * 64, views, key)  # another backbone
+    assert base != tokens_key("a" * 64, views, dataclasses.replace(key, side=key.side + 16))
+    assert base != tokens_key("a" * 64, dataclasses.replace(views, grid=views.grid + 1), key)
