@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install -q --no-deps --no-compile
+HEAVY := ^(torch|torchvision|triton|nvidia-|cuda-)
 
 # `dvc exp show` gives every stage dependency a column (about 130 here) and rich keeps one character of
 # the terminal per column even when DVC folds it into "…"; without them the table fits 200 columns.
@@ -12,11 +14,18 @@ DEPS_COLUMNS := ^(assets|config\.yaml|live|predictions(_dora|_tta)?|submission|v
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# pip byte-compiles on one core (80 s of a 2.6 min install): compile on every core instead. Without
-	# .pyc files every stage would recompile torch at import where PYTHONDONTWRITEBYTECODE is set.
-	# torch ships one Python 3.12-only test module, which 3.11 cannot compile.
-	$(PY) -m pip install -q --no-compile -c requirements.lock -e '.[dev]'
+	# requirements.lock pins the whole environment, so pip installs it as listed (--no-deps: nothing to
+	# resolve) in two processes at once, one core each: torch and its CUDA libraries (3 GB to unpack)
+	# beside everything else; then the project, and `pip check` refuses a lock that misses a dependency.
+	# pip byte-compiles on one core: skipped, then `compileall` on every core. Without .pyc files every
+	# stage would recompile torch at import where PYTHONDONTWRITEBYTECODE is set. torch ships one
+	# Python 3.12-only test module, which 3.11 cannot compile.
+	grep -E  '$(HEAVY)' requirements.lock > $(VENV)/heavy.txt
+	grep -vE '$(HEAVY)' requirements.lock > $(VENV)/rest.txt
+	$(PIP) -r $(VENV)/heavy.txt & heavy=$$!; $(PIP) -r $(VENV)/rest.txt; rest=$$?; \
+	  wait $$heavy && test $$rest -eq 0
+	$(PIP) -e '.[dev]'
+	$(PY) -m pip check
 	$(PY) -m compileall -q -j 0 -x py312_intrinsics $(VENV)/lib
 	touch $(STAMP)
 

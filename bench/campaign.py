@@ -138,9 +138,9 @@ def campaign_params(args: argparse.Namespace, models: dict[str, str], fraction: 
             side=512, batch_images=8, workers=workers, device="cuda", compile=True, shard_rows=512
         )
         params["train"].update(amp="bf16", width=512, heads=8)
-        # DESIGN's six full heads (the embedded default trains four): wider 1.5x, more_heads 2x
+        # DESIGN's six full heads (the embedded default trains two): wider 1.5x, more_heads 2x
         full_members = {
-            "wider": {"width": 768},
+            "wider": {"width": 768, "seed": 789},
             "more_heads": {"heads": 16, "seed": 2026},
             "gps_strong": {"gps_weighting": True, "gps_near_weight": 10.0, "seed": 314},
         }

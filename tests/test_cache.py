@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+import zarr
 
-from roadwork.features.cache import FeatureCache, StaleCacheError, row_runs
+from roadwork.features.cache import FeatureCache, StaleCacheError, read_rows, row_runs
 
 ATTRS = {"backbone_fingerprint": "abc", "plan_fingerprint": "def", "side": 32}
 
@@ -41,6 +42,16 @@ def test_write_read_round_trip(tmp_path):
     assert copies.tolist() == [1, 2, 1]
     only_global, _ = reopened.read(order, ["patch_mean"], views=[0])
     assert only_global.shape == (3, 2, 1, 5)
+
+
+def test_read_rows_matches_numpy_indexing(tmp_path):
+    array = zarr.create_array(tmp_path / "a.zarr", shape=(23, 2, 3), chunks=(4, 2, 3), dtype="float32")
+    values = np.random.default_rng(0).normal(size=array.shape).astype(np.float32)
+    array[:] = values
+    # out of order, repeated, chunks skipped (8-11), the last partial chunk, one row
+    for rows in ([22, 0, 5, 5, 13, 1, 21], [7], list(range(23))[::-1]):
+        np.testing.assert_array_equal(read_rows(array, np.array(rows)), values[rows])
+    assert read_rows(array, np.zeros(0, dtype=np.int64)).shape == (0, 2, 3)
 
 
 def test_incremental_rows_keep_their_place(tmp_path):

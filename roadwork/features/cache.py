@@ -107,6 +107,19 @@ def row_runs(rows: np.ndarray) -> list[tuple[int, int, slice]]:
     return [(int(rows[a]), int(rows[b - 1]) + 1, slice(a, b)) for a, b in pairwise(bounds) if b > a]
 
 
+def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` (any order, repeats allowed), reading only the chunks that hold a wanted row."""
+    chunk = array.chunks[0]
+    wanted = np.unique(rows)
+    parts = []
+    for first, end, _ in row_runs(np.unique(wanted // chunk)):
+        start, stop = first * chunk, min(end * chunk, array.shape[0])
+        block = array[start:stop]
+        parts.append(block[wanted[(wanted >= start) & (wanted < stop)] - start])
+    values = np.concatenate(parts) if parts else np.zeros((0, *array.shape[1:]), dtype=array.dtype)
+    return values[np.searchsorted(wanted, rows)]
+
+
 class RowCache:
     """A zarr group of per-image arrays `[N, ...]` keyed by `image_id`, with a `done` flag per row.
 
@@ -204,7 +217,7 @@ class RowCache:
         return np.array([self.row_of[i] for i in image_ids], dtype=np.int64)
 
     def done_mask(self, rows: np.ndarray) -> np.ndarray:
-        return self.group["done"].oindex[rows] if len(rows) else np.zeros(0, dtype=bool)
+        return read_rows(self.group["done"], np.asarray(rows, dtype=np.int64))
 
     def write(self, rows: np.ndarray, values: dict[str, np.ndarray]) -> None:
         """Write every array's values for `rows`, then mark the rows done (done is written last).
@@ -232,12 +245,10 @@ class RowCache:
         return rows
 
     def read_array(self, name: str, image_ids: Sequence[str]) -> np.ndarray:
-        """`name` for `image_ids`, in their order (read in row order: zarr is fastest that way)."""
-        rows = self.rows_for(image_ids)
-        order = np.argsort(rows)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return self.group[name].oindex[rows[order]][inverse]
+        """`name` for `image_ids`, in their order. Read as slices over runs of consecutive chunks that
+        hold a wanted row: zarr 3's orthogonal indexing by a row list decodes chunk by chunk in
+        Python (6.5 s for the embedded default's view masks, against 0.1 s as one slice)."""
+        return read_rows(self.group[name], self.rows_for(image_ids))
 
 
 class ShardWriter:
