@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install -q --no-deps --no-compile
-HEAVY := ^(torch|torchvision|triton|nvidia-|cuda-)
+HALF := ^(torch|torchvision|triton|nvidia-|cuda-|pyarrow|opencv)
 
 # `dvc exp show` gives every stage dependency a column (about 130 here) and rich keeps one character of
 # the terminal per column even when DVC folds it into "…"; without them the table fits 200 columns.
@@ -12,21 +12,21 @@ DEPS_COLUMNS := ^(assets|config\.yaml|live|predictions(_dora|_tta)?|submission|v
 
 .PHONY: setup run test lint clean exps
 
+# requirements.lock pins the whole environment, so pip installs it as listed (--no-deps: nothing to
+# resolve) in two processes at once, one core each: torch, its CUDA libraries (3 GB to unpack) and
+# two more large wheels beside everything else; then the project, and `pip check` refuses a lock that
+# misses a dependency. pip byte-compiles on one core: skipped, then `compileall` on every core
+# (the packages' own test folders left out). Without .pyc files every stage would recompile torch at
+# import where PYTHONDONTWRITEBYTECODE is set. torch ships one Python 3.12-only test module.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
-	# requirements.lock pins the whole environment, so pip installs it as listed (--no-deps: nothing to
-	# resolve) in two processes at once, one core each: torch and its CUDA libraries (3 GB to unpack)
-	# beside everything else; then the project, and `pip check` refuses a lock that misses a dependency.
-	# pip byte-compiles on one core: skipped, then `compileall` on every core. Without .pyc files every
-	# stage would recompile torch at import where PYTHONDONTWRITEBYTECODE is set. torch ships one
-	# Python 3.12-only test module, which 3.11 cannot compile.
-	grep -E  '$(HEAVY)' requirements.lock > $(VENV)/heavy.txt
-	grep -vE '$(HEAVY)' requirements.lock > $(VENV)/rest.txt
-	$(PIP) -r $(VENV)/heavy.txt & heavy=$$!; $(PIP) -r $(VENV)/rest.txt; rest=$$?; \
-	  wait $$heavy && test $$rest -eq 0
+	grep -E  '$(HALF)' requirements.lock > $(VENV)/half.txt
+	grep -vE '$(HALF)' requirements.lock > $(VENV)/rest.txt
+	$(PIP) -r $(VENV)/half.txt & half=$$!; $(PIP) -r $(VENV)/rest.txt; rest=$$?; \
+	  wait $$half && test $$rest -eq 0
 	$(PIP) -e '.[dev]'
 	$(PY) -m pip check
-	$(PY) -m compileall -q -j 0 -x py312_intrinsics $(VENV)/lib
+	$(PY) -m compileall -q -j 0 -x '/tests/|py312_intrinsics' $(VENV)/lib
 	touch $(STAMP)
 
 setup: $(STAMP)

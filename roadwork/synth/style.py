@@ -55,11 +55,14 @@ def finish(frame: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndar
     image = cv2.bilateralFilter(image, d=max(3, round(0.012 * h) | 1), sigmaColor=sigma, sigmaSpace=sigma / 8)
     coarse = rng.standard_normal((max(2, h // 24), max(2, w // 24), 1)).astype(np.float32)
     brush = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)[..., None]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy = np.arange(h, dtype=np.float32)[:, None]  # broadcast, not a full grid: the same values
+    xx = np.arange(w, dtype=np.float32)[None, :]
     radius = ((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2)[..., None]
     shade = (1.0 + style.texture * brush) * (1.0 - 0.35 * radius)
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
     hsv[..., 0] = (hsv[..., 0] + 256 * style.hue_shift) % 256
     hsv[..., 1] = np.clip(hsv[..., 1] * style.saturation, 0, 255)
     graded = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL).astype(np.float32)
-    return np.clip(graded * shade * np.float32(style.tint), 0, 255)
+    graded *= shade
+    graded *= np.float32(style.tint)
+    return np.clip(graded, 0, 255, out=graded)
