@@ -55,14 +55,14 @@ from roadwork.views.plan import boxes_by_image, read_plan
 
 SEEDS = (42, 7, 123)
 READING = "## Reading"
-MLP_VIEWS = {  # the `mlp_views` member of config.yaml as one model (no crossfit), without its seed
+MLP_VIEWS = {  # the views MLP of config.yaml's real-run list as one model (no crossfit), without its seed
     **{"model": "mlp", "pool": "views", "lr": 1e-3, "dropout": 0.3, "weight_decay": 0.05},
     **{"patience": 8, "select": "roc_auc"},
 }
 LINEAR = MLP_VIEWS | {"hidden": 0, "dropout": 0.0}  # the `linear` member likewise
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp": ("baseline MLP (views pooled, metadata concatenated)", {"model": "mlp", "lr": 1.0e-3}),
-    "mlp-views": ("MLP on the views side by side (member `mlp_views`, one model)", MLP_VIEWS),
+    "mlp-views": ("MLP on the views side by side (`mlp_views` of the real-run list, one model)", MLP_VIEWS),
     "linear": ("logistic regression on the views side by side (member `linear`, one model)", LINEAR),
     "linear-crossfit": (
         "member `linear` as configured: cross-fitted, 5 fold models",
