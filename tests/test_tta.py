@@ -16,7 +16,7 @@ from PIL import Image
 from roadwork.config import ConfigError, section
 from roadwork.distributed import SINGLE, Ranks
 from roadwork.ensemble.combine import pick_frames, variants
-from roadwork.features.cache import ExtractConfig
+from roadwork.features.cache import ExtractConfig, FeatureCache
 from roadwork.metrics import compare
 from roadwork.models import build_model
 from roadwork.predictions import read_layer
@@ -24,7 +24,14 @@ from roadwork.train.data import Table
 from roadwork.train.loop import predict_with_model
 from roadwork.tta import TtaConfig
 from roadwork.tta.augment import AugSpec, ImageViews, grid_specs
-from roadwork.tta.extract import extract_tta, open_checked, open_for_writing, read_tokens, tta_attrs
+from roadwork.tta.extract import (
+    copy_clean_views,
+    extract_tta,
+    open_checked,
+    open_for_writing,
+    read_tokens,
+    tta_attrs,
+)
 from roadwork.tta.foods import fit_distance, foods_probability, foods_weights, keep_closest
 from roadwork.tta.heads import MemberTTA, Variant
 from roadwork.views.crops import load_views
@@ -180,6 +187,28 @@ def test_adding_an_augmentation_computes_only_the_new_one(shard):
     np.testing.assert_array_equal(read_tokens(caches[flip], ["im3", "im0"]), first)
     want = CountingEmbed()(ImageViews(_image_bytes(root, 2), (80, 80), VIEWS, 16)(zoom)).astype(np.float16)
     np.testing.assert_array_equal(read_tokens(caches[zoom], ["im2"])[0], want)
+
+
+def test_the_identity_comes_from_the_feature_cache_not_the_backbone(shard):
+    root, jobs = shard
+    ids = jobs["image_id"].to_list()
+    features = FeatureCache.create(
+        root / "features.zarr", copies=2, views=12, dim=3, chunk_rows=2, shard_rows=4, attrs=ATTRS
+    )
+    clean = np.random.default_rng(0).normal(size=(5, 2, 12, 3, 3)).astype(np.float16)  # [n, C, V, 3, D]
+    values = [features.row_values(f) for f in clean[::-1]]
+    rows = features.ensure_rows(ids[::-1])  # another row order than the TTA cache's
+    features.write(rows, {k: np.stack([v[k] for v in values]) for k in values[0]})
+    identity, flip = AugSpec(), AugSpec(flip=True)
+    caches = open_for_writing(
+        root / "tta.zarr", (identity, flip), attrs=ATTRS, views=12, dim=3, chunk_rows=1, shard_rows=2
+    )
+    assert copy_clean_views(caches[identity], features, ids) == 5
+    assert copy_clean_views(caches[identity], features, ids) == 0  # done: nothing copied twice
+    np.testing.assert_array_equal(read_tokens(caches[identity], ids), clean[:, 0])  # copy 0, the clean one
+    embed = CountingEmbed()
+    _, counts = run_extract(root, jobs, [identity, flip], embed)
+    assert counts["computed"] == {"identity": 0, "flip": 5} and embed.views == 5 * 12
 
 
 def _image_bytes(root, row):

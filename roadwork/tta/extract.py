@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from roadwork.data.images import ShardReader
 from roadwork.distributed import SINGLE, Ranks, owns
-from roadwork.features.cache import ExtractConfig, RowCache, ShardWriter, expected_attrs
+from roadwork.features.cache import TOKENS as FEATURE_TOKENS
+from roadwork.features.cache import ExtractConfig, FeatureCache, RowCache, ShardWriter, expected_attrs
 from roadwork.progress import progress
 from roadwork.tta.augment import AugSpec, ImageViews
 from roadwork.views.plan import ViewsConfig, n_views
@@ -81,6 +82,21 @@ def open_for_writing(
 def open_checked(root: Path, specs: tuple[AugSpec, ...], attrs: dict) -> dict[AugSpec, TtaCache]:
     """Readers: every spec's sub-cache, refused when stale."""
     return {s: TtaCache.open_checked(spec_path(root, s), spec_attrs(attrs, s)) for s in specs}
+
+
+def copy_clean_views(cache: TtaCache, features: FeatureCache, image_ids: list[str]) -> int:
+    """Fill the identity augmentation's rows of `image_ids` not done yet with the feature cache's clean
+    copy (copy 0: the same views, bit for bit), so the backbone never runs twice for an image and view.
+    Returns the rows filled. The feature cache must share the TTA cache's fingerprints (same extract
+    config, backbone and view rule); an image missing from it raises, naming the cache."""
+    rows = cache.ensure_rows(image_ids)
+    todo = ~cache.done_mask(rows)
+    if not todo.any():
+        return 0
+    ids = [i for i, t in zip(image_ids, todo, strict=True) if t]
+    tokens = np.stack([features.read_array(name, ids)[:, 0] for name in FEATURE_TOKENS], axis=2)
+    cache.write(rows[todo], {TOKENS: tokens.astype(np.float16)})
+    return len(ids)
 
 
 class _ImageJobs(Dataset):

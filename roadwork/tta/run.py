@@ -23,7 +23,14 @@ from roadwork.train.checkpoint import SavedHead, load_head
 from roadwork.train.dora import load_fold_models
 from roadwork.tta import TtaConfig
 from roadwork.tta.augment import AugSpec
-from roadwork.tta.extract import TtaCache, extract_tta, open_for_writing, read_tokens, tta_attrs
+from roadwork.tta.extract import (
+    TtaCache,
+    copy_clean_views,
+    extract_tta,
+    open_for_writing,
+    read_tokens,
+    tta_attrs,
+)
 from roadwork.tta.heads import MemberTTA, Variant, fold_assignment, training_rows
 from roadwork.views.plan import ViewsConfig, n_views, read_plan, rule_fingerprint
 
@@ -37,10 +44,12 @@ def ensure_features(
     dtype: str,
     plan_meta: dict[str, Any],
     jobs: pl.DataFrame,
+    features: FeatureCache,
     ranks: Ranks = SINGLE,
 ) -> tuple[dict[AugSpec, TtaCache], dict[str, Any]]:
-    """Fill the TTA cache for the images of `jobs` (this rank's shards, then wait for the other ranks);
-    the backbone is loaded only if something is missing."""
+    """Fill the TTA cache for the images of `jobs` (this rank's shards, then wait for the other ranks):
+    the identity augmentation from `features` (the clean views `extract` embedded), the others through
+    the backbone, loaded only if something is missing."""
     if rule_fingerprint(views) != plan_meta["rule_fingerprint"]:
         raise ValueError(f"params.yaml views: {views} is not the rule of {paths.views}; re-run `views`")
     manifest = read_manifest(Path(paths.backbone), "backbone")
@@ -55,8 +64,11 @@ def ensure_features(
             chunk_rows=tta.chunk_rows,
             shard_rows=tta.shard_rows,
         )
-        for cache in caches.values():
-            cache.ensure_rows(jobs["image_id"].to_list())
+        ids = jobs["image_id"].to_list()
+        for spec, cache in caches.items():
+            cache.ensure_rows(ids)
+            if spec == AugSpec():
+                copy_clean_views(cache, features, ids)
         return caches
 
     caches = rank_zero_first(open_and_append, ranks)
@@ -167,6 +179,7 @@ def run_tta(
     _, plan_meta = read_plan(Path(paths.views))
     frames = [read_predictions(Path(paths.predictions), n, p) for n in heads for p in tta.parts]
     ids = list(dict.fromkeys(i for frame in frames for i in frame["image_id"].to_list()))
+    cache = open_features(paths, extract)
     caches, counts = ensure_features(
         paths=paths,
         tta=tta,
@@ -175,11 +188,11 @@ def run_tta(
         dtype=dtype,
         plan_meta=plan_meta,
         jobs=rows_for(index, ids, "tta"),
+        features=cache,
         ranks=ranks,
     )
     if ranks.rank != 0:  # the backbone passes are split; FOODS scoring is cheap and done by rank 0
         return counts["views"], None
-    cache = open_features(paths, extract)
     device = resolve_device(tta.device)
     summary: dict[str, Any] = {
         "augmentations": {f"aug{k:02d}": s.key() for k, s in enumerate(tta.augmentations)},

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -73,14 +75,29 @@ def challenge_rows(rows: pl.DataFrame, *, part: str, domain: str, config: Challe
     ).select(COLUMNS)
 
 
-def write_challenges(table: pl.DataFrame, read: Callable[[str], bytes], out_dir: Path, seed: int) -> None:
-    """Each challenge's JPEG under `out_dir` (`read(image_id)` gives its source image's bytes)."""
-    for file, image_id, level in table.select("file", "image_id", "level").iter_rows():
-        image, _ = decode(read(image_id))
-        rng = challenge_rng(seed, f"transform/{file}")
-        path = out_dir / file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(to_jpeg(challenge(image, int(level), rng)))
+def _challenge_jpeg(data: bytes, file: str, level: int, seed: int) -> bytes:
+    image, _ = decode(data)
+    return to_jpeg(challenge(image, level, challenge_rng(seed, f"transform/{file}")))
+
+
+def write_challenges(
+    table: pl.DataFrame, read: Callable[[str], bytes], out_dir: Path, seed: int, workers: int = 2
+) -> None:
+    """Each challenge's JPEG under `out_dir` (`read(image_id)` gives its source image's bytes). Sources
+    are read in order, 32 at a time (readers cache row groups unlocked, and full-size photos are large);
+    the transforms run on `workers` threads (decoding, torch, OpenCV and JPEG encoding release the GIL),
+    each challenge with its own generator, so the files are the same bytes whatever the order."""
+    rows = table.select("file", "image_id", "level").rows()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(rows), 32):
+            chunk = rows[start : start + 32]
+            sources = [read(image_id) for _, image_id, _ in chunk]
+            files, levels = [f for f, _, _ in chunk], [int(v) for _, _, v in chunk]
+            jpegs = pool.map(_challenge_jpeg, sources, files, levels, repeat(seed))
+            for file, jpeg in zip(files, jpegs, strict=True):
+                path = out_dir / file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(jpeg)
 
 
 def folder_rows(root: Path, part: str) -> tuple[pl.DataFrame, dict[str, Path]]:
