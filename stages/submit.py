@@ -18,11 +18,13 @@ def main() -> None:
     paths = load_paths(params)
     config = section(SubmitConfig, params, "submit")
     final = submit(paths, section(EnsembleConfig, params, "ensemble"), config)
-    headline = final["test"] or final["val"]
+    served = final["served"]["test"] or final["val"]
     print(
-        f"submit: members {final['chosen']}, {config.use}: test MCC {headline['mcc']:.3f} "
-        f"[{headline['mcc_lo']:.3f}, {headline['mcc_hi']:.3f}] -> {paths.submission}/submission.csv"
+        f"submit: serving {final['served']['members']} ({config.use}, chosen for the {config.target} "
+        f"target): test MCC {served['mcc']:.3f} [{served['mcc_lo']:.3f}, {served['mcc_hi']:.3f}] "
+        f"-> {paths.submission}/submission.csv"
     )
+    print(f"submit: the NATIX choice {final['chosen']} (by validation MCC with metadata), by variant:")
     for name, scores in final["variants"].items():
         if scores:
             print(f"  {name:<18} MCC {scores['mcc']:.3f} [{scores['mcc_lo']:.3f}, {scores['mcc_hi']:.3f}]")
