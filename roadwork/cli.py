@@ -39,7 +39,9 @@ def summary(args: argparse.Namespace) -> int:
         for domain, block in details["domains"].items():
             print(_scores_line(f"validator challenges, {domain}", block))
     print(_scores_line("NATIX test (with metadata)", scores["served"]["test"]))
+    print(_scores_line("NATIX test, image only", scores["image_only"]["test"]))
     print(f"served: {', '.join(scores['served']['members'])} (chosen for the {scores['target']} target)")
+    print(f"        {', '.join(scores['image_only']['served'])} to full-size images without metadata")
     print("outputs:")
     for label, path in (
         ("submission", Path(paths.submission) / "submission.csv"),

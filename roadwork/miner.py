@@ -5,11 +5,12 @@
     detector = RoadworkDetector("/path/to/roadwork")   # at start-up: loads the backbone and the heads
     probability = detector(pil_image)                  # per query: a float in [0, 1], > 0.5 is roadwork
 
-The answer is exactly `roadwork predict`'s for the same pixels (the image is handed over losslessly),
-from the model `submit` chose for `submit.target` (on the embedded default: the validator), calibrated
-so that its chosen cut sits at 0.5. Calls from several threads are served one at a time. Bad input
-raises `InvalidImageError` with the reason, never returns a guess: a miner should not answer a query it
-could not read.
+The answer is exactly `roadwork predict`'s for the same pixels (the image is handed over losslessly):
+for a validator's 224 px query, from the model `submit` chose for `submit.target` (on the embedded
+default: the validator), calibrated so that its chosen cut sits at 0.5; a full-size image gets the
+image-only choice (`roadwork.predict.Predictor.route`). Calls from several threads are served one at
+a time. Bad input raises `InvalidImageError` with the reason, never returns a guess: a miner should not
+answer a query it could not read.
 """
 
 from __future__ import annotations

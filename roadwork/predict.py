@@ -4,7 +4,10 @@ Loads what `submit` chose (its members' heads), the backbone and the view rule, 
 pipeline's clean path: decode (EXIF orientation applied), 12 view boxes from the image's own size,
 views resized to the extraction side, pooled backbone tokens rounded to float16 as the cache stores
 them, each member's head, logits averaged over members. Images without metadata (files, base64) get
-NULL metadata, as a StreetVision validator's images do; NATIX parquet rows bring their own. Every input
+NULL metadata, as a StreetVision validator's images do; NATIX parquet rows bring their own. Who answers
+(`Predictor.route`): rows with metadata and small images (a validator's 224 px queries) get the model
+submit chose for its target; full-size images without metadata get the image-only choice, ranked and
+calibrated on the validation rows without their metadata. Each result names its `model`. Every input
 gets one result, in input order: a failure is an error result in its place. An image that would decode
 to more than `roadwork.data.images.MAX_PIXELS` pixels is refused from its header.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +25,16 @@ import polars as pl
 import torch
 
 from roadwork.config import load_paths, section
-from roadwork.data.images import ImageDecodeError, ShardReader
+from roadwork.data.images import ImageDecodeError, ShardReader, displayed_size
 from roadwork.data.ingest import IngestConfig, IngestError, IngestResult, ingest
 from roadwork.device import resolve_device
-from roadwork.ensemble.calibrate import IDENTITY, Calibration
-from roadwork.ensemble.submit import read_choice
+from roadwork.ensemble.calibrate import Calibration
+from roadwork.ensemble.submit import CHOICE_FILE, read_choice
 from roadwork.features.backbone import BackboneConfig, load_backbone
 from roadwork.features.cache import ExtractConfig
 from roadwork.features.extract import embed_views, image_view_pixels
 from roadwork.features.text import embed_texts, load_encoder
+from roadwork.predictions import IMAGE_ONLY
 from roadwork.train.checkpoint import load_head
 from roadwork.train.data import metadata_arrays, null_metadata
 from roadwork.views.plan import ViewsConfig
@@ -37,8 +42,29 @@ from roadwork.views.plan import ViewsConfig
 SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `predict` reproduces
 
 
+@dataclass(frozen=True)
+class Route:
+    """One of submit's choices as served: which members answer, and the probability they are served at."""
+
+    name: str  # the target (natix | validator) or image_only
+    members: tuple[str, ...]
+    calibration: Calibration
+
+
+def served_routes(choice: dict[str, Any], source: Path) -> tuple[Route, Route]:
+    """The target's choice (rows with metadata, small images) and the image-only one (full-size images
+    without metadata) from `ensemble.json`."""
+    if IMAGE_ONLY not in choice:
+        raise ValueError(
+            f"{source}: no {IMAGE_ONLY!r} choice (written by an older `submit`): run `dvc repro`"
+        )
+    target = Route(choice["target"], tuple(choice["members"]), Calibration(**choice["calibration"]))
+    plain = choice[IMAGE_ONLY]
+    return target, Route(IMAGE_ONLY, tuple(plain["members"]), Calibration(**plain["calibration"]))
+
+
 class Predictor:
-    """The chosen ensemble over the backbone; `probabilities` maps images to roadwork probabilities."""
+    """The chosen ensembles over the backbone; `predict` maps images to roadwork probabilities."""
 
     def __init__(self, params: dict[str, Any], device: str = "auto"):
         paths = load_paths(params)
@@ -49,25 +75,33 @@ class Predictor:
                 f"{sorted(SERVED)} (the DoRA fold models and TTA are applied by the pipeline's stages only)"
             )
         self.threshold = float(choice["threshold"])
-        # The served probability: calibrated on the validation challenges when submit targets a
-        # validator (its chosen cut at 0.5), the plain sigmoid otherwise.
-        self.calibration = Calibration(**choice.get("calibration", IDENTITY.to_dict()))
+        # The target's choice answers rows with metadata and small images (calibrated on the validation
+        # challenges when submit targets a validator); full-size images without metadata get the
+        # image-only choice, calibrated on the validation rows without their metadata.
+        self.target, self.image_only = served_routes(choice, Path(paths.submission) / CHOICE_FILE)
         self.device = resolve_device(device)
         self.extract = section(ExtractConfig, params, "extract")
         self.views = section(ViewsConfig, params, "views")
         backbone = section(BackboneConfig, params, "backbone")
         self.backbone = load_backbone(Path(paths.backbone), backbone.dtype, self.device)
-        self.members = [load_head(Path(paths.heads) / name, self.device) for name in choice["members"]]
+        names = dict.fromkeys(self.target.members + self.image_only.members)
+        self.heads = {name: load_head(Path(paths.heads) / name, self.device) for name in names}
         self._text_encoder = None
+
+    def route(self, size: tuple[int, int]) -> Route:
+        """Who answers an image without metadata of `size` (width, height): the target's choice when it
+        is small (`views.small_side`: a validator's 224 px query), else the image-only choice."""
+        return self.target if max(size) <= self.views.small_side else self.image_only
 
     def embed(self, views: np.ndarray) -> np.ndarray:
         """`[V, 3, D]` pooled backbone tokens of one image's views, rounded to float16 like the cache."""
         return embed_views(self.backbone, views, self.extract).astype(np.float16)
 
-    def view_features(self, data: bytes) -> np.ndarray:
-        """`[V, 3, D]` pooled tokens of one image's clean views (ImageTooLargeError over MAX_PIXELS):
-        `features.extract.image_features`, the function the challenge stage embeds with."""
-        return self.embed(image_view_pixels(data, views=self.views, side=self.extract.side))
+    def view_features(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """`[V, 3, D]` pooled tokens of one image's clean views (ImageTooLargeError over MAX_PIXELS), as
+        `features.extract.image_features` embeds them for the challenge stage, and the image's size."""
+        size = displayed_size(data)
+        return self.embed(image_view_pixels(data, views=self.views, side=self.extract.side, size=size)), size
 
     def _text(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         if all(t is None for t in texts):
@@ -77,17 +111,16 @@ class Predictor:
         return embed_texts(self._text_encoder, texts, batch_size=64)
 
     @torch.no_grad()
-    def logits(self, features: np.ndarray, meta_rows: pl.DataFrame) -> np.ndarray:
-        """Mean member logit for `features` `[n, V, 3, D]` and their metadata rows (index schema)."""
+    def logits(self, features: np.ndarray, meta_rows: pl.DataFrame, route: Route) -> np.ndarray:
+        """Mean logit of `route`'s members for `features` `[n, V, 3, D]` and their metadata rows."""
         text = self._text(meta_rows["scene_description"].to_list())
-        return np.mean(
-            [m.logits(features, metadata_arrays(meta_rows, m.vocab, text)) for m in self.members], axis=0
-        )
+        heads = [self.heads[name] for name in route.members]
+        return np.mean([h.logits(features, metadata_arrays(meta_rows, h.vocab, text)) for h in heads], axis=0)
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         """JSON-ready results for (key, image bytes) pairs without metadata, in their order; an error
         result for an item that fails."""
-        return self._score(items, null_metadata(len(items)))
+        return self._score(items, null_metadata(len(items)), metadata=False)
 
     def probability(self, data: bytes) -> float:
         """The served probability of one image's bytes (no metadata); ValueError when it cannot be read."""
@@ -96,21 +129,26 @@ class Predictor:
             raise ValueError(result["error"])
         return float(result["probability"])
 
-    def _score(self, items: list[tuple[Any, bytes]], meta_rows: pl.DataFrame) -> list[dict[str, Any]]:
-        """One result per (id, bytes) item with its metadata row: scored, or the error that stopped it."""
+    def _score(
+        self, items: list[tuple[Any, bytes]], meta_rows: pl.DataFrame, *, metadata: bool
+    ) -> list[dict[str, Any]]:
+        """One result per (id, bytes) item with its metadata row: scored, or the error that stopped it.
+        Rows with `metadata` go to the target's choice, images without it by their size (`route`)."""
         results: list[dict[str, Any]] = []
-        ok: list[tuple[int, np.ndarray]] = []
+        ok: dict[Route, list[tuple[int, np.ndarray]]] = {}
         for k, (key, data) in enumerate(items):
             try:
-                ok.append((k, self.view_features(data)))
+                features, size = self.view_features(data)
+                ok.setdefault(self.target if metadata else self.route(size), []).append((k, features))
                 results.append({"id": key})
             except (ImageDecodeError, OSError, ValueError) as e:
                 results.append({"id": key, "error": f"{type(e).__name__}: {e}"})
-        if ok:
-            features = np.stack([f for _, f in ok])
-            logit = self.logits(features, meta_rows[[k for k, _ in ok]])
-            for (k, _), value in zip(ok, logit, strict=True):
-                results[k] |= self._scored(value)
+        for route, scored in ok.items():
+            features = np.stack([f for _, f in scored])
+            logit = self.logits(features, meta_rows[[k for k, _ in scored]], route)
+            for (k, _), value in zip(scored, logit, strict=True):
+                prob = float(route.calibration.probability(value))
+                results[k] |= {"probability": prob, "label": int(prob > self.threshold), "model": route.name}
         return results
 
     def predict_parquet(self, path: Path, batch: int = 32) -> Iterator[dict[str, Any]]:
@@ -142,16 +180,12 @@ class Predictor:
                 continue
             kept = [index[r] for r in pending if r in index]
             items = [(r["image_id"], reader.read(r["shard"], r["row"])) for r in kept]
-            for scored in self._score(items, pl.DataFrame(kept, schema=result.index.schema)):
+            for scored in self._score(items, pl.DataFrame(kept, schema=result.index.schema), metadata=True):
                 answers[scored.pop("id")] = scored
             for r in pending:  # a duplicate comes after its first copy (ingest keeps the first): answered
                 out = outcome[r]
                 yield out | answers[out["image_id"]] if "image_id" in out else out
             pending = []
-
-    def _scored(self, logit: float) -> dict[str, Any]:
-        prob = float(self.calibration.probability(logit))
-        return {"probability": prob, "label": int(prob > self.threshold)}
 
 
 def _row_outcomes(result: IngestResult) -> list[dict[str, Any]]:

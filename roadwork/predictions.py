@@ -2,8 +2,9 @@
 
 A frame has one row per image: `image_id`, `split`, `label` (null where unlabelled), `group` (video or
 GPS cell, for grouped bootstraps), `logit` (roadwork log-odds) and `prob` (its sigmoid). Members write
-`<dir>/<member>/<part>.parquet` (part: val | test); refinements (DoRA, TTA) write the same layout under
-their own directory and may add columns.
+`<dir>/<member>/<part>.parquet` (part: val | test, and val_image_only | test_image_only: the same rows
+with every metadata input NULL, as images arrive as plain files); refinements (DoRA, TTA) write the
+same layout under their own directory and may add columns.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import polars as pl
 from roadwork.metrics import sigmoid
 
 PREDICTION_COLUMNS = ("image_id", "split", "label", "group", "logit", "prob")
+IMAGE_ONLY = "image_only"  # `<part>_image_only`: a member's answers to the same rows without metadata
 
 
 def predictions_frame(

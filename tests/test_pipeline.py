@@ -25,13 +25,14 @@ import zarr
 from PIL import Image
 
 from roadwork.config import load_params, write_params
+from roadwork.data.images import ShardReader
 from roadwork.train.checkpoint import load_head
 from roadwork.tta.augment import AugSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # The metric and param columns of `dvc exp show`, before the dependencies' hashes.
 EXP_SHOW_COLUMNS = (
-    *("mcc", "accuracy", "roc_auc", "reward", "v_mcc", "v_reward"),
+    *("mcc", "accuracy", "roc_auc", "reward", "img_mcc", "img_auc", "v_mcc", "v_reward"),
     *("train.seed", "train.metadata", "train.meta_dropout", "submit.target", "extract.side"),
 )
 GIT_ENV = {
@@ -45,7 +46,9 @@ GIT_ENV = {
 def tiny_params() -> dict:
     """The project's configuration shrunk to seconds: few small images, a small view side, few epochs."""
     params = load_params(ROOT / "params.yaml")
-    params["synth"].update(rows={"train": 48, "test": 16}, shards={"train": 2, "test": 1}, scale=0.1)
+    params["synth"].update(
+        rows={"train": 48, "test": 16}, shards={"train": 2, "test": 1}, scale=0.1, generated_val=10
+    )
     params["extract"].update(side=32, batch_images=16, chunk_rows=8, shard_rows=16, workers=0)
     params["masks"].update(batch_images=16, chunk_rows=8, shard_rows=16, workers=0)
     params["tta"].update(chunk_rows=4, shard_rows=8)
@@ -132,8 +135,10 @@ def test_repro_end_to_end(project: Path) -> None:
     # The DVC metric is the headline: the served variant's four numbers; each member's validation MCC is
     # a DVC plot beside it.
     final = json.loads((project / "metrics/final.json").read_text())
-    assert sorted(final) == ["accuracy", "mcc", "reward", "roc_auc"]
+    assert sorted(final) == ["accuracy", "img_auc", "img_mcc", "mcc", "reward", "roc_auc"]
     assert final["mcc"] == round(scores["test"]["mcc"], 4)
+    assert final["img_mcc"] == round(scores["image_only"]["test"]["mcc"], 4)
+    assert scores["image_only"]["test"]["n"] == len(submission)
     members = json.loads((project / "metrics/members.json").read_text())
     assert sorted(row["member"] for row in members) == ["head", "mlp"]
     assert all(-1 <= row["val_mcc"] <= 1 for row in members)
@@ -222,7 +227,7 @@ def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) ->
     assert set(diff) <= {"metrics/final.json", "metrics/validator.json"}
     assert sorted(diff.get("metrics/validator.json", {})) in ([], ["v_mcc", "v_reward"])
     changed = diff["metrics/final.json"]
-    assert sorted(changed) == ["accuracy", "mcc", "reward", "roc_auc"]
+    assert sorted(changed) == ["accuracy", "img_auc", "img_mcc", "mcc", "reward", "roc_auc"]
     assert all({"old", "new"} <= set(entry) for entry in changed.values())
     # the heads retrained to other weights (on 18 tiny test rows the headline numbers need not move)
     before = yaml.safe_load(run(project, "git", "show", "HEAD:dvc.lock"))["stages"]
@@ -305,6 +310,31 @@ def test_predict_matches_the_pipeline_and_survives_bad_inputs(project: Path, tmp
     assert rc == 1 and [r["id"] for r in records] == files and "error" in records[1]
     # another batch composition: equal up to float summation order
     assert records[0]["probability"] == pytest.approx(by_id[files[0]]["probability"], abs=1e-6)
+    # The tiny images are small (views.small_side): they, and the rows with metadata, get the target's
+    # choice; the same image at full size gets the image-only choice.
+    assert {by_id[str(tmp_path / n)]["model"] for n in names[:4]} == {"validator"}
+    image.resize((640, 360)).save(tmp_path / "f_full.png")
+    rc, records = predict(project, str(tmp_path / "f_full.png"))
+    assert rc == 0 and records[0]["model"] == "image_only"
+
+
+@pytest.mark.e2e
+def test_the_image_only_choice_answers_a_file_as_the_members_answer_its_row_without_metadata(
+    project: Path,
+) -> None:
+    from roadwork.miner import RoadworkDetector
+    from roadwork.train.data import null_metadata
+
+    predictor = RoadworkDetector(project, device="cpu").predictor
+    route = predictor.image_only
+    members = [pl.read_parquet(project / f"predictions/{m}/test_image_only.parquet") for m in route.members]
+    reader = ShardReader(project / "data/raw/synthetic")
+    index = pl.read_parquet(project / "data/prepared/index.parquet").filter(pl.col("split") == "test")
+    for image_id, shard, row in index.select("image_id", "shard", "row").head(3).iter_rows():
+        features, _ = predictor.view_features(reader.read(shard, row))
+        logit = predictor.logits(features[None], null_metadata(1), route)[0]
+        expected = np.mean([f.filter(pl.col("image_id") == image_id)["logit"][0] for f in members])
+        assert logit == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.e2e

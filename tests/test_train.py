@@ -8,7 +8,7 @@ import torch
 from roadwork.config import ConfigError, load_params
 from roadwork.models import build_model
 from roadwork.train.config import member_config
-from roadwork.train.data import NULL, Table, Vocab, split_train_val
+from roadwork.train.data import NULL, Table, Vocab, metadata_arrays, null_metadata, split_train_val
 from roadwork.train.loop import epoch_order, lr_factor, predict_with_model, train_with_model
 
 
@@ -212,3 +212,26 @@ def test_vocab_null_first_and_unseen_to_null():
     assert vocab.values["weather"] == [NULL, "Rain", "Sunny"]
     assert vocab.encode("daytime", pl.Series(["Dark", None, "Dusk"])).tolist() == [1, 0, 0]
     assert vocab.sizes() == {"weather": 3, "daytime": 3, "scene_environment": 2}
+
+
+def test_without_metadata_is_what_predict_gives_an_image_that_arrives_without_any():
+    rows = pl.DataFrame(
+        {
+            "lat": [40.1, None, 41.0],
+            "lon": [-74.0, None, -73.5],
+            "weather": [["Rain"], [], ["Sunny", "Fog"]],
+            "daytime": ["Light", None, "Dark"],
+            "scene_environment": ["Urban", "Urban", None],
+        }
+    )
+    vocab = Vocab.fit(rows)
+    text = (np.ones((3, 384), np.float32), np.ones(3, bool))
+    table = toy_table(3, 0)
+    table.meta = metadata_arrays(rows, vocab, text)
+    bare = table.without_metadata()
+    served = metadata_arrays(null_metadata(3), vocab, (np.zeros((3, 384), np.float32), np.zeros(3, bool)))
+    assert sorted(bare.meta) == sorted(served)
+    for key, value in served.items():
+        np.testing.assert_array_equal(bare.meta[key], value, err_msg=key)
+    assert table.meta["gps_mask"].any() and table.meta["text_mask"].all()  # the original is untouched
+    np.testing.assert_array_equal(bare.features, table.features)

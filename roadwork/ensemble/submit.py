@@ -8,10 +8,15 @@ Two ways to choose, both always scored (`submit.target` picks the served one):
   JPEGs of levels 0-3, no metadata: shared VALIDATOR.md); the served probability calibrated on them so
   that the chosen cut sits at 0.5, where a validator rounds.
 
+The target's choice answers rows with metadata and small images (a validator's 224 px queries). A third
+choice, `image_only`, answers full-size images without metadata (a folder of photos given to `roadwork
+predict`): members ranked the same way on the validation rows with their metadata NULL, calibrated
+there, scored on the test split without metadata.
+
 Writes `<submission>/submission.csv` (the served model on the NATIX test split), `ensemble.json`
-(what `roadwork predict` serves: members, calibration), `scores.json` (everything, with 95 %
-group-bootstrap intervals) and `metrics/final.json`, the DVC metric: the headline numbers a person
-compares across experiments (`headline`).
+(what `roadwork predict` serves: members and calibration of the target's choice and of the image-only
+one), `scores.json` (everything, with 95 % group-bootstrap intervals) and `metrics/final.json`, the DVC
+metric: the headline numbers a person compares across experiments (`headline`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from roadwork.ensemble.challenge import challenge_frames, read_val_challenges
 from roadwork.ensemble.choose import rank_members, validation_frames
 from roadwork.ensemble.combine import variants
 from roadwork.metrics import score, validator_metrics
-from roadwork.predictions import average_logits, read_layer, read_predictions
+from roadwork.predictions import IMAGE_ONLY, average_logits, read_layer, read_predictions
 
 CHOICE_FILE = "ensemble.json"  # written by `submit` (members, variant, calibration), read by `predict`
 SCORES_FILE = "scores.json"  # every variant with intervals: what the report and `roadwork summary` read
@@ -63,22 +68,29 @@ def natix_choice(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -
     return scores, rows
 
 
+def calibrated_choice(
+    frames: dict[str, pl.DataFrame], ensemble: EnsembleConfig, use: str
+) -> tuple[list[tuple[str, float]], list[str], pl.DataFrame, Calibration]:
+    """Members ranked by MCC on labelled validation `frames`, each at its own best cut (a member whose
+    logits are merely shifted is not ranked down: the served ensemble is calibrated), the top k; the
+    served ones' mean logit per row, and its calibration there (its best cut at 0.5)."""
+    ranking = rank_members(frames, None)
+    chosen = [name for name, _ in ranking[: ensemble.top_k]]
+    mean = average_logits([frames[m] for m in (chosen[:1] if use == "best_single" else chosen)])
+    calibration = fit_calibration(mean["logit"].to_numpy(), mean["label"].to_numpy())
+    return ranking, chosen, mean, calibration
+
+
 def validator_choice(
     paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig
 ) -> tuple[dict, Calibration]:
     """Members by MCC on the validation challenges (no metadata), their ensemble calibrated there."""
     table, tokens = read_val_challenges(Path(paths.challenge))
     frames = challenge_frames(Path(paths.heads), list(ensemble.members), table, tokens)
-    # each member at its own best cut: the served ensemble is calibrated so that its best cut sits
-    # at 0.5, so a member whose challenge logits are merely shifted is not ranked down for it
-    ranking = rank_members(frames, None)
-    chosen = [name for name, _ in ranking[: ensemble.top_k]]
-    served = chosen[:1] if config.use == "best_single" else chosen
-    mean = average_logits([frames[m] for m in served])
+    ranking, chosen, mean, calibration = calibrated_choice(frames, ensemble, config.use)
     aligned = pl.DataFrame({"image_id": table["file"]}).join(
         mean, on="image_id", how="left", maintain_order="left"
     )
-    calibration = fit_calibration(aligned["logit"].to_numpy(), table["label"].to_numpy())
     prob = calibration.probability(aligned["logit"].to_numpy())
     scores = {
         "members": {name: round(value, 6) for name, value in ranking},
@@ -89,6 +101,31 @@ def validator_choice(
         ),
     }
     return scores, calibration
+
+
+def image_only_choice(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict[str, Any]:
+    """Members by MCC on the validation rows without their metadata (full-size images as plain files,
+    as `roadwork predict` gets a folder of photos), their ensemble calibrated there and scored on the
+    test split without metadata."""
+    pred = Path(paths.predictions)
+    val = {m: read_predictions(pred, m, f"val_{IMAGE_ONLY}") for m in ensemble.members}
+    ranking, chosen, mean, calibration = calibrated_choice(val, ensemble, config.use)
+    served = chosen[:1] if config.use == "best_single" else chosen
+    test = average_logits([read_predictions(pred, m, f"test_{IMAGE_ONLY}") for m in served])
+    n = config.bootstrap
+    return {
+        "members": {name: round(value, 6) for name, value in ranking},
+        "chosen": chosen,
+        "served": served,
+        "calibration": calibration.to_dict(),
+        "val": score(calibrated(mean, calibration), config.threshold, n),
+        "test": score(calibrated(test, calibration), config.threshold, n),
+    }
+
+
+def calibrated(frame: pl.DataFrame, calibration: Calibration) -> pl.DataFrame:
+    """A prediction frame whose `prob` is `calibration` of its logit."""
+    return frame.with_columns(prob=pl.Series(calibration.probability(frame["logit"].to_numpy())))
 
 
 def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict[str, Any]:
@@ -107,16 +144,19 @@ def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict
         test = average_logits([read_predictions(Path(paths.predictions), m, "test") for m in served])
     else:
         test = rows[config.use]
-    test = test.with_columns(prob=pl.Series(calibration.probability(test["logit"].to_numpy())))
+    test = calibrated(test, calibration)
+    image_only = image_only_choice(paths, ensemble, config)
     out = Path(paths.submission)
     out.mkdir(parents=True, exist_ok=True)
     labels = test.with_columns(label_pred=(pl.col("prob") > config.threshold).cast(pl.Int8))
     labels.select("image_id", probability="prob", label="label_pred").write_csv(out / "submission.csv")
     choice = {"members": served, "use": config.use, "threshold": config.threshold, "target": config.target}
-    save_json(choice | {"calibration": calibration.to_dict()}, out / CHOICE_FILE)
+    full_size = {"members": image_only["served"], "calibration": image_only["calibration"]}
+    save_json(choice | {"calibration": calibration.to_dict(), IMAGE_ONLY: full_size}, out / CHOICE_FILE)
     scores = natix | {
         "target": config.target,
         "validator": validator,
+        IMAGE_ONLY: image_only,
         "served": {"members": served, "test": score(test, config.threshold, config.bootstrap)},
     }
     save_json(scores, out / SCORES_FILE)
@@ -126,10 +166,14 @@ def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict
 
 
 def headline(scores: dict[str, Any]) -> dict[str, Any]:
-    """The four numbers `dvc exp show` and `dvc metrics diff` compare: the served model's NATIX test
-    (with metadata) MCC, accuracy, ROC-AUC and reward."""
+    """The numbers `dvc exp show` and `dvc metrics diff` compare: the served model's NATIX test (with
+    metadata) MCC, accuracy, ROC-AUC and reward, and the MCC and ROC-AUC of what `roadwork predict`
+    answers the test images as plain full-size files (the image-only choice): img_mcc, img_auc."""
     served = scores["served"]["test"] or scores["val"]
-    return {key: None if served[key] is None else round(served[key], 4) for key in HEADLINE}
+    plain = scores[IMAGE_ONLY]["test"] or scores[IMAGE_ONLY]["val"]
+    numbers = {key: served[key] for key in HEADLINE}
+    numbers |= {"img_mcc": plain["mcc"], "img_auc": plain["roc_auc"]}  # short: `dvc exp show` fits 200
+    return {key: None if value is None else round(value, 4) for key, value in numbers.items()}
 
 
 def member_rows(scores: dict[str, Any]) -> list[dict[str, Any]]:

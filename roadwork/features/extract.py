@@ -124,9 +124,12 @@ def embed_views(
     return pooled_views(model, views, config).cpu().numpy()
 
 
-def image_view_pixels(data: bytes, *, views: ViewsConfig, side: int) -> np.ndarray:
-    """uint8 `[V, side, side, 3]`: one image's clean views, its boxes from its own displayed size."""
-    size = displayed_size(data)
+def image_view_pixels(
+    data: bytes, *, views: ViewsConfig, side: int, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """uint8 `[V, side, side, 3]`: one image's clean views, its boxes from its own displayed size
+    (`size`, when the caller has read it already)."""
+    size = size or displayed_size(data)
     return load_views(data, view_boxes(*size, views), side, size=size)
 
 

@@ -138,6 +138,10 @@ def final_section(final: dict[str, Any]) -> str:
     for name, scores in final["variants"].items():
         label = f"best single member ({final['chosen'][0]})" if name == "best_single" else name
         parts.append((f"test, {label}" + (" (submitted)" if name == final["use"] else ""), scores))
+    if "image_only" in final:  # what `roadwork predict` answers the test images as plain full-size files
+        image_only = final["image_only"]
+        parts.append((f"test without metadata, image-only choice ({', '.join(image_only['served'])})",
+                      image_only["test"]))  # fmt: skip
     rows = [
         [name, scores["n"], scores["positives"], *(with_ci(scores, m) for m in HEADLINE)]
         for name, scores in parts

@@ -87,6 +87,12 @@ class Table:
             values[f.name] = value
         return Table(**values)
 
+    def without_metadata(self) -> Table:
+        """These rows as images that arrive without metadata (a file, a validator's query): every
+        metadata input NULL, the views unchanged."""
+        every = np.ones(len(self), bool)
+        return dataclasses.replace(self, meta={k: null_where(k, v, every) for k, v in self.meta.items()})
+
     def predictions(self, split: str, logit: np.ndarray) -> pl.DataFrame:
         """The prediction frame (`roadwork.predictions`) of these rows for their `logit`s."""
         return predictions_frame(

@@ -12,6 +12,7 @@ from torch import nn
 
 from roadwork.metrics import binary_metrics
 from roadwork.models import build_model
+from roadwork.predictions import IMAGE_ONLY
 from roadwork.train.config import TrainConfig
 from roadwork.train.data import Table, Vocab
 from roadwork.train.loop import TrainResult, loss_for, predict_with_model, train_with_model
@@ -40,18 +41,19 @@ def fit_member(
 def write_predictions(
     *, model: nn.Module, tables: dict[str, Table], config: TrainConfig, out_dir: Path
 ) -> tuple[dict[str, dict[str, float]], dict[str, pl.DataFrame]]:
-    """`<out_dir>/val.parquet` and `test.parquet`; their headline metrics where labelled, and the
-    labelled rows of each (for plots)."""
+    """`<out_dir>/val.parquet` and `test.parquet`, and the same rows without their metadata
+    (`val_image_only.parquet`, `test_image_only.parquet`: what the member answers the images as plain
+    files); the headline metrics of each where labelled, and the labelled rows of val and test (plots)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary, labelled_parts = {}, {}
     for part in ("val", "test"):
-        frame = tables[part].predictions(
-            part, predict_with_model(model=model, table=tables[part], config=config)
-        )
-        frame.write_parquet(out_dir / f"{part}.parquet")
-        labelled = frame.filter(pl.col("label").is_not_null())
-        if len(labelled):
-            scores = binary_metrics(labelled["label"].to_numpy(), labelled["prob"].to_numpy())
-            summary[part] = {k: scores[k] for k in ("mcc", "accuracy", "roc_auc", "f1")}
-            labelled_parts[part] = labelled
+        for name, table in ((part, tables[part]), (f"{part}_{IMAGE_ONLY}", tables[part].without_metadata())):
+            frame = table.predictions(part, predict_with_model(model=model, table=table, config=config))
+            frame.write_parquet(out_dir / f"{name}.parquet")
+            labelled = frame.filter(pl.col("label").is_not_null())
+            if len(labelled):
+                scores = binary_metrics(labelled["label"].to_numpy(), labelled["prob"].to_numpy())
+                summary[name] = {k: scores[k] for k in ("mcc", "accuracy", "roc_auc", "f1")}
+                if name == part:
+                    labelled_parts[part] = labelled
     return summary, labelled_parts
