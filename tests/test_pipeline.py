@@ -46,9 +46,7 @@ GIT_ENV = {
 def tiny_params() -> dict:
     """The project's configuration shrunk to seconds: few small images, a small view side, few epochs."""
     params = load_params(ROOT / "params.yaml")
-    params["synth"].update(
-        rows={"train": 48, "test": 16}, shards={"train": 2, "test": 1}, scale=0.1, generated_val=10
-    )
+    params["synth"].update(rows={"train": 48, "test": 16}, shards={"train": 2, "test": 1}, scale=0.1)
     params["extract"].update(side=32, batch_images=16, chunk_rows=8, shard_rows=16, workers=0)
     params["masks"].update(batch_images=16, chunk_rows=8, shard_rows=16, workers=0)
     params["tta"].update(chunk_rows=4, shard_rows=8)

@@ -348,27 +348,3 @@ def test_stage_rewrites_its_output_and_refuses_foreign_folders(tmp_path, monkeyp
     (out / "notes.txt").write_text("not ours")
     with pytest.raises(FileExistsError, match=r"notes\.txt"):
         stage.main()
-
-
-def test_the_second_style_redraws_the_test_split_and_draws_a_validation_split_of_its_own(generated) -> None:
-    config = dataclasses.replace(TINY, generated_val=5)
-    styled = generate(config, workers=1, styled=True)
-    assert sorted(styled) == ["test", "val"] and len(styled["val"]) == 5
-    regular_test = generated["test"][: TINY.rows["test"]]  # its regular rows (then bad rows, duplicates)
-    redrawn = styled["test"]
-    assert [r.row["id"] for r in redrawn] == [r.row["id"] for r in regular_test]
-    for a, b in zip(redrawn, regular_test, strict=True):  # the same scene and metadata, other pixels
-        assert a.row["label"] == b.row["label"] and a.row["gps"] == b.row["gps"]
-        assert [o.kind for o in a.objects] == [o.kind for o in b.objects]
-        assert a.row["image"]["bytes"] != b.row["image"]["bytes"]
-    # the validation split: new scenes under ids no regular row has, both labels present
-    regular_ids = {r.row["id"] for rows in generated.values() for r in rows}
-    assert not regular_ids & {r.row["id"] for r in styled["val"]}
-    assert {r.row["label"] for r in styled["val"]} == {0, 1}
-    seen = {hashlib.sha256(r.row["image"]["bytes"]).hexdigest() for rows in generated.values() for r in rows}
-    assert not seen & {hashlib.sha256(r.row["image"]["bytes"]).hexdigest() for r in styled["val"]}
-
-
-def test_the_second_style_s_validation_split_name_is_reserved() -> None:
-    with pytest.raises(ValueError, match=r"synth.rows: split 'val' is the second style's own"):
-        dataclasses.replace(TINY, rows={**TINY.rows, "val": 3}, shards={**TINY.shards, "val": 1})

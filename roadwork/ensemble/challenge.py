@@ -39,9 +39,8 @@ def challenge_frames(
     for name in members:
         head = load_head(Path(heads_dir) / name)
         meta = metadata_arrays(null_metadata(n), head.vocab, text)
-        # a validation challenge is cut from a validation row (or, generated, from an image no fold
-        # trained on, or a re-draw of a validation row): a cross-fitted member answers it with fold 0,
-        # the model that held the validation rows out
+        # a validation challenge is cut from (or re-draws) a validation row: a cross-fitted member
+        # answers it with fold 0, the model that held the validation rows out
         logit = head.logits(tokens, meta, folds=np.zeros(n, np.int64))
         frames[name] = predictions_frame(
             image_id=table["file"].to_list(),

@@ -48,7 +48,6 @@ CITIES = (
     ("nashville", 36.16266, -86.78160),
 )
 TEST_SPLIT = "test"  # the split drawn from only `test_cities` cities
-GENERATED_VAL = "val"  # the second style's own validation split (`generated_val` new scenes)
 _GPS_SIGMA_KM = 3.0
 _KM_PER_DEG = 111.32
 _ROW_GROUP = 100  # rows per parquet row group, as the hub writes image datasets
@@ -85,10 +84,6 @@ class SynthConfig:
     # distractor in the picture says nothing about the label.
     positive_distractor_rate: float = 0.0  # share of roadwork images that also show distractors
     distractors_per_image: tuple[int, int] = (1, 2)  # distinct distractor kinds drawn, inclusive range
-    # The second style's world: the test split re-drawn (the generated half of the test challenges)
-    # and a validation split of its own, scenes in no other split (the generated half of the
-    # validation challenges, for choosing and calibrating; no member trains on them in any style).
-    generated_val: int = 180  # images of the second style's validation split
 
     def __post_init__(self) -> None:
         def fail(key: str, why: str) -> None:
@@ -125,10 +120,6 @@ class SynthConfig:
             fail("scale", f"scale {self.scale} / object_scale {self.object_scale} out of range")
         if not 1 <= self.test_cities <= len(CITIES):
             fail("test_cities", f"{self.test_cities} not in [1, {len(CITIES)}]")
-        if GENERATED_VAL in self.rows:
-            fail("rows", f"split {GENERATED_VAL!r} is the second style's own (synth.generated_val)")
-        if not 1 <= self.generated_val < _ID_STRIDE:
-            fail("generated_val", f"{self.generated_val} not in [1, {_ID_STRIDE - 1}]")
         if self.bad_rows < 0 or self.duplicates < 0 or not 1 <= self.jpeg_quality <= 100:
             fail("bad_rows", "bad_rows and duplicates must be >= 0, jpeg_quality in [1, 100]")
 
@@ -171,9 +162,9 @@ def split_cities(cfg: SynthConfig, split: str) -> tuple[tuple[str, float, float]
     return tuple(CITIES[i] for i in sorted(order[: cfg.test_cities]))
 
 
-def plan_split(cfg: SynthConfig, split: str, n: int) -> list[Unit]:
-    """Units until the split has `n` rows; both labels are present whenever two units exist."""
-    lo, hi = cfg.frames_per_video
+def plan_split(cfg: SynthConfig, split: str) -> list[Unit]:
+    """Units until the split has `rows[split]` rows; both labels are present whenever two units exist."""
+    n, (lo, hi) = cfg.rows[split], cfg.frames_per_video
     mean = (lo + hi) / 2
     # Per-unit probabilities that give `video_share` / `phone_share` of the rows in expectation.
     p_video = cfg.video_share / (mean * (1 - cfg.video_share) + cfg.video_share)
@@ -445,13 +436,10 @@ def _duplicates(cfg: SynthConfig, regular: dict[str, list[SynthRow]]) -> dict[st
 def generate(cfg: SynthConfig, workers: int = 1, *, styled: bool = False) -> dict[str, list[SynthRow]]:
     """Every row of every split: regular rows, then bad rows, then duplicates; ids and paths assigned.
 
-    `styled`: the second style's world (the generated half of the validator-style challenges): the
-    test split's regular rows re-drawn, with the same ids and metadata as the rows they re-draw, and a
-    validation split of `generated_val` scenes of its own (ids after every regular split's).
+    `styled`: the regular rows only, each scene re-drawn in the second style, with the same ids and
+    metadata as the rows they re-draw (the generated half of the validator-style challenges).
     """
-    redrawn = {TEST_SPLIT: cfg.rows[TEST_SPLIT]} if TEST_SPLIT in cfg.rows else {}
-    sizes = redrawn | {GENERATED_VAL: cfg.generated_val} if styled else cfg.rows
-    plans = {split: plan_split(cfg, split, n) for split, n in sizes.items()}
+    plans = {split: plan_split(cfg, split) for split in cfg.rows}
     jobs = [(cfg, u, split_cities(cfg, split), styled) for split, units in plans.items() for u in units]
     for split in cfg.rows if not styled else ():
         for i in range(cfg.bad_rows):
@@ -459,19 +447,17 @@ def generate(cfg: SynthConfig, workers: int = 1, *, styled: bool = False) -> dic
             label = int(_rng(cfg, split, 1_000_000 + i, _SEED_PLAN).random() < cfg.positive_rate)
             jobs.append((cfg, Unit(split, 1_000_000 + i, kind, 1, label), split_cities(cfg, split), False))
     rendered = _render_all(jobs, workers)
-    regular: dict[str, list[SynthRow]] = {split: [] for split in sizes}
-    bad: dict[str, list[SynthRow]] = {split: [] for split in sizes}
+    regular: dict[str, list[SynthRow]] = {split: [] for split in cfg.rows}
+    bad: dict[str, list[SynthRow]] = {split: [] for split in cfg.rows}
     for (_, unit, _, _), rows in zip(jobs, rendered, strict=True):
         if unit.index >= 1_000_000:
             _break_row(rows, unit.index - 1_000_000, list(cfg.rows).index(unit.split))
             bad[unit.split].extend(rows)
         else:
             regular[unit.split].extend(rows)
-    dups = {split: [] for split in sizes} if styled else _duplicates(cfg, regular)
-    order = [*cfg.rows, GENERATED_VAL]  # ids by split: the styled test rows keep the ids they re-draw
+    dups = {split: [] for split in cfg.rows} if styled else _duplicates(cfg, regular)
     out = {}
-    for split in sizes:
-        k = order.index(split)
+    for k, split in enumerate(cfg.rows):
         rows = regular[split] + bad[split] + dups[split]
         for pos, r in enumerate(rows):
             r.row["id"] = (k + 1) * _ID_STRIDE + pos
@@ -531,9 +517,8 @@ def write_dataset(cfg: SynthConfig, root: str | Path, workers: int = 1) -> dict[
 
 
 def write_generated(cfg: SynthConfig, root: str | Path, workers: int = 1) -> dict[str, list[Path]]:
-    """The second style's world as a NATIX-schema dataset under `<root>/data/`: the test split re-drawn
-    (same ids as the rows it re-draws) and its own validation split; returns the shard paths per split."""
+    """The same scenes re-drawn in the second style, as a NATIX-schema dataset under `<root>/data/`
+    (regular rows only, same ids as the rows they re-draw); returns the shard paths per split."""
     data = generate(cfg, workers, styled=True)
     data_dir = Path(root) / DATA_DIR
-    shards = cfg.shards | {GENERATED_VAL: 1}
-    return {split: write_split(rows, data_dir, split, shards[split]) for split, rows in data.items()}
+    return {split: write_split(rows, data_dir, split, cfg.shards[split]) for split, rows in data.items()}
