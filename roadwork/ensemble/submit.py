@@ -68,6 +68,11 @@ def natix_choice(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -
     return scores, rows
 
 
+def served_members(chosen: list[str], use: str) -> list[str]:
+    """The chosen members that answer: the best one for `best_single`, all of them otherwise."""
+    return chosen[:1] if use == "best_single" else chosen
+
+
 def calibrated_choice(
     frames: dict[str, pl.DataFrame], ensemble: EnsembleConfig, use: str
 ) -> tuple[list[tuple[str, float]], list[str], pl.DataFrame, Calibration]:
@@ -76,7 +81,7 @@ def calibrated_choice(
     served ones' mean logit per row, and its calibration there (its best cut at 0.5)."""
     ranking = rank_members(frames, None)
     chosen = [name for name, _ in ranking[: ensemble.top_k]]
-    mean = average_logits([frames[m] for m in (chosen[:1] if use == "best_single" else chosen)])
+    mean = average_logits([frames[m] for m in served_members(chosen, use)])
     calibration = fit_calibration(mean["logit"].to_numpy(), mean["label"].to_numpy())
     return ranking, chosen, mean, calibration
 
@@ -110,7 +115,7 @@ def image_only_choice(paths: Paths, ensemble: EnsembleConfig, config: SubmitConf
     pred = Path(paths.predictions)
     val = {m: read_predictions(pred, m, f"val_{IMAGE_ONLY}") for m in ensemble.members}
     ranking, chosen, mean, calibration = calibrated_choice(val, ensemble, config.use)
-    served = chosen[:1] if config.use == "best_single" else chosen
+    served = served_members(chosen, config.use)
     test = average_logits([read_predictions(pred, m, f"test_{IMAGE_ONLY}") for m in served])
     n = config.bootstrap
     return {
@@ -138,7 +143,7 @@ def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict
             f"choice; serve one of {list(SERVED_VARIANTS)}"
         )
     chosen = validator["chosen"] if config.target == "validator" else natix["chosen"]
-    served = chosen[:1] if config.use == "best_single" else chosen
+    served = served_members(chosen, config.use)
     calibration = calibration if config.target == "validator" else IDENTITY
     if config.target == "validator":
         test = average_logits([read_predictions(Path(paths.predictions), m, "test") for m in served])
