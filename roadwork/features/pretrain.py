@@ -47,7 +47,7 @@ class PretrainConfig:
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     seed: int = 0  # head init, batch order and every augmentation draw (the weights: backbone.tiny.seed)
-    steps: int = 600  # 6.5 min on 2 cores with the rendering (decisions.md)
+    steps: int = 2000  # 20 min on 2 cores with the rendering (decisions.md: 600 steps saw much less)
     scenes_per_batch: int = 8  # x 16 views a scene = 128 views a step
     lr: float = 1e-3  # AdamW peak; linear warmup, then cosine to lr_min
     lr_min: float = 1e-5
