@@ -68,6 +68,14 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "member `linear` as configured: cross-fitted, 5 fold models",
         LINEAR | {"crossfit": True},
     ),
+    "mlp-no-tiling": (
+        "baseline MLP on the global view only",
+        {"model": "mlp", "lr": 1.0e-3, "views": "global"},
+    ),
+    "linear-no-tiling": (
+        "member `linear` as configured, on the global view only",
+        LINEAR | {"crossfit": True, "views": "global"},
+    ),
     "full": ("full head, default recipe", {}),
     "no-tiling": ("global view only (no tiles)", {"views": "global", "pruning": False}),
     "no-pruning": ("all 12 views (no pruning)", {"pruning": False}),

@@ -37,6 +37,7 @@ from roadwork.synth.scene import (
     render_frames,
     render_scene,
 )
+from roadwork.synth.style import paint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = SynthConfig(
@@ -348,3 +349,40 @@ def test_stage_rewrites_its_output_and_refuses_foreign_folders(tmp_path, monkeyp
     (out / "notes.txt").write_text("not ours")
     with pytest.raises(FileExistsError, match=r"notes\.txt"):
         stage.main()
+
+
+def _noisy_scene(h: int, w: int) -> np.ndarray:
+    """Flat regions, two objects with sharp edges, sensor noise (std 8)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = (90, 110, 130)
+    img[h // 3 : h // 2, w // 3 : w // 3 + w // 16] = (255, 120, 0)
+    img[2 * h // 3 :, w // 2 :] = (240, 240, 240)
+    noise = np.random.default_rng(0).normal(0, 8, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def test_paint_of_a_video_frame_is_the_plain_bilateral_filter():
+    import cv2
+
+    img = _noisy_scene(270, 480)
+    sigma = 20 + 60 * 0.7
+    want = cv2.bilateralFilter(img, d=3, sigmaColor=sigma, sigmaSpace=sigma / 8)
+    assert np.array_equal(paint(img, 0.7), want)
+
+
+def test_paint_of_a_tall_frame_matches_the_full_size_filter(monkeypatch):
+    """A phone photo is painted at half size; seen at a challenge's 224 px it is the same picture."""
+    import cv2
+
+    import roadwork.synth.style as style
+
+    img = _noisy_scene(756, 1008)
+    fast = paint(img, 0.7)
+    monkeypatch.setattr(style, "PAINT_HEIGHT", 10_000)
+    full = paint(img, 0.7)
+    assert fast.shape == img.shape and fast.dtype == np.uint8
+    assert not np.array_equal(fast, full)  # the two paths differ ...
+    small = [cv2.resize(x, (224, 168), interpolation=cv2.INTER_AREA).astype(float) for x in (fast, full)]
+    assert np.abs(small[0] - small[1]).mean() < 1.0  # ... by less than a grey level at 224 px
+    flat = fast[:200, :200].std(axis=(0, 1))
+    assert (flat < 2.0).all()  # and the sensor noise (std 8) is painted flat
