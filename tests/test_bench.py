@@ -274,3 +274,17 @@ def test_ablation_challenge_tokens_are_keyed_by_backbone_views_and_side():
     assert base != tokens_key("b" * 64, views, key)  # another backbone
     assert base != tokens_key("a" * 64, views, dataclasses.replace(key, side=key.side + 16))
     assert base != tokens_key("a" * 64, dataclasses.replace(views, grid=views.grid + 1), key)
+
+
+def test_head_variants_are_valid_member_configs():
+    from head_variants import VARIANTS
+
+    from roadwork.train.config import member_config
+
+    train = load_params()["train"]
+    configs = {name: member_config(train, overrides, name) for name, (_, overrides) in VARIANTS.items()}
+    assert configs["mlp"].model == "mlp" and configs["full"].model == "head"
+    assert configs["ce"].focal_gamma == 0.0 and configs["ce"].label_smoothing == 0.0
+    # focal only: no mask decoder (no Dice term), no consistency, and the weather term is off by default
+    only = configs["focal-only"]
+    assert not only.masks and only.loss_weights["consistency"] == only.loss_weights["weather"] == 0.0

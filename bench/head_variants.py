@@ -1,0 +1,105 @@
+"""The full head on pixels alone against the MLP: one recipe switch at a time, three seeds each.
+
+Every variant is a member trained without metadata, in-process on the caches of a project whose
+pipeline has run (as `bench/ablate.py`'s image-only column), and scored on the validation rows, the
+test rows and the test challenges' real half (calibrated on the validation challenges, rounded at 0.5).
+Results go to `<out>.json` as they come (a killed run resumes); the table is printed as markdown.
+
+    python bench/head_variants.py                 # every variant
+    python bench/head_variants.py --only mlp ce   # some
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablate import SEEDS, Context, scores, spread, validator_score
+
+from roadwork.config import load_params
+from roadwork.train.config import member_config
+from roadwork.train.crossfit import train_member
+
+CE = {"focal_gamma": 0.0, "focal_alpha": 0.5, "label_smoothing": 0.0}  # focal -> plain cross-entropy
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("the full head as configured", {}),
+    "mlp": ("the baseline MLP (mean and max over views)", {"model": "mlp", "lr": 1.0e-3}),
+    "no-dice": ("without the Dice term", {"masks": False}),
+    "focal-only": ("the focal term alone", {"masks": False, "loss_weights": {"consistency": 0.0}}),
+    "ce": ("cross-entropy instead of focal (no label smoothing)", CE),
+    "alpha-0.5": ("focal with balanced class weights", {"focal_alpha": 0.5}),
+    "no-pruning": ("all 12 views", {"pruning": False}),
+    "layers-2": ("two attention blocks instead of four", {"layers": 2}),
+    "lr-1e-3": ("learning rate 1e-3 (the MLP's)", {"lr": 1.0e-3}),
+    "regularised": ("dropout 0.3, weight decay 0.05", {"dropout": 0.3, "weight_decay": 0.05}),
+    "select-auc": ("best epoch by validation ROC-AUC, patience 8", {"select": "roc_auc", "patience": 8}),
+}
+
+
+def run(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> dict[str, float]:
+    """One image-only member: validation and test MCC / ROC-AUC, validator MCC on the real half."""
+    config = member_config(ctx.params["train"], {**overrides, "seed": seed, "metadata": False}, name)
+    gps = ctx.params["gps"]
+    torch.manual_seed(seed)
+    trained = train_member(
+        ctx.index,
+        config=config,
+        cache=ctx.cache,
+        text_path=Path(ctx.paths.text),
+        gps=ctx.gps,
+        near_km=gps["near_km"],
+        first_bracket_km=gps["brackets_km"][0],
+        masks=ctx.masks if config.model == "head" and config.masks else None,
+    )
+    val, test = (scores(trained.model, trained.tables[p], config) for p in ("val", "test"))
+    return {
+        **{f"val_{k}": v for k, v in val.items()},
+        **{f"test_{k}": v for k, v in test.items()},
+        "validator_mcc": validator_score(trained, config, ctx.challenges),
+    }
+
+
+def table(results: dict[str, dict[str, float]], names: list[str]) -> str:
+    keys = ("val_mcc", "val_auc", "test_mcc", "test_auc", "validator_mcc")
+    lines = [
+        "| variant | what | val MCC | val ROC-AUC | test MCC | test ROC-AUC | validator MCC (real half) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        runs = [results[f"{name}/{s}"] for s in SEEDS if f"{name}/{s}" in results]
+        if runs:
+            cells = " | ".join(spread([r[k] for r in runs]) for k in keys)
+            lines.append(f"| {name} | {VARIANTS[name][0]} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/head_variants.json"))
+    args = parser.parse_args()
+    names = args.only or list(VARIANTS)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    ctx = Context(load_params())
+    for name in names:
+        for seed in SEEDS:
+            key = f"{name}/{seed}"
+            if key not in results:
+                results[key] = run(ctx, VARIANTS[name][1], name, seed)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1) + "\n")
+                print(key, json.dumps(results[key]), flush=True)
+    print(table(results, names))
+    print(f"seeds {', '.join(map(str, SEEDS))}: mean [lowest, highest]")
+
+
+if __name__ == "__main__":
+    main()
