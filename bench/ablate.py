@@ -270,6 +270,15 @@ def spread(values: list[float | None]) -> str:
     return f"{np.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
+def pretrained(model: str) -> str:
+    """' (N pretraining steps, weights fingerprint F)' for a backbone the project pretrained, else ''."""
+    record = Path(model) / "pretrain.json"
+    if not record.is_file():
+        return ""
+    record = json.loads(record.read_text())
+    return f" ({record['steps']:,} pretraining steps, weights fingerprint {record['fingerprint'][:8]})"
+
+
 def write_table(results: dict[str, dict[str, Any]], out: Path) -> None:
     params = load_params()
     synth, extract = params["synth"], params["extract"]
@@ -287,7 +296,8 @@ def write_table(results: dict[str, dict[str, Any]], out: Path) -> None:
         f"{platform.python_version()}, no GPU",
         f"- data: the embedded default, synthetic {synth['rows']['train']} train + "
         f"{synth['rows']['test']} test images, scale {synth['scale']}, seed {synth['seed']}; backbone "
-        f"`{params['backbone']['model']}`; view side {extract['side']}, {extract['aug_copies']} augmented + "
+        f"`{params['backbone']['model']}`{pretrained(params['backbone']['model'])}; view side "
+        f"{extract['side']}, {extract['aug_copies']} augmented + "
         f"{extract.get('challenge_copies', 0)} validator-style copies per training image",
         "",
         "| row | what | val MCC (metadata) | test MCC (metadata) | test MCC (image only) | test ROC-AUC "
