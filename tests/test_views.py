@@ -283,5 +283,12 @@ def test_small_images_follow_the_small_rule():
     tiles = ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="tiles")
     np.testing.assert_array_equal(view_boxes(224, 224, tiles), view_boxes(224, 224, CONFIG))
     assert rule_fingerprint(small) != rule_fingerprint(tiles) == rule_fingerprint(CONFIG)
+    half = ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="half")
+    tiles_of_half = view_boxes(224, 224, half)[1:10]  # 3x3 tiles of 112 px at a 56 px stride
+    np.testing.assert_array_equal(tiles_of_half[:3, 0], [0, 56, 112])
+    assert (tiles_of_half[:, 2:] - tiles_of_half[:, :2] == 112).all()
+    same = [0, 10, 11]  # global, centre, right: as in any rule
+    np.testing.assert_array_equal(view_boxes(224, 224, half)[same], view_boxes(224, 224, CONFIG)[same])
+    assert rule_fingerprint(half) not in (rule_fingerprint(small), rule_fingerprint(tiles))
     with pytest.raises(ValueError, match="small_rule='crop'"):
         ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="crop")

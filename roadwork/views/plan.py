@@ -23,7 +23,7 @@ META_FILE = "plan.json"
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 # Canonical sizes whose boxes fingerprint the box rule itself (independent of which images exist).
 _RULE_SIZES = ((1920, 1080), (4032, 3024), (3024, 4032), (224, 224), (17, 9), (1, 1))
-SMALL_RULES = ("tiles", "global")
+SMALL_RULES = ("tiles", "half", "global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,9 @@ class ViewsConfig:
     overlap: float  # ... overlapping by this fraction of a tile, covering the whole image
     small_side: int = 0  # an image whose longer side is at most this is "small" (a 224 px validator
     # challenge); 0: no image is
-    small_rule: str = "tiles"  # views of a small image: tiles (the same rule as any image) | global
-    # (every view is the whole image: no upsampled 90 px tiles)
+    small_rule: str = "tiles"  # views of a small image: tiles (the same rule as any image) | half
+    # (the grid's tiles at half the image's side, a 2x2 grid's tile size, overlapping to keep every slot
+    # in its place) | global (every view is the whole image: no upsampled tiles)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 1:
@@ -80,10 +81,15 @@ def view_boxes(width: int, height: int, config: ViewsConfig) -> np.ndarray:
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"view_boxes: {name} must be an int >= 1, got {value!r}")
     width, height = int(width), int(height)
-    if max(width, height) <= config.small_side and config.small_rule == "global":
+    small = max(width, height) <= config.small_side
+    if small and config.small_rule == "global":
         return np.tile(np.array([[0, 0, width, height]], dtype=np.int32), (n_views(config), 1))
-    xs0, xs1 = _tile_edges(width, config.grid, config.overlap)
-    ys0, ys1 = _tile_edges(height, config.grid, config.overlap)
+    overlap = config.overlap
+    if small and config.small_rule == "half" and config.grid > 1:
+        # A tile of side L / (grid - (grid - 1) * overlap) is L / 2 at this overlap.
+        overlap = (config.grid - 2) / (config.grid - 1)
+    xs0, xs1 = _tile_edges(width, config.grid, overlap)
+    ys0, ys1 = _tile_edges(height, config.grid, overlap)
     side = min(width, height)
     cx0, cy0 = (width - side) // 2, (height - side) // 2
     boxes = [(0, 0, width, height)]
