@@ -76,7 +76,12 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "member `linear` as configured, on the global view only",
         LINEAR | {"crossfit": True, "views": "global"},
     ),
+    "mlp-crossfit": (
+        "baseline MLP cross-fitted, 5 fold models (as the member `mlp` is served)",
+        {"model": "mlp", "lr": 1.0e-3, "crossfit": True},
+    ),
     "full": ("full head, default recipe", {}),
+    "full-crossfit": ("full head cross-fitted, 5 fold models", {"crossfit": True}),
     "no-tiling": ("global view only (no tiles)", {"views": "global", "pruning": False}),
     "no-pruning": ("all 12 views (no pruning)", {"pruning": False}),
     "no-pyramid": ("without the multi-scale pyramid", {"pyramid": False}),

@@ -181,7 +181,7 @@ def test_stage_writes_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     plan, meta = read_plan(tmp_path / "data" / "views")
     assert meta["images"] == 3 and len(plan) == 36
     saved = json.loads((tmp_path / "data/views/config.json").read_text())
-    assert saved == {"grid": 3, "overlap": 0.25, "small_side": 256, "small_rule": "tiles"}
+    assert saved == {"grid": 3, "overlap": 0.25, "small_side": 256, "small_rule": "half"}
 
 
 # --- cutting views -------------------------------------------------------------------------------
