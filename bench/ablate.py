@@ -81,7 +81,6 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         {"model": "mlp", "lr": 1.0e-3, "crossfit": True},
     ),
     "full": ("full head, default recipe", {}),
-    "full-crossfit": ("full head cross-fitted, 5 fold models", {"crossfit": True}),
     "no-tiling": ("global view only (no tiles)", {"views": "global", "pruning": False}),
     "no-pruning": ("all 12 views (no pruning)", {"pruning": False}),
     "no-pyramid": ("without the multi-scale pyramid", {"pyramid": False}),
