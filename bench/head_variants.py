@@ -12,6 +12,7 @@ Results go to `<out>.json` as they come (a killed run resumes); the table is pri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from ablate import SEEDS, Context, scores, spread, validator_score
 
 from roadwork.config import load_params
 from roadwork.train.config import member_config
-from roadwork.train.crossfit import train_member
+from roadwork.train.crossfit import Trained, train_member
 
 CE = {"focal_gamma": 0.0, "focal_alpha": 0.5, "label_smoothing": 0.0}  # focal -> plain cross-entropy
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -39,11 +40,43 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "lr-1e-3": ("learning rate 1e-3 (the MLP's)", {"lr": 1.0e-3}),
     "regularised": ("dropout 0.3, weight decay 0.05", {"dropout": 0.3, "weight_decay": 0.05}),
     "select-auc": ("best epoch by validation ROC-AUC, patience 8", {"select": "roc_auc", "patience": 8}),
+    "full-mean-5": ("the mean log-odds of 5 full heads, seeds s .. s+4", {"average": 5}),
+    "mlp-mean-5": (
+        "the mean log-odds of 5 MLPs, seeds s .. s+4",
+        {"model": "mlp", "lr": 1.0e-3, "average": 5},
+    ),
 }
 
 
+class SeedMean(torch.nn.Module):
+    """Models trained alike but for their seed, as one: `{"logits"}` is the mean of theirs."""
+
+    def __init__(self, models: list[torch.nn.Module]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"logits": torch.stack([m(batch)["logits"].float() for m in self.models]).mean(dim=0)}
+
+
 def run(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> dict[str, float]:
-    """One image-only member: validation and test MCC / ROC-AUC, validator MCC on the real half."""
+    """One image-only member (or the mean of `average` of them, seeds seed .. seed + average - 1):
+    validation and test MCC / ROC-AUC, validator MCC on the real half."""
+    overrides = dict(overrides)
+    runs = [train_one(ctx, overrides, name, seed + k) for k in range(overrides.pop("average", 1))]
+    trained, config = runs[0]
+    if len(runs) > 1:
+        trained = dataclasses.replace(trained, model=SeedMean([t.model for t, _ in runs]))
+    val, test = (scores(trained.model, trained.tables[p], config) for p in ("val", "test"))
+    return {
+        **{f"val_{k}": v for k, v in val.items()},
+        **{f"test_{k}": v for k, v in test.items()},
+        "validator_mcc": validator_score(trained, config, ctx.challenges),
+    }
+
+
+def train_one(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> tuple[Trained, Any]:
+    """One member trained without metadata, and its config."""
     config = member_config(ctx.params["train"], {**overrides, "seed": seed, "metadata": False}, name)
     gps = ctx.params["gps"]
     torch.manual_seed(seed)
@@ -57,12 +90,7 @@ def run(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> dict[s
         first_bracket_km=gps["brackets_km"][0],
         masks=ctx.masks if config.model == "head" and config.masks else None,
     )
-    val, test = (scores(trained.model, trained.tables[p], config) for p in ("val", "test"))
-    return {
-        **{f"val_{k}": v for k, v in val.items()},
-        **{f"test_{k}": v for k, v in test.items()},
-        "validator_mcc": validator_score(trained, config, ctx.challenges),
-    }
+    return trained, config
 
 
 def table(results: dict[str, dict[str, float]], names: list[str]) -> str:

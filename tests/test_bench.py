@@ -282,9 +282,27 @@ def test_head_variants_are_valid_member_configs():
     from roadwork.train.config import member_config
 
     train = load_params()["train"]
-    configs = {name: member_config(train, overrides, name) for name, (_, overrides) in VARIANTS.items()}
+    members = {name: {k: v for k, v in o.items() if k != "average"} for name, (_, o) in VARIANTS.items()}
+    configs = {name: member_config(train, overrides, name) for name, overrides in members.items()}
     assert configs["mlp"].model == "mlp" and configs["full"].model == "head"
     assert configs["ce"].focal_gamma == 0.0 and configs["ce"].label_smoothing == 0.0
     # focal only: no mask decoder (no Dice term), no consistency, and the weather term is off by default
     only = configs["focal-only"]
     assert not only.masks and only.loss_weights["consistency"] == only.loss_weights["weather"] == 0.0
+
+
+def test_seed_mean_answers_the_mean_of_its_models_log_odds():
+    import torch
+    from head_variants import VARIANTS, SeedMean
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits: list[list[float]]):
+            super().__init__()
+            self.out = torch.tensor(logits)
+
+        def forward(self, batch: dict) -> dict:
+            return {"logits": self.out}
+
+    mean = SeedMean([Fixed([[0.0, 1.0], [2.0, -2.0]]), Fixed([[1.0, 3.0], [0.0, 0.0]])])
+    torch.testing.assert_close(mean({})["logits"], torch.tensor([[0.5, 2.0], [1.0, -1.0]]))
+    assert VARIANTS["full-mean-5"][1]["average"] == 5 and VARIANTS["mlp-mean-5"][1]["model"] == "mlp"
