@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablate import SEEDS, Context, scores, spread, validator_score
+from ablate import SEEDS, Context, spread, validator_score
 
 from roadwork.config import load_params
 from roadwork.ensemble.calibrate import fit_calibration
-from roadwork.metrics import binary_metrics
+from roadwork.metrics import binary_metrics, sigmoid
 from roadwork.train.config import member_config
 from roadwork.train.crossfit import Trained, train_member
 from roadwork.train.loop import predict_with_model
@@ -53,7 +53,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 class SeedMean(torch.nn.Module):
-    """Models trained alike but for their seed, as one: `{"logits"}` is the mean of theirs."""
+    """Models trained alike but for their seed, as one: `{"logits"}` is the mean of theirs for every
+    row (`FoldMean` would answer a row of a held-out fold with that fold's model alone)."""
 
     def __init__(self, models: list[torch.nn.Module]):
         super().__init__()
@@ -71,24 +72,19 @@ def run(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> dict[s
     trained, config = runs[0]
     if len(runs) > 1:
         trained = dataclasses.replace(trained, model=SeedMean([t.model for t, _ in runs]))
-    val, test = (scores(trained.model, trained.tables[p], config) for p in ("val", "test"))
-    return {
-        **{f"val_{k}": v for k, v in val.items()},
-        **{f"test_{k}": v for k, v in test.items()},
-        "test_mcc_cut": mcc_at_val_cut(trained, config),
-        "validator_mcc": validator_score(trained, config, ctx.challenges),
+    # Each part predicted once: the scores at log-odds 0 and at the validation rows' best cut (as
+    # `submit` calibrates an ensemble) both read these.
+    tables = {part: trained.tables[part] for part in ("val", "test")}
+    logit = {
+        part: predict_with_model(model=trained.model, table=t, config=config) for part, t in tables.items()
     }
-
-
-def mcc_at_val_cut(trained: Trained, config: Any) -> float:
-    """Test MCC with the cut moved to where it is best on the validation rows (`fit_calibration`,
-    as `submit` calibrates an ensemble), instead of log-odds 0."""
-    val, test = (trained.tables[p] for p in ("val", "test"))
-    val_logit, test_logit = (
-        predict_with_model(model=trained.model, table=table, config=config) for table in (val, test)
-    )
-    calibration = fit_calibration(val_logit, val.label)
-    return binary_metrics(test.label, calibration.probability(test_logit))["mcc"]
+    out = {}
+    for part, table in tables.items():
+        at_zero = binary_metrics(table.label, sigmoid(logit[part]))
+        out[f"{part}_mcc"], out[f"{part}_auc"] = at_zero["mcc"], at_zero["roc_auc"]
+    cut = fit_calibration(logit["val"], tables["val"].label)
+    out["test_mcc_cut"] = binary_metrics(tables["test"].label, cut.probability(logit["test"]))["mcc"]
+    return out | {"validator_mcc": validator_score(trained, config, ctx.challenges)}
 
 
 def train_one(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> tuple[Trained, Any]:
