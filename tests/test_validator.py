@@ -72,12 +72,15 @@ def test_crop_falls_back_to_the_clamped_centre_when_no_draw_fits():
 
 def test_level2_distortions_equal_their_formulas():
     pixels = np.asarray(frame(224, 224), dtype=np.float32)
-    ycc = cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)
+    to_ycc = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    ycc = pixels @ to_ycc.T + [0, 128, 128]  # JPEG's YCbCr, chroma neutral at 128
     ycc[..., 1:] = 128 + 0.4 * (ycc[..., 1:] - 128)
-    np.testing.assert_allclose(V.saturate(pixels, 0.4), cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB), atol=1e-3)
-    saturated = V.saturate(pixels, 0.4)
-    luma = cv2.cvtColor(saturated, cv2.COLOR_RGB2YCrCb)[..., 0]
-    np.testing.assert_allclose(luma, cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)[..., 0], atol=0.1)
+    expected = (ycc - [0, 128, 128]) @ np.linalg.inv(to_ycc).T
+    np.testing.assert_allclose(V.saturate(pixels, 0.4), expected, atol=1e-3)
+    grey = np.full((4, 4, 3), 100.0, np.float32)
+    np.testing.assert_allclose(V.saturate(grey, 0.3), grey, atol=1e-4)  # no colour cast
+    grey_frame = np.repeat((pixels @ V.LUMA)[..., None], 3, -1)
+    np.testing.assert_allclose(V.saturate(pixels, 0.0), grey_frame, atol=1e-4)
     np.testing.assert_array_equal(V.contrast(pixels, 0.85), pixels * np.float32(0.85))
     half = cv2.resize(pixels, (112, 112), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(V.rescale(pixels, 2), cv2.resize(half, (224, 224)))

@@ -32,7 +32,7 @@ from roadwork.progress import progress
 from roadwork.views.augment import augment_views, build_augment
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, boxes_by_image, read_plan, view_boxes
-from roadwork.views.validator import challenge_rng, challenge_views
+from roadwork.views.validator import TRANSFORMS_VERSION, challenge_rng, challenge_views
 
 
 class ViewDataset(Dataset):
@@ -223,7 +223,7 @@ def run_extract(
             chunk_rows=config.chunk_rows,
             shard_rows=config.shard_rows,
             attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta)
-            | {"challenge_copies": config.challenge_copies},
+            | {"challenge_copies": config.challenge_copies, "validator_transforms": TRANSFORMS_VERSION},
         )
         return cache, plan_jobs(index, cache, config)
 

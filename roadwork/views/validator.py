@@ -37,6 +37,9 @@ from roadwork.views.plan import ViewsConfig, view_boxes
 SIZE = 224  # the validator's output side
 JPEG_QUALITY = 75  # the validator's JPEG quality
 LEVELS = (0, 1, 2, 3)
+# Bump when a transform's output changes: cached validator-style copies are then rebuilt
+# (2: saturation keeps a grey pixel grey; 1 cast colour through cv2's float chroma offset).
+TRANSFORMS_VERSION = 2
 MAX_ANGLE = 20.0
 CROP_AREA = (0.2, 1.0)
 CROP_ASPECT = (3 / 4, 4 / 3)
@@ -104,11 +107,15 @@ def apply_geometry(tensor: torch.Tensor, geometry: Geometry, *, nearest: bool = 
     )
 
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601, the Y of YCbCr
+
+
 def saturate(pixels: np.ndarray, factor: float) -> np.ndarray:
-    """Chroma (Cb, Cr) scaled by `factor` around neutral, luma kept; float32 RGB in [0, 255]."""
-    ycc = cv2.cvtColor(pixels, cv2.COLOR_RGB2YCrCb)
-    ycc[..., 1:] = 128.0 + factor * (ycc[..., 1:] - 128.0)
-    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+    """Chroma (Cb, Cr) scaled by `factor` around neutral, luma kept; float32 RGB in [0, 255]. Cb and Cr
+    are multiples of B - Y and R - Y, so this is Y + factor (RGB - Y), and a grey pixel stays grey.
+    (Not through cv2's float YCrCb: its neutral chroma is 0.5 whatever the range, not 128.)"""
+    luma = pixels @ LUMA
+    return luma[..., None] + np.float32(factor) * (pixels - luma[..., None])
 
 
 def contrast(pixels: np.ndarray, factor: float) -> np.ndarray:
