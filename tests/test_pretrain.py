@@ -8,14 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from transformers import DINOv3ViTModel
 
 from roadwork.config import load_params, section, to_dict
 from roadwork.features.backbone import TinyBackboneConfig
 from roadwork.features.corpus import KINDS, CorpusConfig, present, scene
 from roadwork.features.manifest import weights_fingerprint
-from roadwork.features.pretrain import FIRST_STEPS, RECORD_FILE, PretrainConfig, batch_order, pretrain
+from roadwork.features.pretrain import (
+    FIRST_STEPS,
+    RECORD_FILE,
+    PretrainConfig,
+    _distortion,
+    batch_order,
+    pretrain,
+)
 from roadwork.synth.dataset import SynthConfig, generate
+from roadwork.views import validator as V
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -77,7 +86,27 @@ def test_the_corpus_shares_no_image_with_the_dataset():
         hashlib.sha256(r.row["image"]["bytes"]).hexdigest() for rows in dataset.values() for r in rows
     }
     corpus = CorpusConfig()
-    corpus_hashes = {
-        hashlib.sha256(scene(corpus, i)["jpeg"].tobytes()).hexdigest() for i in range(0, corpus.scenes, 30)
-    }
+    spread = range(0, corpus.scenes, corpus.scenes // 100)  # 100 frames across the whole corpus
+    corpus_hashes = {hashlib.sha256(scene(corpus, i)["jpeg"].tobytes()).hexdigest() for i in spread}
     assert len(corpus_hashes) == 100 and not corpus_hashes & dataset_hashes
+
+
+@pytest.mark.parametrize("op, strength", [(op, k) for op in range(5) for k in (0, 1)])
+def test_the_degraded_views_are_the_validator_s_distortions(op, strength):
+    pixels = np.random.default_rng(op).uniform(0, 255, (112, 112, 3)).astype(np.float32)
+    x = torch.from_numpy(pixels / 255).permute(2, 0, 1)[None].contiguous()
+    got = _distortion(op, strength, x, torch.Generator().manual_seed(0))[0].permute(1, 2, 0).numpy() * 255
+    numpy_ops = [
+        lambda p: V.saturate(p, V.SATURATION[strength]),
+        lambda p: V.contrast(p, V.CONTRAST[strength]),
+        lambda p: V.rescale(p, V.RESCALE[strength]),
+        None,  # noise: random, compared by its statistics below
+        lambda p: V.blur(p, V.BLUR_KERNEL[strength]),
+    ]
+    if numpy_ops[op] is not None:
+        np.testing.assert_allclose(got, numpy_ops[op](pixels), atol=0.01)  # of 255
+        return
+    ycc = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    added = (got - pixels) @ ycc.T  # the noise, back in YCbCr: independent, of the validator's variance
+    expected = 255 * V.NOISE_VARIANCE[strength] ** 0.5
+    assert np.allclose(added.std(axis=(0, 1)), expected, rtol=0.02) and abs(added.mean()) < 0.5

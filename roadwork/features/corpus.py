@@ -49,7 +49,7 @@ class CorpusConfig:
     """What the pretraining corpus draws."""
 
     seed: int = 20260901  # the corpus's own seed
-    scenes: int = 3000  # scenes in one pass over the corpus
+    scenes: int = 6000  # scenes in one pass over the corpus (8 passes in the shipped 6,000 steps)
     scale: float = 0.25  # frame size as a fraction of 1920x1080 / 4032x3024, like `synth.scale`
     phone_share: float = 0.3  # share of 4:3 phone photos
     object_scale: tuple[float, float] = (0.035, 0.10)  # object height / frame height, drawn per scene

@@ -29,12 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 
 from roadwork.config import to_dict
 from roadwork.features.backbone import TinyBackboneConfig, build_tiny
 from roadwork.features.corpus import KINDS, CorpusConfig, present, scene
 from roadwork.features.manifest import weights_fingerprint
+from roadwork.views import validator
 
 N_ATTRS = (5, 3, 5)  # weather, daytime, environment classes
 RECORD_FILE = "pretrain.json"
@@ -47,7 +49,7 @@ class PretrainConfig:
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     seed: int = 0  # head init, batch order and every augmentation draw (the weights: backbone.tiny.seed)
-    steps: int = 2000  # 20 min on 2 cores with the rendering (decisions.md: 600 steps saw much less)
+    steps: int = 6000  # 30 min on 2 cores with the rendering (decisions.md: 600 and 2,000 saw less)
     scenes_per_batch: int = 8  # x 16 views a scene = 128 views a step
     lr: float = 1e-3  # AdamW peak; linear warmup, then cosine to lr_min
     lr_min: float = 1e-5
@@ -62,6 +64,7 @@ class PretrainConfig:
     flip: float = 0.5  # probability of mirroring a view (and its patch grid)
     jitter: float = 0.2  # brightness / contrast / saturation factors in [1 - j, 1 + j] (no hue: orange stays)
     noise: float = 0.03  # Gaussian pixel noise, std drawn in [0, noise]
+    degrade: float = 0.5  # share of views given the validator's level-3 distortions (`degrade`)
     threads: int = 2  # torch threads: part of what makes a rerun bit-identical
     workers: int = 2  # processes rendering corpus scenes
 
@@ -109,6 +112,49 @@ def jitter(x: torch.Tensor, config: PretrainConfig, g: torch.Generator) -> torch
     x = (x - grey) * factor() + grey
     x = x + torch.randn(x.shape, generator=g) * (config.noise * torch.rand(b, 1, 1, 1, generator=g))
     return x.clamp_(0, 1)
+
+
+# RGB -> YCbCr with Cb, Cr centred on 0 (BT.601 full range, as the validator's conversion)
+_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_RGB = torch.linalg.inv(_YCC)
+
+
+def _in_ycc(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", _RGB, fn(torch.einsum("ij,bjhw->bihw", _YCC, x)))
+
+
+def _distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The validator's distortion `op` (saturation, contrast, rescale, noise, blur) at strength k + 1."""
+    if op == 0:
+        luma = torch.einsum("c,bchw->bhw", _YCC[0], x)[:, None]
+        return luma + validator.SATURATION[k] * (x - luma)
+    if op == 1:
+        return x * validator.CONTRAST[k]
+    if op == 2:
+        h, w = x.shape[-2:]
+        f = validator.RESCALE[k]
+        small = F.interpolate(x, size=(h // f, w // f), mode="bilinear", align_corners=False)
+        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    if op == 3:
+        std = math.sqrt(validator.NOISE_VARIANCE[k])
+        return _in_ycc(x, lambda y: y + std * torch.randn(y.shape, generator=g))
+    kernel = validator.BLUR_KERNEL[k]
+    return TF.gaussian_blur(x, [kernel, kernel], [kernel / 6, kernel / 6])
+
+
+def degrade(x: torch.Tensor, config: PretrainConfig, g: torch.Generator) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1]: a share `config.degrade` of the views distorted as a validator's level 3
+    does (each of five distortions at strength 0, 1 or 2, in its order), the rest unchanged. A real
+    DINOv3 is pretrained with blur and colour loss among its augmentations; the tiny one sees the ones
+    its served inputs carry."""
+    on = torch.rand(len(x), generator=g) < config.degrade
+    strength = torch.randint(0, 3, (len(x), 5), generator=g) * on[:, None]
+    for op in range(5):
+        for k in (0, 1):
+            rows = (strength[:, op] == k + 1).nonzero().flatten()
+            if len(rows):
+                x[rows] = _distortion(op, k, x[rows], g).clamp(0, 1)
+    return x
 
 
 def step_loss(
@@ -185,7 +231,8 @@ def pretrain(
         cover = torch.where(flip[:, None, None, None], cover.flip(-1), cover)
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, config)
-        loss, parts = step_loss(model, heads, (jitter(x, config, g) - mean_t) / std_t, cover, attrs, config)
+        x = degrade(jitter(x, config, g), config, g)
+        loss, parts = step_loss(model, heads, (x - mean_t) / std_t, cover, attrs, config)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, config.clip)
