@@ -114,13 +114,9 @@ def jitter(x: torch.Tensor, config: PretrainConfig, g: torch.Generator) -> torch
     return x.clamp_(0, 1)
 
 
-# RGB -> YCbCr with Cb, Cr centred on 0 (BT.601 full range, as the validator's conversion)
+# RGB -> YCbCr (BT.601, as the validator's noise and saturation): its first row is the luma
 _YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 _RGB = torch.linalg.inv(_YCC)
-
-
-def _in_ycc(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    return torch.einsum("ij,bjhw->bihw", _RGB, fn(torch.einsum("ij,bjhw->bihw", _YCC, x)))
 
 
 def _distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -136,8 +132,9 @@ def _distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.T
         small = F.interpolate(x, size=(h // f, w // f), mode="bilinear", align_corners=False)
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     if op == 3:
-        std = math.sqrt(validator.NOISE_VARIANCE[k])
-        return _in_ycc(x, lambda y: y + std * torch.randn(y.shape, generator=g))
+        ycc = torch.einsum("ij,bjhw->bihw", _YCC, x)
+        ycc = ycc + math.sqrt(validator.NOISE_VARIANCE[k]) * torch.randn(ycc.shape, generator=g)
+        return torch.einsum("ij,bjhw->bihw", _RGB, ycc)
     kernel = validator.BLUR_KERNEL[k]
     return TF.gaussian_blur(x, [kernel, kernel], [kernel / 6, kernel / 6])
 
