@@ -6,6 +6,8 @@ The objective is object-level supervision from what the generator drew, never th
 - per patch, which kinds cover it (multi-label BCE) from each patch token, through a linear head, so
   that patch tokens (hence their max) say "cone here";
 - the scene's weather, daytime and environment (softmax) from the pooled tokens.
+Views are mirrored and colour-jittered, and half of them get the validator's level-3 distortions
+(`degrade`): saturation, contrast, down-and-up scaling, YCbCr noise and blur at its strengths.
 The heads are thrown away: what is saved is the `DINOv3ViTModel` alone, its config the tiny one
 (`save_pretrained`), loaded by the `backbone` stage with `from_pretrained` like a real checkpoint.
 
