@@ -19,8 +19,8 @@ from roadwork.features.pretrain import (
     FIRST_STEPS,
     RECORD_FILE,
     PretrainConfig,
-    _distortion,
     batch_order,
+    distortion,
     pretrain,
 )
 from roadwork.synth.dataset import SynthConfig, generate
@@ -95,7 +95,7 @@ def test_the_corpus_shares_no_image_with_the_dataset():
 def test_the_degraded_views_are_the_validator_s_distortions(op, strength):
     pixels = np.random.default_rng(op).uniform(0, 255, (112, 112, 3)).astype(np.float32)
     x = torch.from_numpy(pixels / 255).permute(2, 0, 1)[None].contiguous()
-    got = _distortion(op, strength, x, torch.Generator().manual_seed(0))[0].permute(1, 2, 0).numpy() * 255
+    got = distortion(op, strength, x, torch.Generator().manual_seed(0))[0].permute(1, 2, 0).numpy() * 255
     numpy_ops = [
         lambda p: V.saturate(p, V.SATURATION[strength]),
         lambda p: V.contrast(p, V.CONTRAST[strength]),

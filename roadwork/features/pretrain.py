@@ -51,7 +51,7 @@ class PretrainConfig:
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     seed: int = 0  # head init, batch order and every augmentation draw (the weights: backbone.tiny.seed)
-    steps: int = 6000  # 30 min on 2 cores with the rendering (decisions.md: 600 and 2,000 saw less)
+    steps: int = 6000  # 38 min on 2 cores with the rendering (decisions.md: 600 and 2,000 saw less)
     scenes_per_batch: int = 8  # x 16 views a scene = 128 views a step
     lr: float = 1e-3  # AdamW peak; linear warmup, then cosine to lr_min
     lr_min: float = 1e-5
@@ -121,7 +121,7 @@ _YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -
 _RGB = torch.linalg.inv(_YCC)
 
 
-def _distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """The validator's distortion `op` (saturation, contrast, rescale, noise, blur) at strength k + 1."""
     if op == 0:
         luma = torch.einsum("c,bchw->bhw", _YCC[0], x)[:, None]
@@ -152,7 +152,7 @@ def degrade(x: torch.Tensor, config: PretrainConfig, g: torch.Generator) -> torc
         for k in (0, 1):
             rows = (strength[:, op] == k + 1).nonzero().flatten()
             if len(rows):
-                x[rows] = _distortion(op, k, x[rows], g).clamp(0, 1)
+                x[rows] = distortion(op, k, x[rows], g).clamp(0, 1)
     return x
 
 
