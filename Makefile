@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install -q --no-deps --no-compile
 HALF := ^(torch|torchvision|triton|nvidia-|cuda-|pyarrow|opencv)
+# The installed .venv takes 6.8 GB (6,784 MB measured on 2026-12-06; torch's CUDA build is most of it).
+# Setup refuses up front below this, rather than failing half-way with pip's "No space left on device".
+NEED_MB := 7000
 
 # `dvc exp show` gives every stage dependency a column (about 130 here) and rich keeps one character of
 # the terminal per column even when DVC folds it into "…"; without them the table fits 200 columns.
@@ -20,6 +23,8 @@ DEPS_COLUMNS := ^(assets|config\.yaml|live|predictions(_dora|_tta)?|submission|v
 # core (the packages' own test folders left out). Without .pyc files every stage would recompile torch at
 # import where PYTHONDONTWRITEBYTECODE is set. torch ships one Python 3.12-only test module.
 $(STAMP): pyproject.toml requirements.lock
+	@free=$$(df -Pm $(dir $(VENV)) | awk 'NR==2 {print $$4}'); test -x $(PY) || test "$$free" -ge $(NEED_MB) || \
+	  { echo "make: setup needs $(NEED_MB) MB free for $(VENV) (torch's CUDA build); $$free MB free here" >&2; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	grep -E  '$(HALF)' requirements.lock > $(VENV)/half.txt
 	grep -vE '$(HALF)' requirements.lock > $(VENV)/rest.txt
