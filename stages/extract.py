@@ -34,8 +34,8 @@ def main() -> None:
     if counts["todo"]:
         rate = counts["images"] / max(counts["seconds"], 1e-9)
         print(
-            f"{where}: {counts['images']} images, {counts['views']} views in {counts['seconds']} s "
-            f"({rate:.1f} images/s)"
+            f"{where}: {counts['images']} images, {counts['views']} views ({counts['embedded_views']} "
+            f"distinct, through the backbone) in {counts['seconds']} s ({rate:.1f} images/s)"
         )
     barrier(ranks)  # every rank's shards are written before the stage counts as done
     if ranks.rank == 0:

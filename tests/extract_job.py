@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
@@ -54,9 +55,10 @@ MANIFEST = {"fingerprint": "tiny-test", "patch_size": 16}
 SINGLE = Ranks(rank=0, world=1, local=0)
 
 
-def write_images(root: Path, shard: str, first: int, count: int) -> pl.DataFrame:
-    """`count` images as shard `shard`, all train but the last (test: no augmented copy)."""
-    return scene_shard(root, shard, first, count, test_last=True)
+def write_images(root: Path, shard: str, first: int, count: int, **sizes: Any) -> pl.DataFrame:
+    """`count` images as shard `shard`, all train but the last (test: no augmented copy), grained so that
+    only identical boxes cut identical views: the backbone's view counts are then known exactly."""
+    return scene_shard(root, shard, first, count, test_last=True, noise=8, **sizes)
 
 
 def run(

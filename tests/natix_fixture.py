@@ -124,25 +124,37 @@ def write_shard(
     return path
 
 
-def scene_jpeg(i: int, width: int, height: int) -> bytes:
-    """A JPEG with a bright box whose place depends on i (so features and masks differ between images)."""
+def scene_jpeg(i: int, width: int, height: int, noise: int = 0) -> bytes:
+    """A JPEG with a bright box whose place depends on i (so features and masks differ between images),
+    on a flat background, or one grained by +-`noise` grey levels (so no two crops are alike)."""
     pixels = np.full((height, width, 3), (60 + 7 * i, 90, 120), dtype=np.uint8)
     x0, y0 = (13 * i) % (width // 2), (7 * i) % (height // 2)
     pixels[y0 : y0 + height // 3, x0 : x0 + width // 4] = (250, 140, 20)
+    if noise:
+        grain = np.random.default_rng(i).integers(-noise, noise + 1, pixels.shape)
+        pixels = np.clip(pixels + grain, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
-def scene_shard(root: Path, shard: str, first: int, count: int, *, test_last: bool = False) -> pl.DataFrame:
-    """Write images first..first+count-1 (mixed sizes) as `root/shard`; return their index rows
-    (split train, or test for the last one with `test_last`)."""
-    sizes = [(160, 90), (120, 160), (96, 72)]
+def scene_shard(
+    root: Path,
+    shard: str,
+    first: int,
+    count: int,
+    *,
+    test_last: bool = False,
+    sizes: tuple[tuple[int, int], ...] = ((160, 90), (120, 160), (96, 72)),
+    noise: int = 0,
+) -> pl.DataFrame:
+    """Write images first..first+count-1 (of `sizes` in turn, grained by `noise`) as `root/shard`;
+    return their index rows (split train, or test for the last one with `test_last`)."""
     rows, index = [], []
     for k in range(count):
         i = first + k
         width, height = sizes[i % len(sizes)]
-        rows.append(make_row(i, image=scene_jpeg(i, width, height), width=width, height=height))
+        rows.append(make_row(i, image=scene_jpeg(i, width, height, noise), width=width, height=height))
         split = "test" if test_last and k == count - 1 else "train"
         index.append({"image_id": f"img{i:03d}", "split": split, "shard": shard, "row": k})
         index[-1] |= {"width": width, "height": height}

@@ -44,6 +44,17 @@ def data(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
     return root, job.write_images(root, SHARD0, 0, 10)
 
 
+def backbone_views(root: Path, index: pl.DataFrame, jobs: pl.DataFrame) -> int:
+    """Views a run over `jobs` sends through the backbone: the distinct ones of each batch (np.unique is
+    the reference). A portrait image's centre and right boxes are one crop; an augmented copy that no
+    transform touched repeats too."""
+    data = extract.ViewDataset(root, jobs, boxes_by_image(build_plan(index, job.VIEWS)), job.CONFIG)
+    items = [data[i][1].flatten(0, 1).flatten(1).numpy() for i in range(len(data))]
+    size = job.CONFIG.batch_images
+    batches = [np.concatenate(items[k : k + size]) for k in range(0, len(items), size)]
+    return sum(len(np.unique(batch, axis=0)) for batch in batches)
+
+
 def read_all(cache, ids: list[str]) -> dict[str, np.ndarray]:
     features, copies = cache.read(ids, ["cls", "patch_mean", "patch_max"])
     return {"features": features, "copies": copies}
@@ -73,6 +84,54 @@ def test_features_equal_a_direct_forward_of_the_views(data, tmp_path):
     assert not np.array_equal(features[4, 1], features[4, 0])  # the augmented copy differs
 
 
+def test_distinct_views_keeps_first_occurrences_and_maps_every_view_back():
+    rng = np.random.default_rng(0)
+    views = torch.from_numpy(rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
+    near = views[1].clone()
+    near[-1, -1, -1] ^= 1  # the last byte lies outside the sampled key: only the full comparison tells
+    batch = torch.stack([views[0], views[1], views[0], near, views[2], views[0], views[1]])
+    unique, inverse = extract.distinct_views(batch)
+    assert inverse.tolist() == [0, 1, 0, 2, 3, 0, 1]
+    assert torch.equal(unique, batch[[0, 1, 3, 4]]) and torch.equal(unique[inverse], batch)
+    same, identity = extract.distinct_views(views)
+    assert same is views and identity.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_repeated_view_goes_through_the_backbone_once():
+    """A square image's global, centre and right views are one crop: embedded once, given to all three,
+    with the values of embedding every view."""
+    model = build_tiny(job.TINY)
+    views = np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    views[10] = views[11] = views[0]
+    counter = Counter(model)
+    got = embed_views(model, views, job.CONFIG)
+    assert counter.views == 10
+    np.testing.assert_allclose(got, pooled_views(model, views, job.CONFIG).numpy(), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(got[10], got[0]) and np.array_equal(got[11], got[0])
+
+
+def test_extract_embeds_a_square_images_repeated_views_once(tmp_path):
+    """224 px square images (validator-sized): 10 distinct views of 12 reach the backbone, and every
+    slot holds its own view's features."""
+    index = job.write_images(tmp_path, SHARD0, 0, 4, sizes=((224, 224),))
+    index = index.with_columns(split=pl.lit("test"))  # clean copies only: augmentation is per view
+    model = build_tiny(job.TINY)
+    counter = Counter(model)
+    cache, _ = job.run(tmp_path, index, tmp_path / "f.zarr", model)
+    boxes = boxes_by_image(build_plan(index, job.VIEWS))
+    views = np.stack(
+        [
+            load_views(ShardReader(tmp_path).read(SHARD0, r["row"]), boxes[r["image_id"]], job.CONFIG.side)
+            for r in index.iter_rows(named=True)
+        ]
+    )  # [4 images, 12, side, side, 3]
+    assert counter.views == 4 * 10 == len(np.unique(views.reshape(48, -1), axis=0))
+    features, _ = cache.read(index["image_id"].to_list(), ["cls", "patch_mean", "patch_max"])
+    want = embed_views(model, views.reshape(-1, *views.shape[2:]), job.CONFIG).reshape(4, 12, -1)
+    np.testing.assert_array_equal(features[:, 0], want.astype(np.float16))
+    np.testing.assert_array_equal(features[:, 0, 10:], features[:, 0, [0, 0]])
+
+
 # Kill points: before any write, mid-run, while appending rows (between resizes; after the done flags of
 # the new rows, before their ids), between a shard's values and its done flags, half-way through a shard.
 # Writes: 2 to append the rows, then per shard of 4 rows cls, patch_mean, patch_max, copies and done.
@@ -99,7 +158,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_cache(data, tmp_path, poin
     model = build_tiny(job.TINY)
     counter = Counter(model)
     resumed, jobs = job.run(root, index, cache_path, model)
-    assert 0 < len(jobs) <= 10 and counter.views == sum(12 * c for c in jobs["copies"].to_list())
+    assert 0 < len(jobs) <= 10 and counter.views == backbone_views(root, index, jobs)
     fresh, _ = job.run(root, index, tmp_path / "fresh.zarr", build_tiny(job.TINY))
     ids = index["image_id"].to_list()
     for name, value in read_all(fresh, ids).items():
@@ -117,7 +176,8 @@ def test_new_shards_extract_only_new_images_and_removed_ones_are_never_read(data
     more = pl.concat([index, job.write_images(root, SHARD1, 10, 3)])
     cache, jobs = job.run(root, more, path, model)
     assert jobs["image_id"].to_list() == ["img010", "img011", "img012"]
-    assert counter.views == 12 * (2 + 2 + 1)  # two train images with an augmented copy, one test image
+    # Two train images with an augmented copy and one test image: 60 views, one of them a repeat.
+    assert counter.views == backbone_views(root, more, jobs) == 12 * (2 + 2 + 1) - 1
     np.testing.assert_array_equal(
         read_all(cache, index["image_id"].to_list())["features"], before["features"]
     )

@@ -3,7 +3,9 @@
 Copy 0 is the clean view; copies 1..aug_copies of a training image go through the heavy augmentation
 pipeline, applied per view after resizing and seeded by (seed, image, copy, view); the next
 `challenge_copies` copies are validator-style versions of the whole image (a level each, 224 px JPEG,
-cut by the rule for small images), seeded by (seed, image, copy). Any run, in any order, on any number
+cut by the rule for small images), seeded by (seed, image, copy). A crop that repeats in a batch (a
+square image's global, centre and right views; a portrait one's centre and right) goes through the
+backbone once. Any run, in any order, on any number
 of workers, produces the same features. Work proceeds shard by shard of the
 cache; a shard's rows are marked done only after their features are written, so a killed run resumes at
 the first unfinished shard.
@@ -117,11 +119,47 @@ def pooled_views(
     return pooled_tokens(model, pixels).float()
 
 
+def distinct_views(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CPU batch's distinct views, in first-seen order, and per view the index of its twin among them.
+
+    A square image's global, centre and right boxes are the same crop (every 224 px validator query),
+    as are all the views of a small image under `views.small_rule: global`. Views are keyed by a strided
+    sample of their bytes, and a key seen before is confirmed by comparing the views in full: exact, and
+    nearly free when nothing repeats.
+    """
+    flat = views.reshape(len(views), -1)
+    keys = flat[:, :: max(1, flat.shape[1] // 1024)].numpy()
+    seen: dict[bytes, list[int]] = {}
+    keep: list[int] = []
+    inverse = torch.empty(len(views), dtype=torch.long)
+    for i, key in enumerate(keys):
+        twins = seen.setdefault(key.tobytes(), [])
+        match = next((j for j in twins if torch.equal(flat[keep[j]], flat[i])), None)
+        if match is None:
+            match = len(keep)
+            twins.append(match)
+            keep.append(i)
+        inverse[i] = match
+    return (views, inverse) if len(keep) == len(views) else (views[keep], inverse)
+
+
+def once_per_view(embed: Embed) -> Embed:
+    """`embed` run on a batch's distinct views only, its output copied back to every view."""
+
+    def run(views: np.ndarray | torch.Tensor) -> torch.Tensor:
+        unique, inverse = distinct_views(torch.as_tensor(views))
+        out = embed(unique)
+        return out if len(unique) == len(inverse) else out[inverse.to(out.device)]
+
+    return run
+
+
 def embed_views(
     model: torch.nn.Module, views: np.ndarray | torch.Tensor, config: ExtractConfig
 ) -> np.ndarray:
-    """uint8 `[n, side, side, 3]` -> float32 `[n, 3, D]` pooled tokens, as numpy."""
-    return pooled_views(model, views, config).cpu().numpy()
+    """uint8 `[n, side, side, 3]` -> float32 `[n, 3, D]` pooled tokens, as numpy (a view repeated in the
+    batch goes through the backbone once)."""
+    return once_per_view(lambda v: pooled_views(model, v, config))(views).cpu().numpy()
 
 
 def image_view_pixels(
@@ -182,12 +220,11 @@ def extract_with_model(
         num_workers=config.workers,
         collate_fn=_collate,
         prefetch_factor=4 if config.workers else None,
-        pin_memory=device.type == "cuda",  # page-locked: the copies to the GPU below do not block
     )
-    started, done_views, pending = time.perf_counter(), 0, None
+    started, done_views, embedded, pending = time.perf_counter(), 0, 0, None
 
-    def write(batch: list[tuple[int, torch.Tensor]], pooled: torch.Tensor) -> None:
-        pooled, offset = pooled.cpu().numpy(), 0  # waits for the forward
+    def write(batch: list[tuple[int, torch.Tensor]], pooled: torch.Tensor, inverse: torch.Tensor) -> None:
+        pooled, offset = pooled.cpu().numpy()[inverse.numpy()], 0  # waits for the forward
         for cache_row, v in batch:
             copies, views = v.shape[:2]
             features = pooled[offset : offset + copies * views].reshape(copies, views, 3, -1)
@@ -195,14 +232,18 @@ def extract_with_model(
             offset += copies * views
 
     for batch in progress(loader, total=len(jobs), desc="extract", unit="img", count=len):
-        stacked = torch.cat([v.flatten(0, 1).to(device, non_blocking=True) for _, v in batch])
-        pooled = embed(stacked)  # queued on a GPU: the previous batch is written while this one runs
-        if pending:
+        unique, inverse = distinct_views(torch.cat([v.flatten(0, 1) for _, v in batch]))
+        if device.type == "cuda":  # page-locked: the copy to the GPU does not wait for the last batch
+            unique = unique.pin_memory()
+        pooled = embed(unique.to(device, non_blocking=True))  # queued on a GPU: the previous batch is
+        if pending:  # written while this one runs
             write(*pending)
-        pending, done_views = (batch, pooled), done_views + len(stacked)
+        pending = (batch, pooled, inverse)
+        done_views, embedded = done_views + len(inverse), embedded + len(unique)
     if pending:
         write(*pending)
-    return {"images": len(jobs), "views": done_views, "seconds": round(time.perf_counter() - started, 2)}
+    seconds = round(time.perf_counter() - started, 2)
+    return {"images": len(jobs), "views": done_views, "embedded_views": embedded, "seconds": seconds}
 
 
 def run_extract(

@@ -15,7 +15,7 @@ from roadwork.device import resolve_device
 from roadwork.distributed import SINGLE, Ranks, rank_device, rank_zero_first, total
 from roadwork.features.backbone import load_backbone
 from roadwork.features.cache import ExtractConfig, FeatureCache, open_features
-from roadwork.features.extract import view_embedder
+from roadwork.features.extract import once_per_view, view_embedder
 from roadwork.features.manifest import read_manifest
 from roadwork.metrics import compare
 from roadwork.predictions import read_predictions
@@ -78,8 +78,8 @@ def ensure_features(
     def embed(batch: np.ndarray) -> np.ndarray:
         nonlocal embedder
         if embedder is None:  # only when something is missing
-            embedder = view_embedder(
-                load_backbone(Path(paths.backbone), dtype, device), extract, tta.batch_views
+            embedder = once_per_view(
+                view_embedder(load_backbone(Path(paths.backbone), dtype, device), extract, tta.batch_views)
             )
         return embedder(batch).cpu().numpy()
 
