@@ -45,14 +45,12 @@ def data(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
 
 
 def backbone_views(root: Path, index: pl.DataFrame, jobs: pl.DataFrame) -> int:
-    """Views a run over `jobs` sends through the backbone: the distinct ones of each batch (np.unique is
-    the reference). A portrait image's centre and right boxes are one crop; an augmented copy that no
+    """Views a run over `jobs` sends through the backbone: each image's distinct ones (np.unique is the
+    reference). A portrait image's centre and right boxes are one crop; an augmented copy that no
     transform touched repeats too."""
     data = extract.ViewDataset(root, jobs, boxes_by_image(build_plan(index, job.VIEWS)), job.CONFIG)
-    items = [data[i][1].flatten(0, 1).flatten(1).numpy() for i in range(len(data))]
-    size = job.CONFIG.batch_images
-    batches = [np.concatenate(items[k : k + size]) for k in range(0, len(items), size)]
-    return sum(len(np.unique(batch, axis=0)) for batch in batches)
+    items = (data[i][1].flatten(0, 1).flatten(1).numpy() for i in range(len(data)))
+    return sum(len(np.unique(item, axis=0)) for item in items)
 
 
 def read_all(cache, ids: list[str]) -> dict[str, np.ndarray]:

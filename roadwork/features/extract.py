@@ -3,12 +3,11 @@
 Copy 0 is the clean view; copies 1..aug_copies of a training image go through the heavy augmentation
 pipeline, applied per view after resizing and seeded by (seed, image, copy, view); the next
 `challenge_copies` copies are validator-style versions of the whole image (a level each, 224 px JPEG,
-cut by the rule for small images), seeded by (seed, image, copy). A crop that repeats in a batch (a
-square image's global, centre and right views; a portrait one's centre and right) goes through the
-backbone once. Any run, in any order, on any number
-of workers, produces the same features. Work proceeds shard by shard of the
-cache; a shard's rows are marked done only after their features are written, so a killed run resumes at
-the first unfinished shard.
+cut by the rule for small images), seeded by (seed, image, copy). A crop that repeats within an image
+(a square image's global, centre and right views; a portrait one's centre and right) goes through the
+backbone once. Any run, in any order, on any number of workers, produces the same features. Work
+proceeds shard by shard of the cache; a shard's rows are marked done only after their features are
+written, so a killed run resumes at the first unfinished shard.
 """
 
 from __future__ import annotations
@@ -199,6 +198,23 @@ def view_embedder(model: torch.nn.Module, config: ExtractConfig, batch_views: in
     return embed
 
 
+def distinct_on_device(
+    batch: list[tuple[int, torch.Tensor]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's items as one tensor of their distinct views on `device` (each image's repeated crops
+    dropped on the CPU), and the index into it of every view, in order. Each item goes to the GPU on
+    its own, asynchronously from page-locked memory (no host-side concatenation of the batch)."""
+    parts, inverses, offset = [], [], 0
+    for _, item in batch:
+        unique, inverse = distinct_views(item.flatten(0, 1))
+        if device.type == "cuda" and not unique.is_pinned():  # a copy without the repeats
+            unique = unique.pin_memory()
+        parts.append(unique.to(device, non_blocking=True))
+        inverses.append(inverse + offset)
+        offset += len(unique)
+    return torch.cat(parts), torch.cat(inverses)
+
+
 def extract_with_model(
     *,
     model: torch.nn.Module,
@@ -220,6 +236,7 @@ def extract_with_model(
         num_workers=config.workers,
         collate_fn=_collate,
         prefetch_factor=4 if config.workers else None,
+        pin_memory=device.type == "cuda",  # page-locked: the copies to the GPU below do not block
     )
     started, done_views, embedded, pending = time.perf_counter(), 0, 0, None
 
@@ -232,11 +249,9 @@ def extract_with_model(
             offset += copies * views
 
     for batch in progress(loader, total=len(jobs), desc="extract", unit="img", count=len):
-        unique, inverse = distinct_views(torch.cat([v.flatten(0, 1) for _, v in batch]))
-        if device.type == "cuda":  # page-locked: the copy to the GPU does not wait for the last batch
-            unique = unique.pin_memory()
-        pooled = embed(unique.to(device, non_blocking=True))  # queued on a GPU: the previous batch is
-        if pending:  # written while this one runs
+        unique, inverse = distinct_on_device(batch, device)
+        pooled = embed(unique)  # queued on a GPU: the previous batch is written while this one runs
+        if pending:
             write(*pending)
         pending = (batch, pooled, inverse)
         done_views, embedded = done_views + len(inverse), embedded + len(unique)
