@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import torch
@@ -24,7 +23,7 @@ from roadwork.features.backbone import TinyBackboneConfig, build_tiny
 from roadwork.features.cache import ExtractConfig, FeatureCache, expected_attrs
 from roadwork.features.extract import extract_with_model, plan_jobs
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, rule_fingerprint
-from tests.natix_fixture import scene_shard
+from tests.natix_fixture import SCENE_SIZES, scene_shard
 
 VIEWS = ViewsConfig(grid=3, overlap=0.25)
 TINY = TinyBackboneConfig(
@@ -55,10 +54,12 @@ MANIFEST = {"fingerprint": "tiny-test", "patch_size": 16}
 SINGLE = Ranks(rank=0, world=1, local=0)
 
 
-def write_images(root: Path, shard: str, first: int, count: int, **sizes: Any) -> pl.DataFrame:
+def write_images(
+    root: Path, shard: str, first: int, count: int, sizes: tuple[tuple[int, int], ...] = SCENE_SIZES
+) -> pl.DataFrame:
     """`count` images as shard `shard`, all train but the last (test: no augmented copy), grained so that
     only identical boxes cut identical views: the backbone's view counts are then known exactly."""
-    return scene_shard(root, shard, first, count, test_last=True, noise=8, **sizes)
+    return scene_shard(root, shard, first, count, test_last=True, sizes=sizes, noise=8)
 
 
 def run(

@@ -124,6 +124,9 @@ def write_shard(
     return path
 
 
+SCENE_SIZES = ((160, 90), (120, 160), (96, 72))  # landscape, portrait, small: mixed sizes by default
+
+
 def scene_jpeg(i: int, width: int, height: int, noise: int = 0) -> bytes:
     """A JPEG with a bright box whose place depends on i (so features and masks differ between images),
     on a flat background, or one grained by +-`noise` grey levels (so no two crops are alike)."""
@@ -145,7 +148,7 @@ def scene_shard(
     count: int,
     *,
     test_last: bool = False,
-    sizes: tuple[tuple[int, int], ...] = ((160, 90), (120, 160), (96, 72)),
+    sizes: tuple[tuple[int, int], ...] = SCENE_SIZES,
     noise: int = 0,
 ) -> pl.DataFrame:
     """Write images first..first+count-1 (of `sizes` in turn, grained by `noise`) as `root/shard`;
