@@ -29,6 +29,7 @@ from PIL import Image
 from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, TRUTH_FILE, shard_name
 from roadwork.synth.scene import DrawnObject, SceneSpec, render_frames
 from roadwork.synth.style import draw_style
+from roadwork.synth.text import describe
 
 SCHEMA = RAW_SCHEMA.with_metadata(HF_METADATA)
 DATA_DIR = "data"
@@ -208,33 +209,6 @@ _WEATHER_TAG_MISSING = 0.08  # share of rows whose weather was not tagged (the p
 _ALTER_ROAD = ("Partially Blocked", "Lane Closure", "Lane Shift", "Narrowed Lanes", "Flagger Present")
 _ALTER_SIDE = ("Shoulder Closed", "Reduced Speed", "Sidewalk Closed", "Construction Ahead")
 _ALTER_NONE = ("Heavy Traffic", "Slow Traffic", "Parked Vehicles")
-_ENV_TEXT = {
-    "Urban": ("a city street", "a downtown street"),
-    "Suburban": ("a suburban street", "a residential road"),
-    "Rural": ("a rural road", "a country road"),
-    "Highway": ("a highway", "a multi-lane highway"),
-    "Industrial": ("a road through an industrial area", "an industrial street"),
-}
-_WEATHER_TEXT = {
-    "sunny": ("under a clear sky", "in clear weather"),
-    "cloudy": ("under an overcast sky", "under grey clouds"),
-    "rain": ("in the rain", "in heavy rain"),
-    "fog": ("in thick fog", "in fog"),
-    "snow": ("in falling snow", "in the snow"),
-}
-_TIME_TEXT = {
-    "Light": ("", " in daylight"),
-    "Dusk": (" at dusk", " at twilight"),
-    "Dark": (" at night", " after dark"),
-}
-_OBJECT_TEXT = {
-    "cone": "orange traffic cones",
-    "barrier": "a striped orange and white barrier",
-    "sign": "a diamond-shaped road work sign",
-    "worker": "a road worker in a hi-vis vest",
-    "vehicle": "a yellow construction vehicle",
-}
-_MAX_TEXT = 385
 
 
 def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
@@ -246,46 +220,6 @@ def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
 def _list_text(items: list[str], rng: np.random.Generator) -> str:
     """Python-list text as the dataset writes it; an empty list is "[]" or "['None']"."""
     return str(items) if items else ("[]" if rng.random() < 0.5 else "['None']")
-
-
-def _describe(
-    spec: SceneSpec,
-    objects: list[DrawnObject],
-    informative: bool,
-    rng: np.random.Generator,
-) -> str:
-    """A generic sentence about the scene, or one naming the roadwork objects drawn and where they are."""
-    env, weather, time = (
-        texts[spec_key][int(rng.integers(2))]
-        for texts, spec_key in (
-            (_ENV_TEXT, spec.environment),
-            (_WEATHER_TEXT, spec.weather),
-            (_TIME_TEXT, spec.daytime),
-        )
-    )
-    where = f"{env} {weather}{time}"
-    if not informative:
-        text = where
-    else:
-        on = _join([_OBJECT_TEXT[k] for k in dict.fromkeys(o.kind for o in objects if o.on_road)])
-        off = _join(
-            [
-                _OBJECT_TEXT[k]
-                for k in dict.fromkeys(o.kind for o in objects if not o.on_road)
-                if not any(o.on_road and o.kind == k for o in objects)
-            ]
-        )
-        text = (
-            f"{on} on {where}, with {off} beside the road"
-            if on and off
-            else (f"{on} on {where}" if on else f"{off} beside {where}")
-        )
-    text = f"{text[0].upper()}{text[1:]}."
-    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "."
-
-
-def _join(names: list[str]) -> str:
-    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _distractors(cfg: SynthConfig, rng: np.random.Generator) -> tuple[str, ...]:
@@ -348,7 +282,7 @@ def render_unit(job: tuple[SynthConfig, Unit, tuple[tuple[str, float, float], ..
     frames = render_frames(spec, rng.spawn(1)[0], unit.frames, style=style)
     lab = 0 if unit.label else 1  # index into the [roadwork, none] rates
     informative = bool(unit.label) and rng.random() < cfg.informative_text
-    text = _describe(spec, frames[0].objects, informative, rng)
+    text = describe(spec, frames[0].objects, informative, rng)
     # "Sunny" only in daylight; at dusk or night a clear sky is tagged "Clear".
     weather = _WEATHER_TAGS[spec.weather][int(rng.integers(2)) if spec.daytime == "Light" else 1]
     weather = [] if rng.random() < _WEATHER_TAG_MISSING else weather
