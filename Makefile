@@ -5,20 +5,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install -q --no-deps --no-compile
 HALF := ^(torch|torchvision|triton|nvidia-|cuda-|pyarrow|opencv)
-# The installed .venv takes 6.8 GB (6,784 MB measured on 2026-12-06; torch's CUDA build is most of it).
-# Setup refuses up front below this, rather than failing half-way with pip's "No space left on device".
+# The installed .venv is about 7 GB (torch's CUDA build is most of it: docs/benchmarks.md). Setup refuses
+# up front below this, rather than failing half-way with pip's "No space left on device".
 NEED_MB := 7000
 
 # `dvc exp show` gives every stage dependency a column (about 130 here) and rich keeps one character of
 # the terminal per column even when DVC folds it into "…"; without them the table fits 200 columns.
 DEPS_COLUMNS := ^(assets|config\.yaml|live|predictions(_dora|_tta)?|submission|validation|.*/.*)$$
 
-.PHONY: setup run test lint clean exps
+.PHONY: setup run test test-fast lint clean exps
 
 # requirements.lock pins the whole environment, so pip installs it as listed (--no-deps: nothing to
 # resolve) in two processes at once, one core each: torch, its CUDA libraries (3 GB to unpack) and
 # two more large wheels beside everything else; then the project, built with the lock's setuptools
-# (no isolated build environment: nothing unpinned is fetched; 12 s against 20 s, measured once on a busy machine), and `pip check` refuses a
+# (no isolated build environment: nothing unpinned is fetched, and it is faster), and `pip check` refuses a
 # lock that misses a dependency, while pip's byte-compiling, skipped, is done by `compileall` on every
 # core (the packages' own test folders left out). Without .pyc files every stage would recompile torch at
 # import where PYTHONDONTWRITEBYTECODE is set. torch ships one Python 3.12-only test module.
@@ -42,6 +42,10 @@ run: setup
 
 test: setup
 	. $(VENV)/bin/activate && ruff check . && pytest -q
+
+# The edit loop: every test but the end-to-end pipeline and the benchmark scripts (markers e2e, bench).
+test-fast: setup
+	. $(VENV)/bin/activate && ruff check . && pytest -q -m "not e2e and not bench"
 
 exps: setup
 	. $(VENV)/bin/activate && dvc exp show --drop '$(DEPS_COLUMNS)'

@@ -1,10 +1,10 @@
 """Benchmark of the backbone forward that `extract` runs: views/s, achieved TFLOP/s and MFU.
 
-    python bench/backbone.py                            # tiny backbone of params.yaml, side extract.side
-    python bench/backbone.py --full --side 512 --dtype bfloat16 --batches 16 32 64 --compile
+    python -m bench.backbone                            # tiny backbone of params.yaml, side extract.side
+    python -m bench.backbone --full --side 512 --dtype bfloat16 --batches 16 32 64 --compile
                                                         # ViT-H+/16 (840.6M params), random weights:
                                                         # speed does not depend on the weight values
-    python bench/backbone.py ... --json out.json        # also write the rows as JSON
+    python -m bench.backbone ... --json out.json        # also write the rows as JSON
 
 FLOPs are counted analytically (2 per multiply-add of every matmul: patch embedding, qkv, attention,
 output projection, MLP); `tests/test_bench.py` checks the formula against torch's FlopCounterMode. MFU is

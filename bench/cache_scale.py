@@ -1,8 +1,8 @@
 """DVC at NATIX scale: the caches at full size, the files DVC tracks, and a no-op `dvc repro` over them.
 
-    python bench/cache_scale.py                          # NATIX size, shards of params.yaml's shard_rows
-    python bench/cache_scale.py --shard-rows 32          # one chunk per file (the layout before shards)
-    python bench/cache_scale.py --images 64 --dim 16     # tiny (the tests run this)
+    python -m bench.cache_scale                          # NATIX size, shards of params.yaml's shard_rows
+    python -m bench.cache_scale --shard-rows 32          # one chunk per file (the layout before shards)
+    python -m bench.cache_scale --images 64 --dim 16     # tiny (the tests run this)
 
 In a fresh git + DVC repository it writes, with the project's own cache classes and synthetic values
 (random features: they compress like real ones; sparse masks), the three row caches a NATIX run keeps:
@@ -32,8 +32,8 @@ import yaml
 
 from roadwork.config import load_params, section
 from roadwork.features.cache import TOKENS, FeatureCache, RowCache
-from roadwork.features.mask_config import MasksConfig
-from roadwork.features.masks import MaskCache
+from roadwork.masks.cache import MaskCache
+from roadwork.masks.config import MasksConfig
 from roadwork.tta.augment import AugSpec
 from roadwork.tta.extract import TOKENS as TTA_TOKENS
 from roadwork.tta.extract import open_for_writing

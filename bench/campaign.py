@@ -1,8 +1,8 @@
 """Campaign benchmark: the real stages end to end on NATIX-shaped synthetic data, timed stage by stage.
 
-    python bench/campaign.py                     # 1 % of NATIX, real frame sizes, tiny models, this machine
-    python bench/campaign.py --fraction 0.02 --out docs/bench/campaign-cpu2.json
-    python bench/campaign.py --full --fraction 0.05 --out docs/bench/campaign-h200.json   # on a GPU
+    python -m bench.campaign                     # 1 % of NATIX, real frame sizes, tiny models, this machine
+    python -m bench.campaign --fraction 0.02 --out docs/bench/campaign-cpu2.json
+    python -m bench.campaign --full --fraction 0.05 --out docs/bench/campaign-h200.json   # on a GPU
 
 A fresh project is built in a temporary directory: the code of `roadwork/` and `stages/`, dvc.yaml, and
 the configuration (`roadwork.config.write_params`). Then every stage that `--through` (default: submit)
@@ -62,14 +62,12 @@ from typing import Any
 
 import yaml
 
+from bench.campaign_probe import STAGE_WRAPPER, GpuMonitor, StageRun, machine_info, run_stage
+from bench.campaign_projection import FORMULA, FORMULA_FIT, NATIX, fit, project, table, totals
+from roadwork.config import load_params, write_params
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/campaign.py`: the project root is not on the path
-    sys.path.insert(0, str(ROOT))
 
-from campaign_probe import STAGE_WRAPPER, GpuMonitor, StageRun, machine_info, run_stage  # noqa: E402
-from campaign_projection import FORMULA, FORMULA_FIT, NATIX, fit, project, table, totals  # noqa: E402
-
-from roadwork.config import load_params, write_params  # noqa: E402
 
 MIN_ROWS = {"train": 48, "test": 16}  # the validation split and the 5 DoRA folds need a few videos each
 GENERATED_SCALE = 0.25  # the generated half's size (1008x756 photos): challenges cut it to 224 px
@@ -182,10 +180,10 @@ def build_full_models(directory: Path) -> dict[str, str]:
     """Save a random ViT-H+/16 and a random SAM 3 (full size, float32) where `backbone.model` and
     `masks.model` can name them; returns those two paths."""
     import torch
-    from backbone import vith16plus  # bench/backbone.py: this script's folder is on sys.path
     from transformers import DINOv3ViTModel, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
 
-    from roadwork.features.sam import build_tiny_tokenizer
+    from bench.backbone import vith16plus
+    from roadwork.masks.sam import build_tiny_tokenizer
 
     out = {"backbone": directory / "vith16plus", "masks": directory / "sam3"}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # initialising 1.7B weights
@@ -313,7 +311,7 @@ def pipeline(project: Path, params: dict[str, Any], through: str) -> list[tuple[
     for name in order:
         argv = shlex.split(stages[name]["cmd"])
         if name == "synth":  # the stand-in for the download: written by this script (`make_data`)
-            argv = [sys.executable, str(Path(__file__).resolve()), "--make-data", str(project)]
+            argv = [sys.executable, "-m", "bench.campaign", "--make-data", str(project)]
         elif argv[:2] == ["python", "-m"]:  # the same module, run so that it says when its imports are done
             argv = [sys.executable, "-c", STAGE_WRAPPER, *argv[2:]]
         elif argv[0] == "python":
@@ -358,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(args.fraction) > 2 or len(set(args.fraction)) != len(args.fraction):
         parser.error("--fraction: one value, or two different ones")
-    args.command = " ".join(["python", "bench/campaign.py", *map(shlex.quote, argv or sys.argv[1:])])
+    args.command = " ".join(["python", "-m", "bench.campaign", *map(shlex.quote, argv or sys.argv[1:])])
     if args.full and args.workers is None:
         args.workers = max(1, min(12, (os.cpu_count() or 1) - 2))
     return args
@@ -403,6 +401,7 @@ def run_pipeline(
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),  # `python -m bench.campaign --make-data` from the temporary project
     }
     rows = params["synth"]["rows"]
     print(

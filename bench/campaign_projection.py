@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from campaign_probe import StageRun
+from bench.campaign_probe import StageRun
 
 NATIX = {"train": 6251, "test": 2298}  # natix-network-org/roadwork: 8,549 labelled images
 CONSTANT = ("config", "backbone", "sam")  # work that does not grow with the data

@@ -1,8 +1,8 @@
 """Benchmark of `extract`: the JPEG decode floor, the view path, peak memory, and the stage on a GPU.
 
-    python bench/extract.py decode --images 6 --side 112 512   # per image, one core, full-size JPEGs
-    python bench/extract.py memory --images 500 2000           # peak RSS of the stage on N images
-    python bench/extract.py stage --images 192 --side 512 --workers 12 --full [--compile]
+    python -m bench.extract decode --images 6 --side 112 512   # per image, one core, full-size JPEGs
+    python -m bench.extract memory --images 500 2000           # peak RSS of the stage on N images
+    python -m bench.extract stage --images 192 --side 512 --workers 12 --full [--compile]
 
 `decode` renders full-size synthetic scenes (4032x3024 phone photos and 1920x1080 frames, the
 generator at scale 1) and times, per image on one core:
@@ -47,6 +47,9 @@ from roadwork.features.extract import ViewDataset, extract_with_model, plan_jobs
 from roadwork.synth.scene import SceneSpec, render_scene
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan, view_boxes
+
+ROOT = Path(__file__).resolve().parents[1]  # the project: children run as `python -m bench.<name>` here
+
 
 SIZES = {"4032x3024": (4032, 3024), "1920x1080": (1920, 1080)}
 TINY = TinyBackboneConfig(
@@ -209,8 +212,9 @@ def stage_rows(args: argparse.Namespace) -> list[dict]:
     """The stage over `args.images` generated frames, twice (cold, warm) on fresh caches."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.full:
-        from backbone import vith16plus  # bench/backbone.py: this script's folder is on sys.path
         from transformers import DINOv3ViTModel
+
+        from bench.backbone import vith16plus
 
         with torch.device(device):
             model = DINOv3ViTModel(vith16plus()).to(torch.bfloat16 if device == "cuda" else torch.float32)
@@ -263,8 +267,9 @@ def main() -> None:
     else:
         rows = []
         for n in args.images:
-            child = [sys.executable, __file__, "memory-child", "--images", str(n)]
-            rows.append(json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout))
+            child = [sys.executable, "-m", "bench.extract", "memory-child", "--images", str(n)]
+            done = subprocess.run(child, check=True, capture_output=True, text=True, cwd=ROOT)
+            rows.append(json.loads(done.stdout))
     for row in rows:
         print("  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if args.json:

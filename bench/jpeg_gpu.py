@@ -1,7 +1,7 @@
 """GPU JPEG decode (nvJPEG, through torchvision) against the CPU decoders, on full-size generator JPEGs.
 
-    python bench/jpeg_gpu.py make DIR --images 8    # write the JPEGs and their view boxes (project needed)
-    python bench/jpeg_gpu.py run DIR [--json OUT]   # time them; needs only torch, torchvision and PIL
+    python -m bench.jpeg_gpu make DIR --images 8    # write the JPEGs and their view boxes (project needed)
+    python -m bench.jpeg_gpu run DIR [--json OUT]   # time them; needs only torch, torchvision and PIL
 
 `run` times, per image (medians over the images and repeats):
     pil          PIL decode at full resolution, one thread (the floor of the CPU path)
@@ -34,8 +34,7 @@ SIDE = 512
 
 def make(out: Path, images: int) -> None:
     """Full-size generator scenes as JPEG files, and the 12 view boxes of each size."""
-    from extract import SIZES, VIEWS, jpeg  # bench/extract.py: this script's folder is on sys.path
-
+    from bench.extract import SIZES, VIEWS, jpeg
     from roadwork.views.plan import view_boxes
 
     out.mkdir(parents=True, exist_ok=True)

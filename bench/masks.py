@@ -1,10 +1,10 @@
 """Benchmark of the `masks` stage: images per second, and what each extra text prompt costs.
 
-    python bench/masks.py                  # tiny SAM 3 of params.yaml (masks.tiny), on masks.device
-    python bench/masks.py --images 64      # more images for the end-to-end stage timing
-    python bench/masks.py --full           # also a full-size SAM 3 (Sam3Config(), random weights:
+    python -m bench.masks                  # tiny SAM 3 of params.yaml (masks.tiny), on masks.device
+    python -m bench.masks --images 64      # more images for the end-to-end stage timing
+    python -m bench.masks --full           # also a full-size SAM 3 (Sam3Config(), random weights:
                                            # speed does not depend on the weight values); meant for a GPU
-    python bench/masks.py --memory 500 2000  # peak RSS of the stage over N generated 1920x1080 images
+    python -m bench.masks --memory 500 2000  # peak RSS of the stage over N generated 1920x1080 images
 
 Three measurements:
 1. model only, per image: the image encoding (once per image) and the prompt decoding (DETR + mask
@@ -36,8 +36,8 @@ from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processo
 from roadwork.config import load_params, section
 from roadwork.device import resolve_device
 from roadwork.features.manifest import DTYPES
-from roadwork.features.mask_config import MasksConfig
-from roadwork.features.sam import (
+from roadwork.masks.config import MasksConfig
+from roadwork.masks.sam import (
     build_tiny,
     build_tiny_tokenizer,
     decode_prompts,
@@ -45,6 +45,8 @@ from roadwork.features.sam import (
     input_size,
     union_masks,
 )
+
+ROOT = Path(__file__).resolve().parents[1]  # the project: children run as `python -m bench.<name>` here
 
 PROMPT_COUNTS = (1, 3, 6)
 FULL_MEMORY_GB = 10  # a full SAM 3 in float32 is 3.4 GB of weights, plus activations at 1008 px
@@ -110,10 +112,9 @@ def report_costs(title: str, costs: dict[str, float]) -> None:
 
 def stage_rate(model, processor, config: MasksConfig, n: int) -> dict[str, float]:
     """The stage end to end on n synthetic full-size images: images per second."""
-    from extract import noisy_frames, write_shard  # bench/extract.py: this script's folder is on sys.path
-
-    from roadwork.features.mask_fill import fill_masks, plan_jobs
-    from roadwork.features.masks import MaskCache
+    from bench.extract import noisy_frames, write_shard
+    from roadwork.masks.cache import MaskCache
+    from roadwork.masks.fill import fill_masks, plan_jobs
     from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,10 +138,9 @@ def memory_child(n: int) -> dict:
     """The stage over n generated 1920x1080 images in this process; peak RSS (MB) of it and its workers."""
     import resource
 
-    from extract import noisy_frames, write_shard  # bench/extract.py: this script's folder is on sys.path
-
-    from roadwork.features.mask_fill import fill_masks, plan_jobs
-    from roadwork.features.masks import MaskCache
+    from bench.extract import noisy_frames, write_shard
+    from roadwork.masks.cache import MaskCache
+    from roadwork.masks.fill import fill_masks, plan_jobs
     from roadwork.views.plan import ViewsConfig, boxes_by_image, build_plan
 
     config = section(MasksConfig, load_params(), "masks")
@@ -205,8 +205,9 @@ def main() -> None:
     if args.memory:
         rows = []
         for n in args.memory:
-            child = [sys.executable, __file__, "--memory-child", str(n)]
-            rows.append(json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout))
+            child = [sys.executable, "-m", "bench.masks", "--memory-child", str(n)]
+            done = subprocess.run(child, check=True, capture_output=True, text=True, cwd=ROOT)
+            rows.append(json.loads(done.stdout))
             print(rows[-1], flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -82,7 +82,7 @@ Input = ImageInput | ParquetInput | FailedInput
 
 
 class Predicts(Protocol):
-    """What `roadwork predict` needs of a model (`roadwork.predict.Predictor`)."""
+    """What `roadwork predict` needs of a model (`roadwork.serve.predictor.Predictor`)."""
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[dict[str, Any]]: ...
 
@@ -168,7 +168,7 @@ def results_in_order(predictor: Predicts, inputs: Iterable[Input], batch: int) -
 
 
 def _load_predictor(args: argparse.Namespace) -> Predicts:
-    from roadwork.predict import Predictor  # torch and transformers: only for this command
+    from roadwork.serve.predictor import Predictor  # torch and transformers: only for this command
 
     return Predictor(load_params(args.params), device=args.device)
 
@@ -228,7 +228,7 @@ def pretrain(args: argparse.Namespace) -> int:
     """Pretrain the tiny DINOv3 on the synthetic corpus and save it (the embedded default's backbone)."""
     from roadwork.config import section
     from roadwork.features.backbone import TinyBackboneConfig
-    from roadwork.features.pretrain import PretrainConfig, pretrain, save_pretrained
+    from roadwork.pretrain.recipe import PretrainConfig, pretrain, save_pretrained
 
     params = load_params(args.params)
     tiny = section(TinyBackboneConfig, params["backbone"], "tiny")
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain",
         help="pretrain the tiny DINOv3 on the synthetic corpus (reproduces assets/tiny-dinov3)",
         description="Object-level pretraining of the tiny DINOv3 of backbone.tiny (never the roadwork "
-        "label); the recipe is roadwork.features.pretrain.PretrainConfig. Deterministic on one machine.",
+        "label); the recipe is roadwork.pretrain.recipe.PretrainConfig. Deterministic on one machine.",
     )
     p.add_argument("--out", required=True, help="folder to save the checkpoint and pretrain.json into")
     p.add_argument(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import types
 import typing
 from pathlib import Path
@@ -68,7 +69,7 @@ def write_params(directory: str | Path, params: dict[str, Any]) -> None:
     knobs: dict[str, Any] = {}
     rest = json.loads(json.dumps(params))  # a deep copy
     for key in EXPERIMENT_KEYS:
-        knobs = _merge_share(knobs, _pick(params, key))
+        knobs = _merge_share(knobs, _key_share(params, key))
         *parents, leaf = key.split(".")
         node = rest
         for part in parents:
@@ -129,7 +130,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _pick(params: dict[str, Any], dotted: str) -> dict[str, Any]:
+def _key_share(params: dict[str, Any], dotted: str) -> dict[str, Any]:
     """`{a: {b: value}}` for the key "a.b" of `params`; an error naming the key when it is missing."""
     *parents, leaf = dotted.split(".")
     node = params
@@ -152,7 +153,7 @@ def stage_params(params: dict[str, Any], stage: str, member: str | None = None) 
     keys = ("paths", *(k.format(member=member) for k in STAGE_KEYS[stage]))
     share: dict[str, Any] = {}
     for key in keys:
-        share = _merge_share(share, _pick(params, key))
+        share = _merge_share(share, _key_share(params, key))
     return share
 
 
@@ -287,6 +288,22 @@ class Paths:
 def load_paths(params: dict[str, Any]) -> Paths:
     """The `paths` section."""
     return section(Paths, params, "paths")
+
+
+def fresh_dir(path: str | Path, *, owned: tuple[str, ...] | None = None) -> Path:
+    """An output folder started afresh: removed with everything in it, then created empty. With `owned`
+    (the names a stage writes there), a folder holding anything else is refused, not deleted: a path
+    pointed at the wrong place must not cost a user their files."""
+    path = Path(path)
+    if owned is not None and path.exists():
+        foreign = sorted(p.name for p in path.iterdir()) if path.is_dir() else [path.name]
+        foreign = [name for name in foreign if name not in owned]
+        if foreign:
+            raise FileExistsError(f"{path}: holds {foreign}, not this stage's output; refusing to delete it")
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def save_json(data: Any, path: str | Path) -> None:

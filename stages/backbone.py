@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from roadwork.config import load_paths, load_stage_params, save_resolved, section
+from roadwork.config import fresh_dir, load_paths, load_stage_params, save_resolved, section
 from roadwork.features.backbone import BackboneConfig, materialise
 
 
@@ -13,8 +10,7 @@ def main() -> None:
     params = load_stage_params("backbone")
     paths = load_paths(params)
     config = section(BackboneConfig, params, "backbone")
-    out = Path(paths.backbone)
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh_dir(paths.backbone)
     manifest = materialise(config, out)
     save_resolved(config, out / "backbone_config.json")
     print(

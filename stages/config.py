@@ -8,16 +8,12 @@ change of either params file, byte for byte the same where a stage's keys did no
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from roadwork.config import load_params, load_paths, save_json, stage_shares
+from roadwork.config import fresh_dir, load_params, load_paths, save_json, stage_shares
 
 
 def main() -> None:
     params = load_params()
-    out = Path(load_paths(params).params)
-    shutil.rmtree(out, ignore_errors=True)  # no share left behind by a removed member
+    out = fresh_dir(load_paths(params).params)  # no share left behind by a removed member
     shares = stage_shares(params)
     for name, share in shares.items():
         save_json(share, out / f"{name}.json")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadwork.config import load_paths, load_stage_params, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_resolved, section, subset
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
 from roadwork.distributed import barrier, init_ranks
+from roadwork.features.backbone import BackboneDtype
 from roadwork.features.cache import ExtractConfig
 from roadwork.features.extract import run_extract
 
@@ -25,7 +26,7 @@ def main() -> None:
     counts = run_extract(
         paths=paths,
         config=config,
-        dtype=params["backbone"]["dtype"],
+        dtype=subset(BackboneDtype, params, "backbone").dtype,
         index=read_index(Path(paths.prepared)),
         ranks=ranks,
     )

@@ -6,10 +6,9 @@ config beside them, and `<paths.metrics>/gps.json`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from roadwork.config import load_paths, load_stage_params, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_json, save_resolved, section
 from roadwork.data.gps import GpsConfig, build_gps, write_gps
 from roadwork.data.index import INDEX_FILE, read_index
 
@@ -24,9 +23,7 @@ def main() -> None:
 
     write_gps(result, paths.gps)
     save_resolved(config, Path(paths.gps) / "config.json")
-    metrics_path = Path(paths.metrics) / "gps.json"
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    save_json(result.metrics, Path(paths.metrics) / "gps.json")
 
     m = result.metrics
     print(

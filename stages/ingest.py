@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from roadwork.config import load_paths, load_stage_params, save_resolved, section
+from roadwork.config import load_paths, load_stage_params, save_json, save_resolved, section
 from roadwork.data.ingest import IngestConfig, ingest, write_prepared
 
 
@@ -17,9 +16,7 @@ def main() -> None:
     prepared = Path(paths.prepared)
     write_prepared(result, prepared)
     save_resolved(config, prepared / "ingest_config.json")
-    metrics_file = Path(paths.metrics) / "ingest.json"
-    metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    metrics_file.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    save_json(result.metrics, Path(paths.metrics) / "ingest.json")
     m = result.metrics
     reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantined_by_reason"].items()) or "none"
     fields = ", ".join(f"{field} {n}" for field, n in m["repairs_by_field"].items()) or "none"

@@ -1,7 +1,7 @@
 """Stage `masks`: SAM 3 text-prompted masks per image, reduced to coarse grids per view, into zarr.
 
 With `masks.source: truth` the masks are instead rasterised from the synthetic data's ground-truth
-polygons (an ablation; `roadwork.features.truth`). Resumable (a killed run continues at the first
+polygons (an ablation; `roadwork.masks.truth`). Resumable (a killed run continues at the first
 unfinished shard) and incremental (new images only): dvc.yaml keeps the cache with `persist: true`.
 `torchrun --nproc-per-node N -m stages.masks` splits the work by cache shard over N processes.
 """
@@ -14,8 +14,8 @@ from roadwork.config import load_paths, load_stage_params, save_resolved, sectio
 from roadwork.data.index import read_index
 from roadwork.device import resolve_device
 from roadwork.distributed import barrier, init_ranks
-from roadwork.features.mask_config import MasksConfig
-from roadwork.features.mask_fill import run_masks
+from roadwork.masks.config import MasksConfig
+from roadwork.masks.fill import run_masks
 
 
 def main() -> None:

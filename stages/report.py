@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from roadwork.config import load_paths, load_stage_params, save_resolved, section, subset
+from roadwork.ensemble import Threshold
 from roadwork.features.cache import CacheKey
 from roadwork.report.build import report_data, write_report
 from roadwork.report.html import ReportConfig
@@ -23,7 +24,7 @@ def main() -> None:
         paths=paths,
         config=config,
         extract=subset(CacheKey, params, "extract"),
-        threshold=float(params["submit"]["threshold"]),
+        threshold=subset(Threshold, params, "submit").threshold,
     )
     page = write_report(data, Path(paths.reports))
     save_resolved(config, Path(paths.reports) / "report_config.json")

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from roadwork.config import from_dict, load_paths, load_stage_params, save_json, to_dict
-from roadwork.features.mask_config import TinySamConfig
-from roadwork.features.sam import materialise
+from roadwork.config import fresh_dir, load_paths, load_stage_params, save_resolved, section
+from roadwork.masks.config import SamSource
+from roadwork.masks.sam import materialise
 
 
 def main() -> None:
     params = load_stage_params("sam")
     paths = load_paths(params)
-    model, tiny = params["masks"]["model"], from_dict(TinySamConfig, params["masks"]["tiny"], "masks.tiny")
-    out = Path(paths.sam)
-    shutil.rmtree(out, ignore_errors=True)
-    manifest = materialise(model, tiny, out)
-    # Only the keys that define the model: thresholds and grids belong to the `masks` stage.
-    save_json({"model": model, "tiny": to_dict(tiny)}, out / "sam_config.json")
+    source = section(SamSource, params, "masks")  # only the keys that define the model
+    out = fresh_dir(paths.sam)
+    manifest = materialise(source.model, source.tiny, out)
+    save_resolved(source, out / "sam_config.json")
     print(
         f"sam: {manifest['source']} ({manifest['parameters']:,} params, input "
         f"{manifest['input_size'][0]}x{manifest['input_size'][1]}) -> {out}, "

@@ -9,27 +9,15 @@ Reads params `synth` and `paths.synthetic`; deletes and rewrites `<paths.synthet
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from roadwork.config import load_paths, load_stage_params, save_resolved, section
+from roadwork.config import fresh_dir, load_paths, load_stage_params, save_resolved, section
 from roadwork.data.schema import TRUTH_FILE
 from roadwork.synth.dataset import DATA_DIR, SynthConfig, write_dataset, write_generated
 
 CONFIG_FILE = "synth_config.json"
-
-
-def _clear(root: Path) -> None:
-    """Remove a previous output; refuse a folder holding anything this stage does not write."""
-    if not root.exists():
-        return
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in (DATA_DIR, CONFIG_FILE, TRUTH_FILE))
-    if foreign or not root.is_dir():
-        raise FileExistsError(f"{root}: not a synth output (holds {foreign}); refusing to delete it")
-    shutil.rmtree(root)
 
 
 def main() -> None:
@@ -38,8 +26,7 @@ def main() -> None:
     config = section(SynthConfig, params, "synth")
     workers = min(2, os.cpu_count() or 1)
     for root, write in ((paths.synthetic, write_dataset), (paths.synthetic_generated, write_generated)):
-        root = Path(root)
-        _clear(root)
+        root = fresh_dir(root, owned=(DATA_DIR, CONFIG_FILE, TRUTH_FILE))  # never a folder of the user's
         start = time.perf_counter()
         shards = write(config, root, workers=workers)
         save_resolved(config, root / CONFIG_FILE)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from roadwork.config import load_paths, load_stage_params, save_resolved, section
+from roadwork.config import fresh_dir, load_paths, load_stage_params, save_resolved, section
 from roadwork.data.index import read_index
 from roadwork.features.text import TextConfig, build_text_cache
 
@@ -14,8 +13,7 @@ def main() -> None:
     params = load_stage_params("text")
     paths = load_paths(params)
     config = section(TextConfig, params, "text")
-    out = Path(paths.text)
-    shutil.rmtree(out, ignore_errors=True)
+    out = fresh_dir(paths.text)
     counts = build_text_cache(read_index(Path(paths.prepared)), out, config)
     save_resolved(config, out / "text_config.json")
     print(

@@ -9,15 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from roadwork.config import load_paths, load_stage_params, subset
-from roadwork.data.gps import read_weights
+from roadwork.config import load_paths, load_stage_params
 from roadwork.data.index import read_index
-from roadwork.features.cache import CacheKey, open_features
-from roadwork.features.mask_config import MaskKey
-from roadwork.features.masks import open_masks
 from roadwork.train.checkpoint import save_head
-from roadwork.train.config import member_config
+from roadwork.train.config import member_config_of
 from roadwork.train.crossfit import train_member
+from roadwork.train.data import open_inputs
 from roadwork.train.live import MemberLive
 from roadwork.train.member import write_predictions
 
@@ -25,21 +22,10 @@ from roadwork.train.member import write_predictions
 def main(member: str) -> None:
     params = load_stage_params("train", member)
     paths = load_paths(params)
-    config = member_config(params["train"], params["ensemble"]["members"][member], member)
-    gps = params["gps"]  # near_km and brackets_km: what the sampling statistics need
-    use_masks = config.model == "head" and config.masks  # targets of the full head's Dice term
+    config = member_config_of(params, member)
+    inputs = open_inputs(params, masks=config.model == "head" and config.masks)  # masks: the Dice target
     with MemberLive(Path(paths.live) / member) as live:
-        trained = train_member(
-            read_index(Path(paths.prepared)),
-            config=config,
-            log=live.step,
-            cache=open_features(paths, subset(CacheKey, params, "extract")),
-            text_path=Path(paths.text),
-            gps=read_weights(Path(paths.gps)),
-            near_km=float(gps["near_km"]),
-            first_bracket_km=float(gps["brackets_km"][0]),
-            masks=open_masks(paths, subset(MaskKey, params, "masks")) if use_masks else None,
-        )
+        trained = train_member(read_index(Path(paths.prepared)), config=config, inputs=inputs, log=live.step)
         tables, result = trained.tables, trained.result
         print(f"train@{member}: " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()))
         scores, labelled = write_predictions(

@@ -21,6 +21,7 @@ from roadwork.device import resolve_device
 from roadwork.distributed import init_ranks
 from roadwork.ensemble import EnsembleConfig, Scoring
 from roadwork.ensemble.choose import full_heads, members_or_chosen
+from roadwork.features.backbone import BackboneDtype
 from roadwork.features.cache import ExtractConfig
 from roadwork.tta import TtaConfig
 from roadwork.tta.run import run_tta, summary_lines
@@ -43,7 +44,7 @@ def main() -> None:
             tta=tta,
             extract=section(ExtractConfig, params, "extract"),
             views=section(ViewsConfig, params, "views"),
-            dtype=params["backbone"]["dtype"],
+            dtype=subset(BackboneDtype, params, "backbone").dtype,
             index=read_index(Path(paths.prepared)),
             threshold=submit.threshold,
             n_boot=submit.bootstrap,

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from roadwork.config import load_paths, load_stage_params, save_json
-from roadwork.predict import Predictor
-from roadwork.validate import answer_challenges, headline, latency, level_rows, score_answers
+from roadwork.scoring import answer_challenges, headline, latency, level_rows, score_answers
+from roadwork.serve.predictor import Predictor
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
+from bench.backbone import forward_flops, vith16plus
 from roadwork.config import load_params, section
 from roadwork.features.backbone import BackboneConfig, build_tiny, pooled_tokens
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(1200)]  # scripts run on a tiny size: slow
 
-from backbone import forward_flops, vith16plus  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("gated", [False, True])
@@ -49,7 +49,7 @@ def test_full_architecture_is_the_840m_vith16plus() -> None:
 def test_backbone_bench_runs_tiny_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["--side", "32", "--batches", "1", "2", "--iters", "1", "--matmul", "64", "--json", str(out)]
-    subprocess.run([sys.executable, "bench/backbone.py", *args], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "bench.backbone", *args], cwd=ROOT, check=True, capture_output=True)
     result = json.loads(out.read_text())
     assert result["model"] == "tiny" and [row["batch"] for row in result["eager"]] == [1, 2]
     assert all(row["views_per_s"] > 0 and row["tflops"] > 0 for row in result["eager"])
@@ -60,7 +60,7 @@ def test_backbone_bench_runs_tiny_on_cpu(tmp_path: Path) -> None:
 def test_masks_bench_runs_tiny_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["--images", "2", "--repeats", "1", "--json", str(out)]
-    subprocess.run([sys.executable, "bench/masks.py", *args], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "bench.masks", *args], cwd=ROOT, check=True, capture_output=True)
     result = json.loads(out.read_text())
     assert set(result["tiny"]) == {"encode", "decode/1", "decode/3", "decode/6"}
     assert result["stage"]["images"] == 2 and result["stage"]["images_per_s"] > 0
@@ -70,7 +70,9 @@ def test_cache_scale_bench_tracks_one_file_per_array_and_shard(tmp_path: Path) -
     out = tmp_path / "scale.json"
     args = ["--images", "40", "--train", "30", "--dim", "8", "--tta-augs", "2", "--chunk-rows", "4"]
     args += ["--shard-rows", "8", "--repeats", "1", "--json", str(out)]
-    subprocess.run([sys.executable, "bench/cache_scale.py", *args], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "bench.cache_scale", *args], cwd=ROOT, check=True, capture_output=True
+    )
     caches = json.loads(out.read_text())["caches"]
     # Per array: its shards plus its zarr.json; per group one zarr.json. 40 rows in shards of 8 = 5 shards;
     # TTA holds the 10 test rows (2 shards) per augmentation.
@@ -84,7 +86,7 @@ def test_cache_scale_bench_tracks_one_file_per_array_and_shard(tmp_path: Path) -
 
 def test_jpeg_bench_runs_on_cpu(tmp_path: Path) -> None:
     folder, out = tmp_path / "jpegs", tmp_path / "jpeg.json"
-    bench = [sys.executable, "bench/jpeg_gpu.py"]
+    bench = [sys.executable, "-m", "bench.jpeg_gpu"]
     subprocess.run([*bench, "make", str(folder), "--images", "1"], cwd=ROOT, check=True, capture_output=True)
     run = [*bench, "run", str(folder), "--repeats", "1", "--json", str(out)]
     subprocess.run(run, cwd=ROOT, check=True, capture_output=True)
@@ -94,12 +96,12 @@ def test_jpeg_bench_runs_on_cpu(tmp_path: Path) -> None:
 
 
 def test_campaign_full_settings_are_a_valid_configuration(tmp_path: Path) -> None:
-    from campaign import NATIX, TTA_16, campaign_params, parse_args
+    from bench.campaign import NATIX, TTA_16, campaign_params, parse_args
 
     from roadwork.config import stage_shares
     from roadwork.features.backbone import BackboneConfig
     from roadwork.features.cache import ExtractConfig
-    from roadwork.features.mask_config import MasksConfig
+    from roadwork.masks.config import MasksConfig
     from roadwork.synth.dataset import SynthConfig
     from roadwork.train.config import member_config
     from roadwork.tta import TtaConfig
@@ -126,7 +128,7 @@ def test_campaign_full_settings_are_a_valid_configuration(tmp_path: Path) -> Non
 
 
 def test_campaign_runs_the_stages_in_dependency_order() -> None:
-    from campaign import pipeline
+    from bench.campaign import pipeline
 
     params = load_params(ROOT / "params.yaml")
     names = [name for name, _ in pipeline(ROOT, params, "submit")]
@@ -147,7 +149,7 @@ def test_campaign_runs_the_stages_in_dependency_order() -> None:
 
 
 def test_campaign_projection_arithmetic() -> None:
-    from campaign import NATIX, StageRun, project
+    from bench.campaign import NATIX, StageRun, project
 
     params = load_params(ROOT / "params.yaml")
     counts = {"train": 50, "test": 20}
@@ -169,7 +171,7 @@ def test_campaign_projection_arithmetic() -> None:
 
 
 def test_campaign_fit_through_two_fractions() -> None:
-    from campaign import StageRun, fit
+    from bench.campaign import StageRun, fit
 
     def run(stage: str, wall: float, units: float, projection: str = "sampled") -> StageRun:
         out = StageRun(stage, wall_s=wall, rss_peak_mib=1, tree_rss_peak_mib=1, units=units)
@@ -189,7 +191,7 @@ def test_campaign_fit_through_two_fractions() -> None:
 
 
 def test_campaign_two_fractions_fix_the_work_per_unit() -> None:
-    from campaign import campaign_params, parse_args
+    from bench.campaign import campaign_params, parse_args
 
     params = campaign_params(
         parse_args(["--fraction", "0.01", "0.02"]), {"backbone": "tiny", "masks": "tiny"}, 0.02
@@ -211,7 +213,7 @@ def test_campaign_runs_tiny_on_cpu(tmp_path: Path) -> None:
     args += ["finetune.epochs=1", "submit.bootstrap=20", "tta.augmentations=[{}, {flip: true}]"]
     args += ["--device", "cpu", "--workdir", str(tmp_path / "work"), "--out", str(out)]
     done = subprocess.run(
-        [sys.executable, "bench/campaign.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "bench.campaign", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -236,7 +238,7 @@ def test_campaign_runs_tiny_on_cpu(tmp_path: Path) -> None:
 
 def test_the_ceiling_counts_the_roadwork_a_challenge_keeps():
     import polars as pl
-    from ceiling import left_pixels, roadwork_map
+    from experiments.ceiling import left_pixels, roadwork_map
 
     square = [[[100, 100], [140, 100], [140, 140], [100, 140]]]  # 40 x 40 px, well inside the centre
     objects = [
@@ -261,8 +263,7 @@ def test_the_ceiling_counts_the_roadwork_a_challenge_keeps():
 def test_ablation_challenge_tokens_are_keyed_by_backbone_views_and_side():
     import dataclasses
 
-    from ablate import tokens_key
-
+    from experiments.ablate import tokens_key
     from roadwork.config import subset
     from roadwork.features.cache import CacheKey
     from roadwork.views.plan import ViewsConfig
@@ -277,7 +278,7 @@ def test_ablation_challenge_tokens_are_keyed_by_backbone_views_and_side():
 
 
 def test_head_variants_are_valid_member_configs():
-    from head_variants import VARIANTS
+    from experiments.head_variants import VARIANTS
 
     from roadwork.train.config import member_config
 
@@ -293,7 +294,7 @@ def test_head_variants_are_valid_member_configs():
 
 def test_seed_mean_answers_the_mean_of_its_models_log_odds():
     import torch
-    from head_variants import VARIANTS, SeedMean
+    from experiments.head_variants import VARIANTS, SeedMean
 
     class Fixed(torch.nn.Module):
         def __init__(self, logits: list[list[float]]):

@@ -23,7 +23,7 @@ from roadwork.views.challenges import (
     generated_source,
 )
 from roadwork.views.plan import ViewsConfig
-from roadwork.views.validator import challenge_rng, challenge_views
+from roadwork.views.protocols import challenge_rng, challenge_views
 from tests.natix_fixture import jpeg_bytes
 
 CONFIG = ChallengeConfig(seed=3, max_per_domain=None)

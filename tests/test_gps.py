@@ -16,6 +16,7 @@ from roadwork.data import gps
 from roadwork.data.gps import (
     EARTH_RADIUS_KM,
     GpsConfig,
+    bracket_weights,
     build_gps,
     effective_sample_size,
     fit_clusters,
@@ -24,7 +25,6 @@ from roadwork.data.gps import (
     nearest_km,
     read_clusters,
     read_weights,
-    sampling_weights,
     write_gps,
 )
 from roadwork.data.schema import INDEX_SCHEMA
@@ -154,7 +154,7 @@ def test_nearest_km() -> None:
 
 def test_sampling_weights_at_boundaries_and_nan() -> None:
     d = [0.0, 49.999, 50.0, 199.99, 200.0, 499.99, 500.0, 1.0e4, np.nan]
-    w = sampling_weights(d, config(null_weight=0.7))
+    w = bracket_weights(d, config(null_weight=0.7))
     np.testing.assert_array_equal(w, [5.0, 5.0, 2.5, 2.5, 1.0, 1.0, 0.3, 0.3, 0.7])
 
 

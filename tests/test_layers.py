@@ -1,9 +1,9 @@
 """The library's floors: a module imports only from its own floor or the floors below it.
 
-    4  report/, predict.py, validate.py, miner.py, cli.py   what a person reads or runs
+    4  report/, serve/, scoring.py, cli.py  what a person reads or runs
     3  tta/, ensemble/                      refining and combining trained members
-    2  train/                               training heads on cached features
-    1  views/, features/                    cutting views, running models, the caches
+    2  train/, pretrain/                    training heads on cached features; the tiny backbone
+    1  views/, features/, masks/            cutting views, running models, the caches
     0  config, data/, models/, metrics, predictions, synth/, device, distributed, progress
 
 `models/` takes tensors, never paths, and `data/` (what a real run reads) never imports the synthetic
@@ -20,15 +20,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "roadwork"
 FLOORS = {
     "report": 4,
-    "predict": 4,
-    "validate": 4,
+    "serve": 4,
+    "scoring": 4,
     "cli": 4,
-    "miner": 4,
     "tta": 3,
     "ensemble": 3,
     "train": 2,
+    "pretrain": 2,
     "views": 1,
     "features": 1,
+    "masks": 1,
     **dict.fromkeys(("config", "data", "models", "metrics", "predictions", "synth", "device"), 0),
     **dict.fromkeys(("distributed", "progress", "__init__"), 0),
 }

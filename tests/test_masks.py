@@ -15,15 +15,15 @@ from PIL import Image
 
 from roadwork.data.images import ShardReader
 from roadwork.features.cache import StaleCacheError
-from roadwork.features.mask_fill import fill_masks, load_image, pixel_values, plan_jobs
-from roadwork.features.masks import (
+from roadwork.masks.cache import (
     MaskCache,
     area_weights,
     expected_attrs,
     grid_fractions,
     mask_grids,
 )
-from roadwork.features.sam import (
+from roadwork.masks.fill import fill_masks, load_image, pixel_values, plan_jobs
+from roadwork.masks.sam import (
     encode_prompts,
     load_sam,
     materialise,

@@ -1,4 +1,4 @@
-"""The peers' recipe (bench/peers.py): the DINOv3 image classifier, one fine-tuning step on the CPU, and
+"""The peers' recipe (experiments/peers.py): the DINOv3 image classifier, one fine-tuning step on the CPU, and
 the saved folder loaded through transformers' image-classification pipeline in a fresh process."""
 
 from __future__ import annotations
@@ -16,13 +16,7 @@ import torch
 from PIL import Image
 from transformers import DINOv3ViTImageProcessor
 
-from roadwork.features.backbone import TinyBackboneConfig, build_tiny
-from roadwork.models.peer import classifier_from_backbone
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from peers import (  # noqa: E402
+from experiments.peers import (
     PeerConfig,
     fine_tune,
     pipeline_answer,
@@ -31,6 +25,12 @@ from peers import (  # noqa: E402
     save_classifier,
     table,
 )
+from roadwork.features.backbone import TinyBackboneConfig, build_tiny
+from roadwork.models.peer import classifier_from_backbone
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]  # the peers' recipe: fine-tuning runs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = TinyBackboneConfig(
     seed=0, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,

@@ -29,6 +29,8 @@ from roadwork.data.images import ShardReader
 from roadwork.train.checkpoint import load_head
 from roadwork.tta.augment import AugSpec
 
+pytestmark = pytest.mark.timeout(1800)  # the module's fixture runs `dvc repro` end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 # The metric and param columns of `dvc exp show`, before the dependencies' hashes.
 EXP_SHOW_COLUMNS = (
@@ -323,7 +325,7 @@ def test_predict_matches_the_pipeline_and_survives_bad_inputs(project: Path, tmp
 def test_the_image_only_choice_answers_a_file_as_the_members_answer_its_row_without_metadata(
     project: Path,
 ) -> None:
-    from roadwork.miner import RoadworkDetector
+    from roadwork.serve.detector import RoadworkDetector
     from roadwork.train.data import null_metadata
 
     predictor = RoadworkDetector(project, device="cpu").predictor
@@ -362,7 +364,7 @@ def test_validate_scores_what_roadwork_predict_answers(project: Path) -> None:
 
 @pytest.mark.e2e
 def test_the_miner_detector_answers_like_predict_and_refuses_bad_input(project: Path, tmp_path: Path) -> None:
-    from roadwork.miner import InvalidImageError, RoadworkDetector
+    from roadwork.serve.detector import InvalidImageError, RoadworkDetector
 
     file = pl.read_parquet(project / "validation/answers.parquet")["file"][0]
     image = Image.open(project / "data/challenge" / file)

@@ -25,7 +25,7 @@ from PIL import ImageFile
 from roadwork import cli
 from roadwork.data import images
 from roadwork.ensemble.calibrate import IDENTITY, Calibration
-from roadwork.predict import Predictor, Route
+from roadwork.serve.predictor import Predictor, Route
 from roadwork.views.plan import ViewsConfig
 from tests.natix_fixture import jpeg_bytes, make_row, write_shard
 

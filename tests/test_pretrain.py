@@ -13,9 +13,9 @@ from transformers import DINOv3ViTModel
 
 from roadwork.config import load_params, section, to_dict
 from roadwork.features.backbone import TinyBackboneConfig
-from roadwork.features.corpus import KINDS, CorpusConfig, present, scene
 from roadwork.features.manifest import weights_fingerprint
-from roadwork.features.pretrain import (
+from roadwork.pretrain.corpus import KINDS, CorpusConfig, present, scene
+from roadwork.pretrain.recipe import (
     FIRST_STEPS,
     RECORD_FILE,
     PretrainConfig,
@@ -24,7 +24,7 @@ from roadwork.features.pretrain import (
     pretrain,
 )
 from roadwork.synth.dataset import SynthConfig, generate
-from roadwork.views import validator as V
+from roadwork.views import protocols as V
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")

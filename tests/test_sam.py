@@ -12,8 +12,8 @@ from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
 from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput
 
 from roadwork.features.manifest import read_manifest, weights_fingerprint
-from roadwork.features.mask_config import MasksConfig, TinySamConfig
-from roadwork.features.sam import (
+from roadwork.masks.config import MasksConfig, TinySamConfig
+from roadwork.masks.sam import (
     Prompts,
     build_tiny,
     build_tiny_tokenizer,

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from roadwork.data.schema import TRUTH_FILE
-from roadwork.features.mask_fill import plan_jobs
-from roadwork.features.masks import RASTER_PER_CELL, MaskCache, expected_attrs, source_manifest
-from roadwork.features.truth import PROMPT_KINDS, fill_truth_masks, rasterise, read_truth
+from roadwork.masks.cache import RASTER_PER_CELL, MaskCache, expected_attrs, source_manifest
+from roadwork.masks.fill import plan_jobs
+from roadwork.masks.truth import PROMPT_KINDS, fill_truth_masks, rasterise, read_truth
 from roadwork.synth.dataset import generate, write_dataset
 from tests.test_masks import CONFIG
 from tests.test_synth import TINY

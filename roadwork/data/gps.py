@@ -197,7 +197,7 @@ def nearest_km(lat: Any, lon: Any, centres: np.ndarray) -> tuple[np.ndarray, np.
     return dist, cluster
 
 
-def sampling_weights(dist_km: Any, config: GpsConfig) -> np.ndarray:
+def bracket_weights(dist_km: Any, config: GpsConfig) -> np.ndarray:
     """Weight per distance: `dist < brackets_km[i]` (first such i) -> weights[i]; NaN -> null_weight."""
     dist = np.asarray(dist_km, dtype=float)
     # side="right": a distance exactly on an edge belongs to the farther bracket ("< 50 km" excludes 50).
@@ -302,7 +302,7 @@ def build_gps(index: pl.DataFrame, config: GpsConfig, source: str = "index") -> 
         raise ValueError(f"{source}: no rows of split 'train' to weight")
     centres = fit_clusters(lat[fit], lon[fit], config.k, config.seed)
     dist, cluster = nearest_km(lat, lon, centres)
-    weight = sampling_weights(dist, config)
+    weight = bracket_weights(dist, config)
     has = cluster >= 0
     # Rows without GPS: null distance and cluster in the table (NaN / -1 in the numpy API).
     weights = pl.DataFrame(

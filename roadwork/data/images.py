@@ -22,9 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_COLUMN = "image"
 EXIF_ORIENTATION = 0x0112
 # Most pixels an image may decode to (after JPEG's reduced-scale decode, where it applies). Above the
-# largest routine camera frame (50 MP sensors: 8160x6120 = 49.9 MP). `roadwork predict` measured +490
-# MiB over its 1.4 GiB baseline for a 64 MP PNG (PIL's 4-byte RGB plus copies), +1.3 GiB for a 12,000 x
-# 12,000 PNG (144 MP). PIL's own MAX_IMAGE_PIXELS (89 MP) only warns below 179 MP.
+# largest routine camera frame (50 MP sensors: 8160x6120 = 49.9 MP), below what a serving process can
+# hold in memory (docs/benchmarks.md). PIL's own MAX_IMAGE_PIXELS (89 MP) only warns below 179 MP.
 MAX_PIXELS = 64_000_000
 REDUCED_SCALE_FORMATS = ("JPEG", "MPO")  # decoded at 1/2, 1/4 or 1/8 scale by PIL's draft (MPO: a JPEG)
 

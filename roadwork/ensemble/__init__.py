@@ -38,15 +38,26 @@ class EnsembleConfig:
 
 
 @dataclass(frozen=True)
-class Scoring:
-    """How predictions are scored: the keys of `submit:` that DoRA and TTA read too."""
+class Threshold:
+    """The key of `submit:` that every reader of labelled predictions needs."""
 
     threshold: float  # probability above which a row is labelled roadwork
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"submit.threshold={self.threshold}: expected a probability in (0, 1)")
+
+
+@dataclass(frozen=True)
+class Scoring(Threshold):
+    """How predictions are scored: the keys of `submit:` that DoRA, TTA and `validate` read too."""
+
     bootstrap: int  # resamples of the 95 % intervals
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0 or self.bootstrap < 1:
-            raise ConfigError("submit: threshold must be in (0, 1) and bootstrap >= 1")
+        super().__post_init__()
+        if self.bootstrap < 1:
+            raise ConfigError(f"submit.bootstrap={self.bootstrap}: expected an int >= 1")
 
 
 @dataclass(frozen=True)

@@ -194,11 +194,3 @@ def read_choice(submission_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no ensemble chosen yet; run `dvc repro` first")
     return json.loads(path.read_text())
-
-
-def read_scores(submission_dir: Path) -> dict[str, Any]:
-    """`scores.json` written by `submit`."""
-    path = Path(submission_dir) / SCORES_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no scores yet; run `dvc repro submit`")
-    return json.loads(path.read_text())

@@ -35,11 +35,17 @@ class TinyBackboneConfig:
 
 
 @dataclass(frozen=True)
-class BackboneConfig:
+class BackboneDtype:
+    """The key of `backbone:` that every stage loading the saved backbone reads."""
+
+    dtype: str  # weights dtype at extraction and serving: float32 | bfloat16 | float16
+
+
+@dataclass(frozen=True)
+class BackboneConfig(BackboneDtype):
     """Which backbone `extract` uses."""
 
     model: str  # "tiny", a Hugging Face id, or a local directory
-    dtype: str  # weights dtype at extraction: float32 | bfloat16 | float16
     tiny: TinyBackboneConfig  # used only when model == "tiny"
 
 

@@ -36,8 +36,9 @@ from roadwork.features.manifest import read_manifest
 from roadwork.views.plan import read_plan
 
 TOKENS = ("cls", "patch_mean", "patch_max")
-# Bump when the meaning of the stored features changes (pooling, preprocessing): old caches go stale.
-FORMAT_VERSION = 2
+# Bump when the meaning or layout of the stored arrays changes (pooling, preprocessing, storage): old
+# caches go stale and are refused by name. 3: every array in zarr shards.
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class RowCache:
     def shard_rows(self) -> int:
         """Rows per shard file: the unit of writing, resuming and of work per process."""
         done = self.group["done"]
-        return (done.shards or done.chunks)[0]  # caches from before sharding: one chunk per file
+        return done.shards[0]
 
     @property
     def array_names(self) -> list[str]:

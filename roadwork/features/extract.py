@@ -33,7 +33,7 @@ from roadwork.progress import progress
 from roadwork.views.augment import augment_views, build_augment
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, boxes_by_image, read_plan, view_boxes
-from roadwork.views.validator import TRANSFORMS_VERSION, challenge_rng, challenge_views
+from roadwork.views.protocols import TRANSFORMS_VERSION, challenge_rng, challenge_views
 
 
 class ViewDataset(Dataset):

@@ -1,5 +1,5 @@
 """A DINOv3 image classifier: the public StreetVision miners' recipe (a whole backbone fine-tuned end to
-end at 224 px) on the pipeline's own backbone class, for the side-by-side benchmark (`bench/peers.py`).
+end at 224 px) on the pipeline's own backbone class, for the side-by-side benchmark (`experiments/peers.py`).
 
 transformers ships DINOv3 as a backbone only (no `...ForImageClassification`), so this module defines
 one, in the style of its DINOv2 classifier: a linear layer on the CLS token concatenated with the mean

@@ -185,10 +185,10 @@ def plan_split(cfg: SynthConfig, split: str) -> list[Unit]:
     return units
 
 
-_WEATHER = {"sunny": 0.35, "cloudy": 0.28, "rain": 0.15, "fog": 0.10, "snow": 0.12}
-_DAYTIME = {"Light": 0.70, "Dusk": 0.12, "Dark": 0.18}
-_ENVIRONMENT = {"Urban": 0.35, "Suburban": 0.25, "Rural": 0.12, "Highway": 0.18, "Industrial": 0.10}
-_OBJECT_KIND = {"cone": 0.3, "barrier": 0.2, "sign": 0.2, "worker": 0.15, "vehicle": 0.15}
+WEATHER_SHARES = {"sunny": 0.35, "cloudy": 0.28, "rain": 0.15, "fog": 0.10, "snow": 0.12}
+DAYTIME_SHARES = {"Light": 0.70, "Dusk": 0.12, "Dark": 0.18}
+ENVIRONMENT_SHARES = {"Urban": 0.35, "Suburban": 0.25, "Rural": 0.12, "Highway": 0.18, "Industrial": 0.10}
+OBJECT_KIND_SHARES = {"cone": 0.3, "barrier": 0.2, "sign": 0.2, "worker": 0.15, "vehicle": 0.15}
 _DISTRACTOR_KIND = {
     "orange_car": 0.15,
     "stop_sign": 0.1,
@@ -211,7 +211,8 @@ _ALTER_SIDE = ("Shoulder Closed", "Reduced Speed", "Sidewalk Closed", "Construct
 _ALTER_NONE = ("Heavy Traffic", "Slow Traffic", "Parked Vehicles")
 
 
-def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
+def pick_weighted(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    """One key of `weights`, drawn with probability proportional to its weight."""
     keys = list(weights)
     p = np.array([weights[k] for k in keys])
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
@@ -226,7 +227,7 @@ def _distractors(cfg: SynthConfig, rng: np.random.Generator) -> tuple[str, ...]:
     """Distinct distractor kinds for one scene (a kind drawn twice is drawn once)."""
     lo, hi = cfg.distractors_per_image
     n = int(rng.integers(lo, hi + 1))
-    return tuple(dict.fromkeys(_pick(rng, _DISTRACTOR_KIND) for _ in range(n)))
+    return tuple(dict.fromkeys(pick_weighted(rng, _DISTRACTOR_KIND) for _ in range(n)))
 
 
 def _scene_spec(cfg: SynthConfig, unit: Unit, rng: np.random.Generator) -> SceneSpec:
@@ -235,7 +236,7 @@ def _scene_spec(cfg: SynthConfig, unit: Unit, rng: np.random.Generator) -> Scene
     distractors: tuple[str, ...] = ()
     if unit.label:
         n = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
-        objects = tuple(_pick(rng, _OBJECT_KIND) for _ in range(n))
+        objects = tuple(pick_weighted(rng, OBJECT_KIND_SHARES) for _ in range(n))
         if cfg.positive_distractor_rate and rng.random() < cfg.positive_distractor_rate:
             distractors = _distractors(cfg, rng)
     elif rng.random() < cfg.distractor_rate:
@@ -243,9 +244,9 @@ def _scene_spec(cfg: SynthConfig, unit: Unit, rng: np.random.Generator) -> Scene
     return SceneSpec(
         width,
         height,
-        _pick(rng, _WEATHER),
-        _pick(rng, _DAYTIME),
-        _pick(rng, _ENVIRONMENT),
+        pick_weighted(rng, WEATHER_SHARES),
+        pick_weighted(rng, DAYTIME_SHARES),
+        pick_weighted(rng, ENVIRONMENT_SHARES),
         objects,
         distractors,
         cfg.object_scale,

@@ -122,6 +122,11 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def member_config_of(params: dict[str, Any], member: str) -> TrainConfig:
+    """Ensemble member `member`'s config from a `train@<member>` stage's share of the configuration."""
+    return member_config(params["train"], params["ensemble"]["members"][member], member)
+
+
 def member_config(train: dict[str, Any], overrides: dict[str, Any] | None, member: str) -> TrainConfig:
     """The `train` section (raw, as read from params.yaml) with ensemble member `member`'s overrides."""
     return from_dict(TrainConfig, _merge(train, overrides or {}), f"ensemble.members.{member}")

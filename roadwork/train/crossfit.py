@@ -23,7 +23,7 @@ from torch import nn
 from roadwork.models.folds import FoldMean
 from roadwork.progress import progress
 from roadwork.train.config import TrainConfig
-from roadwork.train.data import Table, Vocab, prepare_folds, prepare_tables
+from roadwork.train.data import Table, TrainInputs, Vocab, prepare_folds, prepare_tables
 from roadwork.train.loop import TrainResult
 from roadwork.train.member import fit_member
 
@@ -62,13 +62,17 @@ def cross_fit_member(
 
 
 def train_member(
-    index: pl.DataFrame, *, config: TrainConfig, log: Callable[[dict], None] | None = None, **sources: Any
+    index: pl.DataFrame,
+    *,
+    config: TrainConfig,
+    inputs: TrainInputs,
+    log: Callable[[dict], None] | None = None,
 ) -> Trained:
-    """Load a member's Tables from the caches (`sources`: `prepare_tables`' keyword arguments) and train
-    it: one model, or one per fold when `config.crossfit`."""
+    """Load a member's Tables from the caches and train it: one model, or one per fold when
+    `config.crossfit`."""
     if config.crossfit:
-        folds, vocab = prepare_folds(index, config=config, **sources)
+        folds, vocab = prepare_folds(index, inputs=inputs, config=config)
         return cross_fit_member(config=config, folds=folds, vocab=vocab, log=log)
-    tables, vocab = prepare_tables(index, config=config, **sources)
+    tables, vocab = prepare_tables(index, inputs=inputs, config=config)
     model, spec, result = fit_member(config=config, tables=tables, vocab=vocab, log=log)
     return Trained(model, spec, result, tables, vocab)

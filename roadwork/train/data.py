@@ -9,14 +9,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
-from roadwork.features.cache import TOKENS, FeatureCache
-from roadwork.features.masks import MaskCache
+from roadwork.config import load_paths, subset
+from roadwork.data.gps import read_weights
+from roadwork.features.cache import TOKENS, CacheKey, FeatureCache, open_features
 from roadwork.features.text import read_text
+from roadwork.masks.cache import MaskCache, open_masks
+from roadwork.masks.config import MaskKey
 from roadwork.predictions import predictions_frame
 from roadwork.train.config import TOKEN_SETS, TrainConfig
 
@@ -214,6 +218,48 @@ def metadata_arrays(
     }
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a member reads besides the index: the caches and the GPS statistics (`open_inputs`)."""
+
+    cache: FeatureCache  # the backbone's pooled tokens per image, copy and view
+    text_path: Path  # the MiniLM text cache
+    gps: pl.DataFrame | None = None  # per-row sampling weight and distance (`gps` stage); None: none
+    near_km: float = 100.0  # radius of the "near a test cluster" statistic
+    first_bracket_km: float = 50.0  # the first GPS bracket (the strongest weight)
+    masks: MaskCache | None = None  # SAM 3 pseudo-masks: the full head's Dice target; None: none
+
+    def table(self, rows: pl.DataFrame, *, vocab: Vocab, config: TrainConfig, train: bool) -> Table:
+        """`load_table` of `rows` from these inputs; GPS and masks only for `train` rows (a training
+        statistic and a training target)."""
+        return load_table(
+            rows,
+            cache=self.cache,
+            text=read_text(self.text_path, rows["image_id"].to_list()),
+            vocab=vocab,
+            config=config,
+            gps=self.gps if train else None,
+            near_km=self.near_km,
+            first_bracket_km=self.first_bracket_km,
+            masks=self.masks if train else None,
+        )
+
+
+def open_inputs(params: dict[str, Any], *, masks: bool) -> TrainInputs:
+    """A member's inputs from its share of the configuration (`paths`, `extract`'s cache key, `gps`'s
+    radii and, with `masks`, the mask cache's key)."""
+    paths = load_paths(params)
+    gps = params["gps"]
+    return TrainInputs(
+        cache=open_features(paths, subset(CacheKey, params, "extract")),
+        text_path=Path(paths.text),
+        gps=read_weights(Path(paths.gps)),
+        near_km=float(gps["near_km"]),
+        first_bracket_km=float(gps["brackets_km"][0]),
+        masks=open_masks(paths, subset(MaskKey, params, "masks")) if masks else None,
+    )
+
+
 def load_table(
     rows: pl.DataFrame,
     *,
@@ -248,47 +294,21 @@ def load_table(
 
 
 def prepare_tables(
-    index: pl.DataFrame,
-    *,
-    cache: FeatureCache,
-    text_path: Path,
-    gps: pl.DataFrame,
-    config: TrainConfig,
-    near_km: float,
-    first_bracket_km: float,
-    masks: MaskCache | None = None,
+    index: pl.DataFrame, *, inputs: TrainInputs, config: TrainConfig
 ) -> tuple[dict[str, Table], Vocab]:
     """train / val (from the labelled train split, grouped) and test Tables, and the training vocabulary."""
     fit, val = train_val_rows(index, config.val_fraction, config.split_seed)
     parts = {"train": fit, "val": val, "test": index.filter(pl.col("split") == "test")}
     vocab = Vocab.fit(fit)
     tables = {
-        name: load_table(
-            rows,
-            cache=cache,
-            text=read_text(text_path, rows["image_id"].to_list()),
-            vocab=vocab,
-            config=config,
-            gps=gps if name == "train" else None,
-            near_km=near_km,
-            first_bracket_km=first_bracket_km,
-            masks=masks if name == "train" else None,  # a training target only
-        )
+        name: inputs.table(rows, vocab=vocab, config=config, train=name == "train")
         for name, rows in parts.items()
     }
     return tables, vocab
 
 
 def prepare_folds(
-    index: pl.DataFrame,
-    *,
-    cache: FeatureCache,
-    text_path: Path,
-    gps: pl.DataFrame,
-    config: TrainConfig,
-    near_km: float,
-    first_bracket_km: float,
-    masks: MaskCache | None = None,
+    index: pl.DataFrame, *, inputs: TrainInputs, config: TrainConfig
 ) -> tuple[list[dict[str, Table]], Vocab]:
     """train / val / test Tables for every fold of the labelled train split (`grouped_folds`; fold 0's
     held-out rows are the validation rows every member holds out), and one vocabulary for all folds:
@@ -296,12 +316,8 @@ def prepare_folds(
     labelled = labelled_train_rows(index)
     split = grouped_folds(labelled, config.val_fraction, config.split_seed)
     vocab = Vocab.fit(split[0][0])
-    test_rows = index.filter(pl.col("split") == "test")
-    common = {"cache": cache, "vocab": vocab, "config": config}
-    common |= {"near_km": near_km, "first_bracket_km": first_bracket_km}
-    text = read_text(text_path, labelled["image_id"].to_list())
-    pool = load_table(labelled, text=text, gps=gps, masks=masks, **common)
-    test = load_table(test_rows, text=read_text(text_path, test_rows["image_id"].to_list()), **common)
+    pool = inputs.table(labelled, vocab=vocab, config=config, train=True)
+    test = inputs.table(index.filter(pl.col("split") == "test"), vocab=vocab, config=config, train=False)
     position = {image_id: k for k, image_id in enumerate(pool.image_id)}
     folds = []
     for k, (fit, held) in enumerate(split):

@@ -67,7 +67,7 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def sampling_weights(table: Table, config: TrainConfig) -> np.ndarray | None:
+def row_draw_weights(table: Table, config: TrainConfig) -> np.ndarray | None:
     """The GPS weights of the rows, with the first bracket re-weighted when the member asks for it."""
     if not config.gps_weighting or table.weight is None:
         return None
@@ -79,7 +79,7 @@ def sampling_weights(table: Table, config: TrainConfig) -> np.ndarray | None:
 
 def epoch_order(table: Table, config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     """Row indices for one epoch: GPS-weighted draws with replacement, or a plain permutation."""
-    weight = sampling_weights(table, config)
+    weight = row_draw_weights(table, config)
     if weight is not None:
         return rng.choice(len(table), size=len(table), replace=True, p=weight)
     return rng.permutation(len(table))

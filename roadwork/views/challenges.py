@@ -6,7 +6,7 @@ has up to two domains: `real` (the dataset's own images) and `generated` (re-dra
 kinds of scene: on real data a folder or NATIX-schema dataset the user supplies, on the embedded default
 the synthetic world's second style, a stand-in for the validator's SDXL half). Within each (part, domain)
 the labels are balanced by drawing as many images of the rarer label from the commoner one; each image
-gets one level, uniform over 0-3, and is transformed exactly as `roadwork.views.validator` says.
+gets one level, uniform over 0-3, and is transformed exactly as `roadwork.views.protocols` says.
 Everything is a function of `challenge.seed` and the image ids: the same inputs give the same files.
 
 The table (`challenges.parquet`) has one row per challenge: `file` (relative to the challenge folder),
@@ -29,10 +29,9 @@ import polars as pl
 from roadwork.config import ConfigError
 from roadwork.data.images import ShardReader, decode
 from roadwork.data.ingest import IngestConfig, ingest
-from roadwork.views.validator import LEVELS, challenge, challenge_rng, to_jpeg
+from roadwork.views.protocols import LEVELS, challenge, challenge_rng, to_jpeg
 
 PARTS = ("val", "test")
-DOMAINS = ("real", "generated")
 TABLE_FILE = "challenges.parquet"
 VAL_FEATURES = "val_features.npy"  # the validation challenges' pooled tokens [n, V, 3, D], table order
 LABEL_DIRS = {"roadwork": 1, "none": 0}  # a generated folder: <root>/<part>/<roadwork|none>/*.jpg

@@ -14,8 +14,8 @@ latency; their average (mean probability) too. Costs: backbone passes and wall t
 Runs in a project whose pipeline has run (`dvc repro`); writes `<out>/model/`, `<out>/peers.json`
 and `<out>/peers.md` (the table).
 
-    python bench/peers.py                       # the embedded default: bench/results/peers
-    python bench/peers.py --epochs 1 --steps 1  # a smoke run
+    python -m experiments.peers                       # the embedded default: experiments/results/peers
+    python -m experiments.peers --epochs 1 --steps 1  # a smoke run
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from roadwork.features.backbone import load_backbone
 from roadwork.features.extract import ExtractConfig, embed_views
 from roadwork.metrics import binary_metrics
 from roadwork.models.peer import LABELS, classifier_from_backbone
-from roadwork.predict import Predictor
+from roadwork.scoring import answer_challenges, latency, score_answers
+from roadwork.serve.predictor import Predictor
 from roadwork.train.data import train_val_rows
-from roadwork.validate import answer_challenges, latency, score_answers
 from roadwork.views.challenges import TABLE_FILE
 from roadwork.views.plan import ViewsConfig, n_views
-from roadwork.views.validator import SIZE, challenge_jpeg, challenge_rng
+from roadwork.views.protocols import SIZE, challenge_jpeg, challenge_rng
 
 ROADWORK = LABELS[1]
 
@@ -291,7 +291,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=Path("bench/results/peers"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/peers"))
     parser.add_argument("--epochs", type=int, default=PeerConfig.epochs)
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch at most (smoke runs)")
     parser.add_argument("--threads", type=int, default=PeerConfig.threads)

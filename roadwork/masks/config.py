@@ -44,6 +44,14 @@ class TinySamConfig:
 
 
 @dataclass(frozen=True)
+class SamSource:
+    """The keys of `masks:` that define the model itself (the `sam` stage's share)."""
+
+    model: str  # "tiny", a Hugging Face id (facebook/sam3) or a local directory
+    tiny: TinySamConfig  # used only when model == "tiny"
+
+
+@dataclass(frozen=True)
 class MaskKey:
     """What the cached masks depend on besides the view rule: the keys of `masks:` a reader needs."""
 

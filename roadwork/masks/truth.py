@@ -23,8 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from roadwork.features.cache import ShardWriter
-from roadwork.features.mask_config import MasksConfig
-from roadwork.features.masks import RASTER_PER_CELL, MaskCache, mask_grids
+from roadwork.masks.cache import RASTER_PER_CELL, MaskCache, mask_grids
+from roadwork.masks.config import MasksConfig
 
 # Which drawn kind answers which prompt. No synthetic object answers "construction equipment": its
 # true mask is empty, which is the truth about these images.

@@ -10,8 +10,8 @@ Geometry: a source mask is stretched over the whole image, so pixel (r, c) of an
 full-resolution box [c W/w, (c+1) W/w) x [r H/h, (r+1) H/h). Grid values are exact area fractions of
 that piecewise-constant mask over equal cells of a box (whole image or view).
 
-The cache is filled by SAM 3 (`roadwork.features.mask_fill`) or, on synthetic data, from the true
-polygons (`roadwork.features.truth`); the heads read it through `open_masks` and depend on this module
+The cache is filled by SAM 3 (`roadwork.masks.fill`) or, on synthetic data, from the true
+polygons (`roadwork.masks.truth`); the heads read it through `open_masks` and depend on this module
 only, not on the model that filled it.
 """
 
@@ -29,7 +29,7 @@ from roadwork.config import Paths
 from roadwork.data.schema import TRUTH_FILE
 from roadwork.features.cache import RowCache
 from roadwork.features.manifest import read_manifest
-from roadwork.features.mask_config import MaskKey, MasksConfig
+from roadwork.masks.config import MaskKey, MasksConfig
 from roadwork.views.plan import read_plan
 
 # Bump when the meaning of the stored masks changes (post-processing, geometry): old caches go stale.

@@ -1,6 +1,6 @@
 """What a StreetVision miner plugs in: one detector, built once, answering one image at a time.
 
-    from roadwork.miner import RoadworkDetector
+    from roadwork.serve.detector import RoadworkDetector
 
     detector = RoadworkDetector("/path/to/roadwork")   # at start-up: loads the backbone and the heads
     probability = detector(pil_image)                  # per query: a float in [0, 1], > 0.5 is roadwork
@@ -8,7 +8,7 @@
 The answer is exactly `roadwork predict`'s for the same pixels (the image is handed over losslessly):
 for a validator's 224 px query, from the model `submit` chose for `submit.target` (on the embedded
 default: the validator), calibrated so that its chosen cut sits at 0.5; a full-size image gets the
-image-only choice (`roadwork.predict.Predictor.route`). Calls from several threads are served one at
+image-only choice (`roadwork.serve.predictor.Predictor.route`). Calls from several threads are served one at
 a time. Bad input raises `InvalidImageError` with the reason, never returns a guess: a miner should not
 answer a query it could not read.
 """
@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from roadwork.config import PARAMS_FILE, load_params
-from roadwork.predict import Predictor
+from roadwork.serve.predictor import Predictor
 
 
 class InvalidImageError(ValueError):

@@ -1,4 +1,4 @@
-"""Filling the mask cache (`roadwork.features.masks`): with SAM 3, each image decoded once, encoded once,
+"""Filling the mask cache (`roadwork.masks.cache`): with SAM 3, each image decoded once, encoded once,
 masked for every prompt and reduced to the cache's grids; or from the synthetic data's true polygons.
 
 Work proceeds shard by shard of the cache, like `extract`: a shard's rows are marked done only after
@@ -26,16 +26,16 @@ from roadwork.data.images import ShardReader, decode
 from roadwork.device import resolve_device
 from roadwork.distributed import SINGLE, Ranks, plan_for_rank, rank_device
 from roadwork.features.cache import ShardWriter
-from roadwork.features.mask_config import MasksConfig
-from roadwork.features.masks import (
+from roadwork.masks.cache import (
     MaskCache,
     expected_attrs,
     mask_grids,
     source_manifest,
     truth_path,
 )
-from roadwork.features.sam import encode_prompts, input_size, load_sam, predict_masks
-from roadwork.features.truth import fill_truth_masks, read_truth
+from roadwork.masks.config import MasksConfig
+from roadwork.masks.sam import encode_prompts, input_size, load_sam, predict_masks
+from roadwork.masks.truth import fill_truth_masks, read_truth
 from roadwork.progress import progress
 from roadwork.views.plan import boxes_by_image, read_plan
 

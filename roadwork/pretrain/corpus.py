@@ -23,7 +23,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from roadwork.synth.dataset import _DAYTIME, _ENVIRONMENT, _OBJECT_KIND, _WEATHER, _pick, frame_size
+from roadwork.synth.dataset import (
+    DAYTIME_SHARES,
+    ENVIRONMENT_SHARES,
+    OBJECT_KIND_SHARES,
+    WEATHER_SHARES,
+    frame_size,
+    pick_weighted,
+)
 from roadwork.synth.scene import (
     DAYTIMES,
     DISTRACTOR_KINDS,
@@ -37,7 +44,7 @@ from roadwork.synth.scene import (
 )
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, view_boxes
-from roadwork.views.validator import LEVELS, SIZE, challenge_pair, to_jpeg
+from roadwork.views.protocols import LEVELS, SIZE, challenge_pair, to_jpeg
 
 KINDS = (*ROADWORK_KINDS, *DISTRACTOR_KINDS, *SCENERY_KINDS)  # the per-patch target classes
 PATCH = 16  # DINOv3's patch side
@@ -62,7 +69,7 @@ class CorpusConfig:
     jpeg_quality: int = 90  # like `synth.jpeg_quality`
     challenges: int = 0  # validator-style copies per scene (a level drawn from 0-3, 224 px JPEG q75),
     # cut into their 12 views like a served challenge, the targets following the copy's geometry
-    # (1 with 1,200 steps measured no gain on the challenges, decisions.md)
+    # (one copy gained nothing on the challenges: docs/log.md)
     side: int = 112  # view side in pixels (`extract.side`)
     grid: int = 3  # the planned views' rule (`views.grid`, `views.overlap`)
     overlap: float = 0.25
@@ -78,14 +85,16 @@ def draw_spec(config: CorpusConfig, rng: np.random.Generator) -> SceneSpec:
     objects: tuple[str, ...] = ()
     if rng.random() < config.roadwork_rate:
         n = int(rng.integers(config.objects[0], config.objects[1] + 1))
-        objects = tuple(_pick(rng, _OBJECT_KIND) for _ in range(n))
+        objects = tuple(pick_weighted(rng, OBJECT_KIND_SHARES) for _ in range(n))
     distractors: tuple[str, ...] = ()
     if rng.random() < config.distractor_rate:
         n = int(rng.integers(config.distractors[0], config.distractors[1] + 1))
         distractors = tuple(
             dict.fromkeys(DISTRACTOR_KINDS[int(rng.integers(len(DISTRACTOR_KINDS)))] for _ in range(n))
         )
-    weather, daytime, environment = (_pick(rng, w) for w in (_WEATHER, _DAYTIME, _ENVIRONMENT))
+    weather, daytime, environment = (
+        pick_weighted(rng, w) for w in (WEATHER_SHARES, DAYTIME_SHARES, ENVIRONMENT_SHARES)
+    )
     scale = float(rng.uniform(*config.object_scale))
     return SceneSpec(width, height, weather, daytime, environment, objects, distractors, scale)
 

@@ -8,7 +8,7 @@ directory, loaded with `from_pretrained`. Either way the `sam` stage saves model
 `save_pretrained`, so `masks` reads one hermetic, DVC-tracked folder.
 
 The processor stretches the whole image to its square input, so a mask covers the whole image
-(`roadwork.features.mask_fill` turns it into the cache's grids over the image and its views).
+(`roadwork.masks.fill` turns it into the cache's grids over the image and its views).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tokenizers import pre_tokenizers
 
 from roadwork.features import manifest
 from roadwork.features.manifest import DTYPES, weights_fingerprint
-from roadwork.features.mask_config import MasksConfig, TinySamConfig
+from roadwork.masks.config import MasksConfig, TinySamConfig
 
 if TYPE_CHECKING:  # transformers takes seconds to import: readers of the mask cache skip it
     from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3Processor

@@ -6,9 +6,9 @@ every roadwork object and still carry the label 1. The generator knows where it 
 transform (`challenge_pair`, the same seed and key as the `challenge` stage) and scores a detector
 that answers "roadwork" exactly when a roadwork pixel is left. Runs in a project whose `challenge`
 stage has run, on the synthetic data (real data has no drawn objects); writes
-`bench/results/ceiling.json` and prints one line per level.
+`experiments/results/ceiling.json` and prints one line per level.
 
-    python bench/ceiling.py
+    python -m experiments.ceiling
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from PIL import Image
 
 from roadwork.config import load_params, load_paths, save_json
 from roadwork.data.index import read_index
-from roadwork.features.masks import truth_path
-from roadwork.features.truth import read_truth
+from roadwork.masks.cache import truth_path
+from roadwork.masks.truth import read_truth
 from roadwork.metrics import binary_metrics
 from roadwork.synth.scene import ROADWORK_KINDS
 from roadwork.views.challenges import TABLE_FILE
-from roadwork.views.validator import LEVELS, challenge_pair, challenge_rng
+from roadwork.views.protocols import LEVELS, challenge_pair, challenge_rng
 
 
 def roadwork_map(objects: list[dict], width: int, height: int) -> np.ndarray:
@@ -74,7 +74,7 @@ def main() -> None:
             f"{name}: perfect-detector MCC {out[name]['mcc']:.3f}, "
             f"{out[name]['positives_without_roadwork']:.0%} of roadwork challenges show none"
         )
-    save_json(out, Path("bench/results/ceiling.json"))
+    save_json(out, Path("experiments/results/ceiling.json"))
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ from torch import nn
 
 from roadwork.config import to_dict
 from roadwork.features.backbone import TinyBackboneConfig, build_tiny
-from roadwork.features.corpus import KINDS, CorpusConfig, present, scene
 from roadwork.features.manifest import weights_fingerprint
-from roadwork.views import validator
+from roadwork.pretrain.corpus import KINDS, CorpusConfig, present, scene
+from roadwork.views import protocols
 
 N_ATTRS = (5, 3, 5)  # weather, daytime, environment classes
 RECORD_FILE = "pretrain.json"
@@ -51,7 +51,7 @@ class PretrainConfig:
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     seed: int = 0  # head init, batch order and every augmentation draw (the weights: backbone.tiny.seed)
-    steps: int = 6000  # 38 min on 2 cores with the rendering (decisions.md: 600 and 2,000 saw less)
+    steps: int = 6000  # fewer saw less (docs/log.md); the time it takes: docs/benchmarks.md
     scenes_per_batch: int = 8  # x 16 views a scene = 128 views a step
     lr: float = 1e-3  # AdamW peak; linear warmup, then cosine to lr_min
     lr_min: float = 1e-5
@@ -125,19 +125,19 @@ def distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.Te
     """The validator's distortion `op` (saturation, contrast, rescale, noise, blur) at strength k + 1."""
     if op == 0:
         luma = torch.einsum("c,bchw->bhw", _YCC[0], x)[:, None]
-        return luma + validator.SATURATION[k] * (x - luma)
+        return luma + protocols.SATURATION[k] * (x - luma)
     if op == 1:
-        return x * validator.CONTRAST[k]
+        return x * protocols.CONTRAST[k]
     if op == 2:
         h, w = x.shape[-2:]
-        f = validator.RESCALE[k]
+        f = protocols.RESCALE[k]
         small = F.interpolate(x, size=(h // f, w // f), mode="bilinear", align_corners=False)
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     if op == 3:
         ycc = torch.einsum("ij,bjhw->bihw", _YCC, x)
-        ycc = ycc + math.sqrt(validator.NOISE_VARIANCE[k]) * torch.randn(ycc.shape, generator=g)
+        ycc = ycc + math.sqrt(protocols.NOISE_VARIANCE[k]) * torch.randn(ycc.shape, generator=g)
         return torch.einsum("ij,bjhw->bihw", _RGB, ycc)
-    kernel = validator.BLUR_KERNEL[k]
+    kernel = protocols.BLUR_KERNEL[k]
     return TF.gaussian_blur(x, [kernel, kernel], [kernel / 6, kernel / 6])
 
 

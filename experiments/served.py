@@ -3,9 +3,9 @@
 Writes every labelled test image's bytes to `<dir>/<image_id>.jpg` (no metadata travels with a file),
 runs `roadwork predict <dir>` as a subprocess, reads its JSON lines and scores them against the labels:
 MCC at the served threshold and ROC-AUC, with 95 % bootstrap intervals over videos. Runs in a project
-whose pipeline has run (`dvc repro`); prints one line and writes `bench/results/served.json`.
+whose pipeline has run (`dvc repro`); prints one line and writes `experiments/results/served.json`.
 
-    python bench/served.py
+    python -m experiments.served
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> None:
         for k in ("n", "threshold", "mcc", "mcc_lo", "mcc_hi", "roc_auc", "roc_auc_lo", "roc_auc_hi")
     }
     out["roadwork_answers"] = int(answers["predicted"].sum())
-    save_json(out, Path("bench/results/served.json"))
+    save_json(out, Path("experiments/results/served.json"))
     print(
         "served, test images as plain files: "
         f"MCC {out['mcc']:.3f} [{out['mcc_lo']:.3f}, {out['mcc_hi']:.3f}], "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadwork.views import validator as V
+from roadwork.views import protocols as V
 
 
 def frame(width: int = 480, height: int = 270, seed: int = 0) -> Image.Image:

@@ -1,13 +1,13 @@
 """The full head on pixels alone against the MLP: one recipe switch at a time, three seeds each.
 
 Every variant is a member trained without metadata, in-process on the caches of a project whose
-pipeline has run (as `bench/ablate.py`'s image-only column), and scored on the validation rows, the
+pipeline has run (as `experiments/ablate.py`'s image-only column), and scored on the validation rows, the
 test rows (at log-odds 0, and with the cut moved to the validation rows' best) and the test challenges'
 real half (calibrated on the validation challenges, rounded at 0.5).
 Results go to `<out>.json` as they come (a killed run resumes); the table is printed as markdown.
 
-    python bench/head_variants.py                 # every variant
-    python bench/head_variants.py --only mlp ce   # some
+    python -m experiments.head_variants                 # every variant
+    python -m experiments.head_variants --only mlp ce   # some
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablate import SEEDS, Context, spread, validator_score
-
+from experiments.ablate import SEEDS, Context, spread, validator_score
 from roadwork.config import load_params
 from roadwork.ensemble.calibrate import fit_calibration
 from roadwork.metrics import binary_metrics, sigmoid
@@ -90,18 +87,9 @@ def run(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> dict[s
 def train_one(ctx: Context, overrides: dict[str, Any], name: str, seed: int) -> tuple[Trained, Any]:
     """One member trained without metadata, and its config."""
     config = member_config(ctx.params["train"], {**overrides, "seed": seed, "metadata": False}, name)
-    gps = ctx.params["gps"]
     torch.manual_seed(seed)
-    trained = train_member(
-        ctx.index,
-        config=config,
-        cache=ctx.cache,
-        text_path=Path(ctx.paths.text),
-        gps=ctx.gps,
-        near_km=gps["near_km"],
-        first_bracket_km=gps["brackets_km"][0],
-        masks=ctx.masks if config.model == "head" and config.masks else None,
-    )
+    masks = ctx.inputs.masks if config.model == "head" and config.masks else None
+    trained = train_member(ctx.index, config=config, inputs=dataclasses.replace(ctx.inputs, masks=masks))
     return trained, config
 
 
@@ -125,7 +113,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants (default: all)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/head_variants.json"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/head_variants.json"))
     args = parser.parse_args()
     names = args.only or list(VARIANTS)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
