@@ -38,6 +38,7 @@ import torch
 from roadwork.config import load_params, load_paths, section, subset, to_dict
 from roadwork.data.index import read_index
 from roadwork.ensemble.calibrate import fit_calibration
+from roadwork.ensemble.challenge import read_val_challenges
 from roadwork.features.cache import CacheKey
 from roadwork.masks.cache import MaskCache, expected_attrs, source_manifest, truth_path
 from roadwork.masks.config import MasksConfig
@@ -49,7 +50,7 @@ from roadwork.train.crossfit import Trained, train_member
 from roadwork.train.data import metadata_arrays, null_metadata, open_inputs
 from roadwork.train.dora import FinetuneConfig, cross_fit
 from roadwork.train.loop import predict_with_model
-from roadwork.views.challenges import TABLE_FILE, VAL_FEATURES
+from roadwork.views.challenges import read_table
 from roadwork.views.plan import boxes_by_image, read_plan
 
 SEEDS = (42, 7, 123)
@@ -137,25 +138,24 @@ def tokens_key(fingerprint: str, views: Any, key: CacheKey) -> str:
 def challenge_tokens(params: dict[str, Any], paths: Any) -> dict[str, Any]:
     """The challenges' rows and tokens: validation (embedded by the challenge stage) and the test
     challenges' real half (embedded here once, exactly as `roadwork predict` embeds an image)."""
-    from roadwork.features.backbone import load_backbone
+    from roadwork.features.backbone import BackboneDtype, load_backbone
     from roadwork.features.extract import embed_files
     from roadwork.features.manifest import read_manifest
     from roadwork.views.plan import ViewsConfig
 
     challenge_dir = Path(paths.challenge)
-    table = pl.read_parquet(challenge_dir / TABLE_FILE)
-    test = table.filter((pl.col("part") == "test") & (pl.col("domain") == "real"))
+    test = read_table(challenge_dir, "test").filter(pl.col("domain") == "real")
     views, key = section(ViewsConfig, params, "views"), subset(CacheKey, params, "extract")
     fingerprint = read_manifest(Path(paths.backbone), "backbone")["fingerprint"]
     cached = Path(f"experiments/results/ablation-test-challenges-{tokens_key(fingerprint, views, key)}.npy")
     if not cached.is_file():
-        model = load_backbone(Path(paths.backbone), params["backbone"]["dtype"], "cpu")
+        model = load_backbone(Path(paths.backbone), subset(BackboneDtype, params, "backbone").dtype, "cpu")
         cached.parent.mkdir(parents=True, exist_ok=True)
         np.save(
             cached, embed_files(model, [challenge_dir / f for f in test["file"]], views=views, config=key)
         )
     return {
-        "val": (table.filter(pl.col("part") == "val"), np.load(challenge_dir / VAL_FEATURES)),
+        "val": read_val_challenges(challenge_dir, Path(paths.challenge_tokens)),
         "test": (test, np.load(cached)),
     }
 
@@ -174,13 +174,24 @@ def challenge_logits(trained: Trained, config: Any, tokens: np.ndarray, part: st
 
 
 def validator_score(trained: Trained, config: Any, challenges: dict[str, Any]) -> float:
-    """MCC (floored) on the test challenges' real half, after the calibration fitted on validation."""
+    """MCC (floored) on the test challenges' real half, averaged over the protocols, after the
+    calibration fitted on the validation challenges of every protocol."""
     val_rows, val_tokens = challenges["val"]
     test_rows, test_tokens = challenges["test"]
     val_logit = challenge_logits(trained, config, val_tokens, "val")
     calibration = fit_calibration(val_logit, val_rows["label"].to_numpy())
     prob = calibration.probability(challenge_logits(trained, config, test_tokens, "test"))
-    return validator_metrics(test_rows["label"].to_numpy(), prob, n=1)["mcc"]
+    protocols = test_rows["protocol"].to_numpy()
+    return float(
+        np.mean(
+            [
+                validator_metrics(test_rows["label"].to_numpy()[protocols == p], prob[protocols == p], n=1)[
+                    "mcc"
+                ]
+                for p in np.unique(protocols)
+            ]
+        )
+    )
 
 
 def scores(model: torch.nn.Module, table: Any, config: Any) -> dict[str, float]:

@@ -26,7 +26,7 @@ from roadwork.masks.cache import truth_path
 from roadwork.masks.truth import read_truth
 from roadwork.metrics import binary_metrics
 from roadwork.synth.scene import ROADWORK_KINDS
-from roadwork.views.challenges import TABLE_FILE
+from roadwork.views.challenges import read_table
 from roadwork.views.protocols import LEVELS, challenge_pair, challenge_rng
 
 
@@ -45,11 +45,12 @@ def left_pixels(table: pl.DataFrame, index: pl.DataFrame, truth: dict, seed: int
     """Roadwork pixels left in each challenge of `table` (224 x 224), in its order."""
     where = {r[0]: r[1:] for r in index.select("image_id", "shard", "row", "width", "height").iter_rows()}
     out = []
-    for file, image_id, level in table.select("file", "image_id", "level").iter_rows():
+    for file, image_id, protocol, level in table.select("file", "image_id", "protocol", "level").iter_rows():
         shard, row, width, height = where[image_id]
         labels = roadwork_map(truth.get((shard, row), []), width, height)
         blank = Image.new("RGB", (width, height))  # the geometry's draws do not depend on the pixels
-        _, left = challenge_pair(blank, labels, int(level), challenge_rng(seed, f"transform/{file}"))
+        rng = challenge_rng(seed, f"transform/{file}")
+        _, left = challenge_pair(blank, labels, level or 0, rng, protocol)
         out.append(int(left.sum()))
     return np.asarray(out)
 
@@ -57,13 +58,16 @@ def left_pixels(table: pl.DataFrame, index: pl.DataFrame, truth: dict, seed: int
 def main() -> None:
     params = load_params()
     paths = load_paths(params)
-    table = pl.read_parquet(Path(paths.challenge) / TABLE_FILE)
-    table = table.filter((pl.col("part") == "test") & (pl.col("domain") == "real"))
+    table = read_table(Path(paths.challenge), "test").filter(pl.col("domain") == "real")
     truth = read_truth(truth_path(Path(paths.raw)))
     left = left_pixels(table, read_index(Path(paths.prepared)), truth, params["challenge"]["seed"])
-    label, level = table["label"].to_numpy(), table["level"].to_numpy()
+    label, level, protocol = (table[c].to_numpy() for c in ("label", "level", "protocol"))
     out = {}
-    for name, rows in [("all", slice(None)), *((f"level {lv}", level == lv) for lv in LEVELS)]:
+    cells = [(f"{p}", protocol == p) for p in np.unique(protocol)]
+    cells += [
+        (f"{p} level {lv}", (protocol == p) & (level == lv)) for p in np.unique(protocol) for lv in LEVELS
+    ]
+    for name, rows in [(name, rows) for name, rows in cells if rows.any()]:
         y, seen = label[rows], left[rows] > 0
         out[name] = {
             "n": len(y),

@@ -47,9 +47,9 @@ from roadwork.models.peer import LABELS, classifier_from_backbone
 from roadwork.scoring import answer_challenges, latency, score_answers
 from roadwork.serve.predictor import Predictor
 from roadwork.train.data import train_val_rows
-from roadwork.views.challenges import TABLE_FILE
+from roadwork.views.challenges import read_table
 from roadwork.views.plan import ViewsConfig, n_views
-from roadwork.views.protocols import SIZE, challenge_jpeg, challenge_rng
+from roadwork.views.protocols import LEVELS, SIZE, challenge_rng, draw_protocol, protocol_jpeg
 
 ROADWORK = LABELS[1]
 
@@ -67,6 +67,8 @@ class PeerConfig:
     seed: int = 0  # head init, batch order, every augmentation draw
     threads: int = 2  # torch threads
     steps: int | None = None  # stop every epoch after this many steps (a smoke run)
+    protocols: tuple[tuple[str, float], ...] = (("crop", 1.0), ("letterbox", 1.0))  # training copies'
+    # protocol shares (`extract.challenge_protocols`: the same inputs as the pipeline's copies)
 
 
 def image_bytes(rows: pl.DataFrame, raw_root: Path) -> list[bytes]:
@@ -81,13 +83,17 @@ def pixels(processor: DINOv3ViTImageProcessor, jpegs: list[bytes]) -> torch.Tens
     return processor(images=images, return_tensors="pt")["pixel_values"]
 
 
-def epoch_copies(rows: pl.DataFrame, data: list[bytes], epoch: int, seed: int) -> list[bytes]:
-    """One validator-style copy of every row's image (its own level and draws per epoch)."""
-    keys = rows.select("image_id", "width", "height").iter_rows()
-    return [
-        challenge_jpeg(d, (w, h), challenge_rng(seed, f"peer/{epoch}/{image_id}"))
-        for d, (image_id, w, h) in zip(data, keys, strict=True)
-    ]
+def epoch_copies(
+    rows: pl.DataFrame, data: list[bytes], epoch: int, seed: int, shares: dict[str, float]
+) -> list[bytes]:
+    """One validator-style copy of every row's image (its own protocol, drawn by `shares` as the
+    pipeline's training copies are, its own level and draws, per epoch)."""
+    out = []
+    for d, (image_id, w, h) in zip(data, rows.select("image_id", "width", "height").iter_rows(), strict=True):
+        rng = challenge_rng(seed, f"peer/{epoch}/{image_id}")
+        protocol, level = draw_protocol(rng, shares), int(rng.integers(0, len(LEVELS)))
+        out.append(protocol_jpeg(d, (w, h), protocol=protocol, level=level, rng=rng))
+    return out
 
 
 @torch.inference_mode()
@@ -122,7 +128,8 @@ def fine_tune(
     log: dict[str, Any] = {"epochs": [], "train_images": 0, "val_images": 0}
     best, best_state, started = -1.0, None, time.perf_counter()
     for epoch in range(config.epochs):
-        copies, order = epoch_copies(rows, data, epoch, config.seed), rng.permutation(len(rows))
+        copies = epoch_copies(rows, data, epoch, config.seed, dict(config.protocols))
+        order = rng.permutation(len(rows))
         model.train()
         batches = [order[i : i + config.batch] for i in range(0, len(order), config.batch)]
         for batch in batches[: config.steps]:
@@ -198,13 +205,16 @@ def scored(answers: pl.DataFrame, bootstrap: int) -> dict[str, Any]:
 def compare(params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune the peers' recipe, then score it, the served model and their average side by side."""
     paths = load_paths(params)
-    config = PeerConfig(epochs=args.epochs, steps=args.steps, threads=args.threads, lr=args.lr)
+    shares = tuple(params["extract"]["challenge_protocols"].items())
+    config = PeerConfig(
+        epochs=args.epochs, steps=args.steps, threads=args.threads, lr=args.lr, protocols=shares
+    )
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     index = read_index(Path(paths.prepared))
     train, _ = train_val_rows(index, params["train"]["val_fraction"], params["train"]["split_seed"])
     challenge_dir = Path(paths.challenge)
-    val = pl.read_parquet(challenge_dir / TABLE_FILE).filter(pl.col("part") == "val")
+    val = read_table(challenge_dir, "val")
     extract = section(ExtractConfig, params, "extract")
     processor = DINOv3ViTImageProcessor(
         size={"height": SIZE, "width": SIZE}, image_mean=list(extract.mean), image_std=list(extract.std)
@@ -263,25 +273,26 @@ def interval(scores: dict[str, Any], name: str) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The comparison as markdown."""
+    """The comparison as markdown: one row per side and protocol."""
     lines = [
-        "| | validator MCC | validator reward | MCC real / generated | NATIX test MCC (plain files) "
-        "| NATIX test MCC (metadata) | backbone passes (side) | training wall | latency p50 / p99 |",
+        "| | protocol | validator MCC | MCC real / generated | reward | NATIX test MCC (plain files) "
+        "| backbone passes (side) | training wall | latency p50 / p99 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     names = {"ours": "this pipeline (served)", "peers": "peers' recipe", "average": "average of both"}
     for side, name in names.items():
-        r, c = results[side], results[side]["challenges"]
-        domains = " / ".join(f"{c['domains'][d]['mcc']:.3f}" for d in c["domains"])
-        meta = f"{r['natix_metadata']['mcc']:.3f}" if "natix_metadata" in r else "-"
+        r = results[side]
         cost = r.get("cost")
         passes = f"{cost['passes']:,} ({cost['side']} px)" if cost else "both"
         wall = f"{cost['seconds']:.0f} s" if cost else "both"
-        lines.append(
-            f"| {name} | {interval(c['all'], 'mcc')} | {interval(c['all'], 'reward')} | {domains} "
-            f"| {r['natix_plain']['mcc']:.3f} (AUC {r['natix_plain']['roc_auc']:.3f}) | {meta} | {passes} "
-            f"| {wall} | {c['latency']['p50_ms']:.0f} / {c['latency']['p99_ms']:.0f} ms |"
-        )
+        for protocol, c in r["challenges"]["protocols"].items():
+            domains = " / ".join(f"{c['domains'][d]['mcc']:.3f}" for d in c["domains"])
+            ms = r["challenges"]["latency"]["protocols"][protocol]
+            lines.append(
+                f"| {name} | {protocol} | {interval(c['all'], 'mcc')} | {domains} | {c['all']['reward']:.3f} "
+                f"| {r['natix_plain']['mcc']:.3f} (AUC {r['natix_plain']['roc_auc']:.3f}) | {passes} "
+                f"| {wall} | {ms['p50_ms']:.0f} / {ms['p99_ms']:.0f} ms |"
+            )
     m = results["machine"]
     lines.append(f"\n{m['date']}, {m['cpu']}, {m['threads']} threads, torch {m['torch']}.")
     return "\n".join(lines) + "\n"

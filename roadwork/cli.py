@@ -22,7 +22,7 @@ def _scores_line(name: str, scores: dict) -> str:
     auc = "" if scores.get("roc_auc") is None else f", ROC-AUC {scores['roc_auc']:.3f}"
     reward = f", reward {scores['reward']:.3f}" if "reward" in scores else ""
     mcc = f"MCC {scores['mcc']:.3f} (95% CI {lo:.3f}-{hi:.3f})"
-    return f"{name:>28} {mcc}, accuracy {scores['accuracy']:.3f}{auc}{reward}"
+    return f"{name:>34} {mcc}, accuracy {scores['accuracy']:.3f}{auc}{reward}"
 
 
 def summary(args: argparse.Namespace) -> int:
@@ -34,14 +34,19 @@ def summary(args: argparse.Namespace) -> int:
         return 1
     scores = json.loads(scores_path.read_text())
     validator = Path(paths.validation) / "details.json"
-    if validator.is_file():  # what a StreetVision validator would pay for
+    if validator.is_file():  # what a StreetVision validator would pay for, per protocol
         details = json.loads(validator.read_text())
-        for domain, block in details["domains"].items():
-            print(_scores_line(f"validator challenges, {domain}", block))
+        for protocol, block in details["protocols"].items():
+            for domain, domain_scores in block["domains"].items():
+                print(_scores_line(f"validator {protocol}, {domain}", domain_scores))
     print(_scores_line("NATIX test (with metadata)", scores["served"]["test"]))
-    print(_scores_line("NATIX test, image only", scores["image_only"]["test"]))
-    print(f"served: {', '.join(scores['served']['members'])} (chosen for the {scores['target']} target)")
-    print(f"        {', '.join(scores['image_only']['served'])} to full-size images without metadata")
+    print(_scores_line("NATIX test as plain files", scores["image_only"]["test"]))
+    print(
+        f"served: {', '.join(scores['served']['members'])} to rows with metadata ({scores['target']} target)"
+    )
+    for name, route in scores["routes"].items():
+        size = f"longer side <= {route['max_side']} px" if route["max_side"] else "any other size"
+        print(f"        {', '.join(route['served'])} to images without metadata, {size} ({name})")
     print("outputs:")
     for label, path in (
         ("submission", Path(paths.submission) / "submission.csv"),
@@ -213,14 +218,15 @@ def card(args: argparse.Namespace) -> int:
 def served_description(submission: Path, metrics: Path) -> str:
     """What is served, in one sentence, with the validator-mode score when it has been measured."""
     choice = json.loads((submission / "ensemble.json").read_text())
-    text = (
-        f"roadwork: frozen DINOv3 features of 12 views per image, {len(choice['members'])} head(s) "
-        f"({', '.join(choice['members'])}) chosen for the {choice.get('target', 'natix')} target"
-    )
+    routes = "; ".join(f"{r['name']}: {', '.join(r['members'])}" for r in choice["routes"])
+    text = f"roadwork: frozen DINOv3 features of 12 views per image, heads by input size ({routes})"
     validator = metrics / "validator.json"
     if validator.is_file():
         scores = json.loads(validator.read_text())
-        text += f"; validator-style challenges: MCC {scores['v_mcc']:.3f}, reward {scores['v_reward']:.3f}"
+        text += (
+            f"; validator-style challenges of every protocol: MCC {scores['v_mcc']:.3f} on average, "
+            f"{scores['v_worst']:.3f} at worst"
+        )
     return text
 
 

@@ -115,17 +115,10 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "submit.bootstrap",
         "extract",
     ),
-    "challenge": (
-        "challenge",
-        "ingest",
-        "train.val_fraction",
-        "train.split_seed",
-        "views",
-        "backbone.dtype",
-        *_CACHE_KEYS,
-    ),
-    "submit": ("ensemble", "submit"),
-    "validate": ("extract", "views", "backbone", "submit.bootstrap"),
+    "challenge": ("challenge", "ingest", "train.val_fraction", "train.split_seed", "validate.protocols"),
+    "challenge_tokens": ("views", "backbone.dtype", *_CACHE_KEYS),
+    "submit": ("ensemble", "submit", "views.small_side"),
+    "validate": ("extract", "views", "backbone", "submit.threshold", "submit.bootstrap"),
     "report": ("report", "submit.threshold", *_CACHE_KEYS),
 }
 
@@ -281,7 +274,8 @@ class Paths:
     synthetic_generated: (
         str  # where `synth` writes the synthetic world's second style (a NATIX-schema dataset)
     )
-    challenge: str  # validator-style challenges: <part>/<domain>/*.jpg, challenges.parquet, val_features.npy
+    challenge: str  # validator-style challenges: <part>/<protocol>/<domain>/*.jpg, challenges.parquet
+    challenge_tokens: str  # the validation challenges' pooled backbone tokens (val.npy)
     validation: str  # the served model on the test challenges: details.json, answers.parquet, levels.json
 
 

@@ -68,8 +68,9 @@ def _mcc_counts(tp: Any, fp: Any, fn: Any, tn: Any) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def mcc(y_true: Any, y_pred: Any) -> float:
-    """Matthews correlation coefficient of 0/1 predictions.
+def mcc(y_true: Any, y_pred: Any, weight: Any = None) -> float:
+    """Matthews correlation coefficient of 0/1 predictions; `weight`: per-row weights of the confusion
+    counts (None: 1 each).
 
     Undefined when a row or column of the confusion matrix is empty (one class predicted, or one
     class present): returns 0.0 then, like scikit-learn: such a classifier carries no information.
@@ -77,8 +78,9 @@ def mcc(y_true: Any, y_pred: Any) -> float:
     y, yp = _labels(y_true), _labels(y_pred, "y_pred")
     if y.shape != yp.shape:
         raise ValueError(f"y_pred: shape {yp.shape} differs from y_true {y.shape}")
-    tp, fp = np.sum((y == 1) & (yp == 1)), np.sum((y == 0) & (yp == 1))
-    fn, tn = np.sum((y == 1) & (yp == 0)), np.sum((y == 0) & (yp == 0))
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=float)
+    tp, fp = np.sum(w * ((y == 1) & (yp == 1))), np.sum(w * ((y == 0) & (yp == 1)))
+    fn, tn = np.sum(w * ((y == 1) & (yp == 0))), np.sum(w * ((y == 0) & (yp == 0)))
     return float(_mcc_counts(tp, fp, fn, tn))
 
 

@@ -97,7 +97,6 @@ def test_jpeg_bench_runs_on_cpu(tmp_path: Path) -> None:
 
 def test_campaign_full_settings_are_a_valid_configuration(tmp_path: Path) -> None:
     from bench.campaign import NATIX, TTA_16, campaign_params, parse_args
-
     from roadwork.config import stage_shares
     from roadwork.features.backbone import BackboneConfig
     from roadwork.features.cache import ExtractConfig
@@ -238,6 +237,7 @@ def test_campaign_runs_tiny_on_cpu(tmp_path: Path) -> None:
 
 def test_the_ceiling_counts_the_roadwork_a_challenge_keeps():
     import polars as pl
+
     from experiments.ceiling import left_pixels, roadwork_map
 
     square = [[[100, 100], [140, 100], [140, 140], [100, 140]]]  # 40 x 40 px, well inside the centre
@@ -253,11 +253,17 @@ def test_the_ceiling_counts_the_roadwork_a_challenge_keeps():
         {"image_id": ["a", "b"], "shard": ["s", "s"], "row": [0, 1], "width": [480] * 2, "height": [270] * 2}
     )
     table = pl.DataFrame(
-        {"file": ["test/real/a.jpg", "test/real/b.jpg"], "image_id": ["a", "b"], "level": [0, 0]}
+        {
+            "file": ["test/crop/real/a.jpg", "test/crop/real/b.jpg", "test/letterbox/real/a.jpg"],
+            "image_id": ["a", "b", "a"],
+            "protocol": ["crop", "crop", "letterbox"],
+            "level": [0, 0, 0],
+        }
     )
     left = left_pixels(table, index, {("s", 0): objects}, seed=0)  # "b" has no drawn objects
-    scale = 224 / 270  # level 0: the centre square of the short side, resized to 224
+    scale = 224 / 270  # crop level 0: the centre square of the short side, resized to 224
     assert left[0] == pytest.approx(40 * 40 * scale**2, rel=0.15) and left[1] == 0
+    assert left[2] == pytest.approx(40 * 40 * (224 / 480) ** 2, rel=0.2)  # letterbox: the whole frame
 
 
 def test_ablation_challenge_tokens_are_keyed_by_backbone_views_and_side():
@@ -279,7 +285,6 @@ def test_ablation_challenge_tokens_are_keyed_by_backbone_views_and_side():
 
 def test_head_variants_are_valid_member_configs():
     from experiments.head_variants import VARIANTS
-
     from roadwork.train.config import member_config
 
     train = load_params()["train"]
@@ -294,6 +299,7 @@ def test_head_variants_are_valid_member_configs():
 
 def test_seed_mean_answers_the_mean_of_its_models_log_odds():
     import torch
+
     from experiments.head_variants import VARIANTS, SeedMean
 
     class Fixed(torch.nn.Module):

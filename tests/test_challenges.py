@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 from roadwork.ensemble.calibrate import IDENTITY, best_cut, fit_calibration
+from roadwork.features.cache import ExtractConfig
+from roadwork.features.extract import challenge_copy
 from roadwork.train.data import Table
 from roadwork.views.challenges import (
     COLUMNS,
@@ -23,7 +25,7 @@ from roadwork.views.challenges import (
     generated_source,
 )
 from roadwork.views.plan import ViewsConfig
-from roadwork.views.protocols import challenge_rng, challenge_views
+from roadwork.views.protocols import PROTOCOLS
 from tests.natix_fixture import jpeg_bytes
 
 CONFIG = ChallengeConfig(seed=3, max_per_domain=None)
@@ -59,17 +61,25 @@ def source(labels: list[int]) -> Source:
     )
 
 
-def test_build_writes_224_jpegs_balanced_with_a_level_each(tmp_path):
-    table = build_challenges({"real": source([1, 0] * 20)}, tmp_path, CONFIG)
+def test_build_writes_every_protocol_on_the_same_balanced_images(tmp_path):
+    def build(out):
+        return build_challenges({"real": source([1, 0] * 20)}, out, protocols=PROTOCOLS, config=CONFIG)
+
+    table = build(tmp_path)
     assert table.columns == list(COLUMNS) and pl.read_parquet(tmp_path / TABLE_FILE).equals(table)
-    for part, frame in table.group_by("part"):
-        assert frame["label"].sum() * 2 == len(frame), part
-    assert set(table["level"].to_list()) <= {0, 1, 2, 3} and table["level"].n_unique() > 1
-    for file in table["file"]:
+    for (part, protocol), frame in table.group_by("part", "protocol"):
+        assert frame["label"].sum() * 2 == len(frame), (part, protocol)
+        assert frame["file"].str.starts_with(f"{part}/{protocol}/real/").all()
+    by_protocol = {p: f.sort("image_id")["image_id"].to_list() for (p,), f in table.group_by("protocol")}
+    assert by_protocol["crop"] == by_protocol["letterbox"] == by_protocol["native"]  # paired images
+    levels = {p: f["level"] for (p,), f in table.group_by("protocol")}
+    assert levels["native"].null_count() == len(levels["native"])  # no augmentation, no level
+    for protocol in ("crop", "letterbox"):
+        assert set(levels[protocol].to_list()) <= {0, 1, 2, 3} and levels[protocol].n_unique() > 1
+    for protocol, file in table.select("protocol", "file").iter_rows():
         image = Image.open(tmp_path / file)
-        assert image.format == "JPEG" and image.size == (224, 224)
-    again = build_challenges({"real": source([1, 0] * 20)}, tmp_path / "again", CONFIG)
-    assert again.equals(table)
+        assert image.format == "JPEG" and image.size == ((160, 90) if protocol == "native" else (224, 224))
+    assert build(tmp_path / "again").equals(table)
     assert all((tmp_path / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in table["file"])
 
 
@@ -106,14 +116,30 @@ def test_calibration_puts_the_best_cut_at_one_half():
         fit_calibration(logit, np.ones_like(label))
 
 
-def test_challenge_copy_is_a_224_jpeg_cut_by_the_small_rule_and_seeded():
-    data = jpeg_bytes(480, 270, (90, 120, 150))
+def extract_config(**protocols: float) -> ExtractConfig:
+    return ExtractConfig(
+        side=32, mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, aug_copies=0, batch_images=1, chunk_rows=1,
+        shard_rows=1, workers=0, device="cpu", splits=("train",), compile=False, challenge_copies=1,
+        challenge_protocols=protocols,
+    )  # fmt: skip
+
+
+def test_challenge_copy_is_a_protocol_jpeg_cut_as_served_and_seeded():
+    pixels = np.random.default_rng(0).integers(0, 256, (270, 480, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
     views = ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="global")
-    first = challenge_views(data, (480, 270), rng=challenge_rng(0, "a/2"), views=views, side=32)
-    again = challenge_views(data, (480, 270), rng=challenge_rng(0, "a/2"), views=views, side=32)
+    config = extract_config(crop=1.0)
+    first = challenge_copy(data, (480, 270), key="a/2", config=config, views=views)
+    again = challenge_copy(data, (480, 270), key="a/2", config=config, views=views)
     assert first.shape == (12, 32, 32, 3) and first.dtype == np.uint8
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(first[0], first[5])  # the small rule "global": every view the same
+    native = challenge_copy(data, (480, 270), key="a/2", config=extract_config(native=1.0), views=views)
+    assert not np.array_equal(native[1], native[5])  # full size: tiles, not the small rule
+    with pytest.raises(ValueError, match="crop"):
+        extract_config(square=1.0)
 
 
 def test_a_batch_takes_challenge_copies_whole_with_null_metadata():

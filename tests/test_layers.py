@@ -3,7 +3,7 @@
     4  report/, serve/, scoring.py, cli.py  what a person reads or runs
     3  tta/, ensemble/                      refining and combining trained members
     2  train/, pretrain/                    training heads on cached features; the tiny backbone
-    1  views/, features/, masks/            cutting views, running models, the caches
+    1  views/, features/, masks/, generate/ cutting views, running models, the caches, generated data
     0  config, data/, models/, metrics, predictions, synth/, device, distributed, progress
 
 `models/` takes tensors, never paths, and `data/` (what a real run reads) never imports the synthetic
@@ -30,6 +30,7 @@ FLOORS = {
     "views": 1,
     "features": 1,
     "masks": 1,
+    "generate": 1,
     **dict.fromkeys(("config", "data", "models", "metrics", "predictions", "synth", "device"), 0),
     **dict.fromkeys(("distributed", "progress", "__init__"), 0),
 }

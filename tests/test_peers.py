@@ -101,24 +101,20 @@ def test_one_step_then_the_pipeline_answers_as_the_model(tmp_path: Path) -> None
     assert scores["Roadwork"] == pytest.approx(expected, abs=1e-5)
 
 
-def test_table_names_every_side_with_intervals() -> None:
+def test_table_names_every_side_and_protocol_with_intervals() -> None:
     scores = {"mcc": 0.5, "mcc_lo": 0.4, "mcc_hi": 0.6, "reward": 0.3, "reward_lo": 0.2, "reward_hi": 0.4}
-    challenges = {
-        "all": scores, "domains": {"real": {"mcc": 0.6}, "generated": {"mcc": 0.4}},
-        "latency": {"p50_ms": 12.0, "p99_ms": 30.0},
-    }  # fmt: skip
+    block = {"all": scores, "domains": {"real": {"mcc": 0.6}, "generated": {"mcc": 0.4}}}
+    latency = {"crop": {"p50_ms": 12.0, "p99_ms": 30.0}, "native": {"p50_ms": 40.0, "p99_ms": 90.0}}
+    challenges = {"protocols": {"crop": block, "native": block}, "latency": {"protocols": latency}}
     side = {"challenges": challenges, "natix_plain": {"mcc": 0.55, "roc_auc": 0.8}}
     results = {
-        "ours": side
-        | {"natix_metadata": {"mcc": 0.7}, "cost": {"passes": 12000, "side": 112, "seconds": 60.0}},
+        "ours": side | {"cost": {"passes": 12000, "side": 112, "seconds": 60.0}},
         "peers": side | {"cost": {"passes": 9000, "side": 224, "seconds": 300.0}},
         "average": side,
         "machine": {"date": "2026-11-30", "cpu": "x86_64", "threads": 2, "torch": "2"},
     }
     text = table(results)
-    assert sum(line.startswith("| ") for line in text.splitlines()) == 4  # the header, three sides
-    assert (
-        "| this pipeline (served) | 0.500 [0.40, 0.60] | 0.300 [0.20, 0.40] | 0.600 / 0.400 | 0.550" in text
-    )
-    assert "| 0.700 | 12,000 (112 px) | 60 s | 12 / 30 ms |" in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 7  # the header, 3 sides x 2 protocols
+    assert "| this pipeline (served) | crop | 0.500 [0.40, 0.60] | 0.600 / 0.400 | 0.300 | 0.550" in text
+    assert "| 12,000 (112 px) | 60 s | 12 / 30 ms |" in text and "| native |" in text and "40 / 90 ms" in text
     assert "| peers' recipe |" in text and "| average of both |" in text

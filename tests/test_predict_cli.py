@@ -38,11 +38,14 @@ class StandInPredictor(Predictor):
     def __init__(self) -> None:  # no super().__init__: it loads the trained pipeline
         self.threshold = 0.5
         self.target = Route("validator", ("stand-in",), IDENTITY)
-        self.image_only = Route("image_only", ("stand-in",), Calibration(threshold=1.0, slope=2.0))
+        self.routes = [
+            Route("small", ("stand-in",), IDENTITY, max_side=64),
+            Route("large", ("stand-in",), Calibration(threshold=1.0, slope=2.0)),
+        ]
         self.views = ViewsConfig(grid=3, overlap=0.25, small_side=64)
         self.extract = SimpleNamespace(side=16)
         self.batches: list[int] = []  # images per forward pass
-        self.routes: list[str] = []  # who answered each forward pass
+        self.answered: list[str] = []  # who answered each forward pass
 
     def embed(self, views: np.ndarray) -> np.ndarray:
         return views.mean(axis=(1, 2), dtype=np.float32)[:, None, :]  # [V, 1, 3]
@@ -50,7 +53,7 @@ class StandInPredictor(Predictor):
     def logits(self, features: np.ndarray, meta_rows: pl.DataFrame, route: Route) -> np.ndarray:
         assert len(meta_rows) == len(features)
         self.batches.append(len(features))
-        self.routes.append(route.name)
+        self.answered.append(route.name)
         return features.mean(axis=(1, 2, 3)) / 64.0 - 2.0
 
 
@@ -110,23 +113,21 @@ def test_results_follow_the_inputs_with_failures_in_place(run, tmp_path: Path) -
     assert max(predictor.batches) <= 2 and sum(predictor.batches) == 6  # batched, each image once
 
 
-def test_small_images_go_to_the_target_s_choice_full_size_ones_to_the_image_only_one(
-    run, tmp_path: Path
-) -> None:
+def test_rows_with_metadata_go_to_the_target_images_by_size_to_their_route(run, tmp_path: Path) -> None:
     small, wide = image(tmp_path / "a_small.jpg", 64, 48), image(tmp_path / "b_wide.jpg", 96, 54)
     tall = image(tmp_path / "c_tall.png", 48, 65, fmt="PNG")  # the longer side decides, whatever it is
     rows = [make_row(0, image=jpeg_bytes(96, 72))]  # a row with metadata: the target's, whatever its size
     shard = write_shard(tmp_path / "natix.parquet", rows)
     status, records, _, predictor = run(str(small), str(wide), str(tall), str(shard))
     assert status == 0
-    assert [r["model"] for r in records] == ["validator", "image_only", "image_only", "validator"]
+    assert [r["model"] for r in records] == ["small", "large", "large", "validator"]
     # the same colour, so the same stand-in logit (mean grey 120 / 64 - 2), served through each
-    # route's own calibration: the identity for the target's, sigmoid(2 (logit - 1)) for image-only
+    # route's own calibration: the identity for the small images', sigmoid(2 (logit - 1)) for the large
     p_small, p_wide = records[0]["probability"], records[1]["probability"]
     logit = float(np.log(p_small / (1 - p_small)))
     assert logit == pytest.approx(120 / 64 - 2.0, abs=0.05)
     assert p_wide == pytest.approx(1 / (1 + np.exp(-2.0 * (logit - 1.0))), abs=1e-3)
-    assert sorted(predictor.routes) == ["image_only", "validator", "validator"]  # one pass per route
+    assert sorted(predictor.answered) == ["large", "small", "validator"]  # one pass per route
 
 
 def test_a_parquet_file_answers_every_row_in_row_order(run, tmp_path: Path) -> None:

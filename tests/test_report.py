@@ -186,6 +186,7 @@ def build_world(root: Path) -> Path:
         "generated": "generated",
         "synthetic_generated": "generated",
         "challenge": "challenge",
+        "challenge_tokens": "challenge_tokens",
         "validation": "validation",
         "sam": "sam",
         "masks": "masks.zarr",  # absent: the page says so

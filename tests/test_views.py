@@ -16,7 +16,7 @@ from PIL import Image
 
 from roadwork.config import load_params, write_params
 from roadwork.data.schema import INDEX_SCHEMA
-from roadwork.views.crops import cut_views, load_views, required_scale
+from roadwork.views.crops import content_box, cut_views, load_views, required_scale
 from roadwork.views.plan import (
     ViewsConfig,
     boxes_by_image,
@@ -181,7 +181,7 @@ def test_stage_writes_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     plan, meta = read_plan(tmp_path / "data" / "views")
     assert meta["images"] == 3 and len(plan) == 36
     saved = json.loads((tmp_path / "data/views/config.json").read_text())
-    assert saved == {"grid": 3, "overlap": 0.25, "small_side": 256, "small_rule": "half"}
+    assert saved == {"grid": 3, "overlap": 0.25, "small_side": 256, "small_rule": "half", "trim_bands": True}
 
 
 # --- cutting views -------------------------------------------------------------------------------
@@ -292,3 +292,47 @@ def test_small_images_follow_the_small_rule():
     assert rule_fingerprint(half) not in (rule_fingerprint(small), rule_fingerprint(tiles))
     with pytest.raises(ValueError, match="small_rule='crop'"):
         ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="crop")
+
+
+def _as_jpeg(image: Image.Image, quality: int = 75) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_content_box_finds_letterbox_bands_and_only_those():
+    from roadwork.views.protocols import challenge, letterbox_geometry
+
+    rng = np.random.default_rng(0)
+    scene = Image.fromarray(rng.integers(40, 220, (270, 480, 3), dtype=np.uint8))
+    boxed = np.asarray(Image.open(io.BytesIO(_as_jpeg(challenge(scene, 0, rng, "letterbox")))))
+    _, new_h, _, top = letterbox_geometry(480, 270)
+    x0, y0, x1, y1 = content_box(boxed)
+    assert (x0, x1) == (0, 224) and abs(y0 - top) <= 1 and abs(y1 - (top + new_h)) <= 1  # JPEG ringing
+    turned = np.asarray(challenge(scene, 1, np.random.default_rng(1), "letterbox"))
+    x0, y0, x1, y1 = content_box(turned)
+    assert 0 < y0 < top and top + new_h < y1 < 224  # a rotated frame reaches into the bands
+    night = np.asarray(scene).copy()
+    night[:60] = 0  # a black sky on top, a lit road below: not a letterbox
+    assert content_box(night) == (0, 0, 480, 270)
+    tall = np.zeros((224, 224, 3), np.uint8)
+    tall[:, 28:196] = 120  # a portrait frame: bands left and right
+    assert content_box(tall) == (28, 0, 196, 224)
+
+
+def test_served_views_of_a_letterbox_cut_inside_its_bands_only_when_asked():
+    from roadwork.views.crops import served_views
+    from roadwork.views.protocols import challenge
+
+    scene = Image.fromarray(np.random.default_rng(2).integers(40, 220, (270, 480, 3), dtype=np.uint8))
+    data = _as_jpeg(challenge(scene, 0, np.random.default_rng(0), "letterbox"))
+    config = ViewsConfig(grid=3, overlap=0.25, small_side=256, small_rule="half", trim_bands=True)
+    trimmed = served_views(data, views=config, side=32)
+    plain = served_views(data, views=dataclasses.replace(config, trim_bands=False), side=32)
+    assert trimmed.shape == plain.shape == (12, 32, 32, 3)
+    assert plain[0].min(axis=2)[:4].max() < 30 and trimmed[0].min(axis=2)[:4].max() > 30  # no band left
+    full = _as_jpeg(scene)  # a full-size image is never trimmed: its boxes come from its size alone
+    np.testing.assert_array_equal(
+        served_views(full, views=config, side=32), load_views(full, view_boxes(480, 270, config), 32)
+    )
+    assert rule_fingerprint(config) != rule_fingerprint(dataclasses.replace(config, trim_bands=False))

@@ -8,10 +8,11 @@ metrics. This module owns the `ensemble:` and `submit:` params sections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from roadwork.config import ConfigError
+from roadwork.views.protocols import PROTOCOLS, check_protocol
 
 VARIANTS = ("best_single", "ensemble", "ensemble+dora", "ensemble+tta", "ensemble+dora+tta")
 TARGETS = ("natix", "validator")
@@ -65,11 +66,19 @@ class SubmitConfig(Scoring):
     """params `submit:`."""
 
     use: str  # variant written to submission.csv and served by `roadwork predict` (one of VARIANTS)
-    target: str  # what the served model is chosen for: natix (the test split with metadata) | validator
-    # (StreetVision challenges: 224 px, augmented, no metadata; calibrated at 0.5)
+    target: str  # what answers rows with metadata: natix (chosen on the validation rows with metadata)
+    # | validator (the route chosen on the validation challenges for their size; calibrated at 0.5)
+    protocol_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, 1.0))
+    # each protocol's weight in choosing and calibrating on the validation challenges
+    route_by_size: bool = True  # small images (crop, letterbox) and full-size ones (native) each get
+    # their own choice and calibration; false: one for every input
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for protocol, weight in self.protocol_weights.items():
+            check_protocol(protocol)
+            if weight < 0:
+                raise ConfigError(f"submit.protocol_weights.{protocol}={weight}: expected a weight >= 0")
         if self.use not in VARIANTS:
             raise ConfigError(f"submit.use={self.use!r}: expected one of {list(VARIANTS)}")
         if self.target not in TARGETS:

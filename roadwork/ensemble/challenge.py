@@ -1,9 +1,10 @@
 """Members on the validation challenges: what a validator would see of them, for choosing in
 `submit.target: validator` mode.
 
-The challenge stage embeds each validation challenge exactly as `roadwork predict` embeds an image
-(`features.extract.image_features`); each member answers from those tokens with NULL metadata, as a
-validator sends none. The frames have the prediction-frame columns, `image_id` being the challenge file.
+The `challenge_tokens` stage embeds each validation challenge exactly as `roadwork predict` embeds an
+image (`features.extract.image_features`); each member answers from those tokens with NULL metadata, as
+a validator sends none. The frames have the prediction-frame columns, `image_id` being the challenge
+file, and its `protocol`.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from roadwork.features.text import DIM as TEXT_DIM
 from roadwork.predictions import predictions_frame
 from roadwork.train.checkpoint import load_head
 from roadwork.train.data import metadata_arrays, null_metadata
-from roadwork.views.challenges import TABLE_FILE, VAL_FEATURES
+from roadwork.views.challenges import read_table
+
+VAL_TOKENS = "val.npy"  # the validation challenges' pooled tokens [n, V, 3, D], in table order
 
 
-def read_val_challenges(challenge_dir: Path) -> tuple[pl.DataFrame, np.ndarray]:
+def read_val_challenges(challenge_dir: Path, tokens_dir: Path) -> tuple[pl.DataFrame, np.ndarray]:
     """The validation challenges' rows and their embedded tokens `[n, V, 3, D]`, in the same order."""
-    table = pl.read_parquet(Path(challenge_dir) / TABLE_FILE).filter(pl.col("part") == "val")
-    tokens = np.load(Path(challenge_dir) / VAL_FEATURES)
+    table = read_table(challenge_dir, "val")
+    path = Path(tokens_dir) / VAL_TOKENS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the validation challenges are not embedded; run `dvc repro`")
+    tokens = np.load(path)
     if len(tokens) != len(table):
-        raise ValueError(f"{challenge_dir}: {len(tokens)} embedded challenges for {len(table)} rows")
+        raise ValueError(
+            f"{path}: {len(tokens)} embedded challenges for {len(table)} rows of {challenge_dir}"
+        )
     return table, tokens
 
 
@@ -42,11 +50,12 @@ def challenge_frames(
         # a validation challenge is cut from (or re-draws) a validation row: a cross-fitted member
         # answers it with fold 0, the model that held the validation rows out
         logit = head.logits(tokens, meta, folds=np.zeros(n, np.int64))
-        frames[name] = predictions_frame(
+        frame = predictions_frame(
             image_id=table["file"].to_list(),
             split="val",
             label=table["label"].to_numpy(),
             group=table["group"].to_list(),
             logit=logit,
         )
+        frames[name] = frame.with_columns(protocol=table["protocol"])
     return frames

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from roadwork.ensemble import EnsembleConfig
@@ -19,14 +20,20 @@ from roadwork.predictions import read_predictions
 from roadwork.train.checkpoint import load_head
 
 
-def rank_members(val: dict[str, pl.DataFrame], threshold: float | None) -> list[tuple[str, float]]:
+def rank_members(
+    val: dict[str, pl.DataFrame], threshold: float | None, weight: np.ndarray | None = None
+) -> list[tuple[str, float]]:
     """Members sorted by validation MCC, best first (ties by name, for determinism): at `threshold` on
-    the probability, or (None) each at its own best cut, where its calibration would put 0.5."""
+    the probability, or (None) each at its own best cut, where its calibration would put 0.5;
+    `weight`: per row of the frames (which share their rows' order), None: 1 each."""
     scores = {}
     for name, frame in val.items():
         label, logit = frame["label"].to_numpy(), frame["logit"].to_numpy()
-        said = logit > best_cut(logit, label) if threshold is None else frame["prob"].to_numpy() > threshold
-        scores[name] = mcc(label, said.astype(int))
+        if threshold is None:
+            said = logit > best_cut(logit, label, weight)
+        else:
+            said = frame["prob"].to_numpy() > threshold
+        scores[name] = mcc(label, said.astype(int), weight)
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 

@@ -22,9 +22,11 @@ metric: the headline numbers a person compares across experiments (`headline`).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from roadwork.config import Paths, save_json
@@ -35,6 +37,7 @@ from roadwork.ensemble.choose import rank_members, validation_frames
 from roadwork.ensemble.combine import variants
 from roadwork.metrics import score, validator_metrics
 from roadwork.predictions import IMAGE_ONLY, average_logits, read_layer, read_predictions
+from roadwork.views.protocols import PROTOCOLS
 
 CHOICE_FILE = "ensemble.json"  # written by `submit` (members, variant, calibration), read by `predict`
 SCORES_FILE = "scores.json"  # every variant with intervals: what the report and `roadwork summary` read
@@ -86,44 +89,95 @@ def calibrated_choice(
     return ranking, chosen, mean, calibration
 
 
-def validator_choice(
-    paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig
-) -> tuple[dict, Calibration]:
-    """Members by MCC on the validation challenges (no metadata), their ensemble calibrated there."""
-    table, tokens = read_val_challenges(Path(paths.challenge))
-    frames = challenge_frames(Path(paths.heads), list(ensemble.members), table, tokens)
-    ranking, chosen, mean, calibration = calibrated_choice(frames, ensemble, config.use)
-    aligned = pl.DataFrame({"image_id": table["file"]}).join(
-        mean, on="image_id", how="left", maintain_order="left"
-    )
-    prob = calibration.probability(aligned["logit"].to_numpy())
-    scores = {
-        "members": {name: round(value, 6) for name, value in ranking},
-        "chosen": chosen,
-        "calibration": calibration.to_dict(),
-        "val_challenges": validator_metrics(
-            table["label"].to_numpy(), prob, n=config.bootstrap, groups=table["group"].to_numpy()
-        ),
-    }
-    return scores, calibration
+@dataclass(frozen=True)
+class RouteSpec:
+    """Which images without metadata a route answers, and the protocols its choice is made on."""
+
+    name: str
+    max_side: int | None  # images whose longer side is at most this; None: any size
+    protocols: tuple[str, ...]
 
 
-def image_only_choice(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict[str, Any]:
-    """Members by MCC on the validation rows without their metadata (full-size images as plain files,
-    as `roadwork predict` gets a folder of photos), their ensemble calibrated there and scored on the
-    test split without metadata."""
-    pred = Path(paths.predictions)
-    val = {m: read_predictions(pred, m, f"val_{IMAGE_ONLY}") for m in ensemble.members}
-    ranking, chosen, mean, calibration = calibrated_choice(val, ensemble, config.use)
+def route_specs(config: SubmitConfig, small_side: int) -> list[RouteSpec]:
+    """The routes, by size: small images (a validator's 224 px crops and letterboxes, longer side at
+    most `views.small_side`) and the rest (native size); or one route for all (`route_by_size: false`)."""
+    if not config.route_by_size:
+        return [RouteSpec("all", None, PROTOCOLS)]
+    return [RouteSpec("small", small_side, ("crop", "letterbox")), RouteSpec("large", None, ("native",))]
+
+
+def protocol_weight(protocols: pl.Series, weights: dict[str, float]) -> np.ndarray:
+    """Per row: its protocol's weight shared among that protocol's rows (each protocol weighs as
+    configured, however many challenges it has)."""
+    counts = protocols.value_counts()
+    share = {p: weights.get(p, 1.0) / n for p, n in counts.iter_rows()}
+    return np.array([share[p] for p in protocols], dtype=np.float64)
+
+
+def route_choice(
+    frames: dict[str, pl.DataFrame], route: RouteSpec, ensemble: EnsembleConfig, config: SubmitConfig
+) -> tuple[dict[str, Any], Calibration]:
+    """Members ranked on the route's validation challenges (protocols weighted), each at its own best
+    cut; the served ones' ensemble calibrated there (its best cut at 0.5) and scored per protocol."""
+    keep = pl.col("protocol").is_in(list(route.protocols))
+    frames = {name: frame.filter(keep) for name, frame in frames.items()}
+    first = next(iter(frames.values()))
+    if first.is_empty():
+        raise ValueError(
+            f"submit: route {route.name!r} has no validation challenges of {list(route.protocols)}: add them "
+            "to validate.protocols, or set submit.route_by_size: false"
+        )
+    weight = protocol_weight(first["protocol"], config.protocol_weights)
+    ranking = rank_members(frames, None, weight)
+    chosen = [name for name, _ in ranking[: ensemble.top_k]]
     served = served_members(chosen, config.use)
-    test = average_logits([read_predictions(pred, m, f"test_{IMAGE_ONLY}") for m in served])
-    n = config.bootstrap
-    return {
+    mean = average_logits([frames[m] for m in served]).with_columns(protocol=first["protocol"])
+    calibration = fit_calibration(mean["logit"].to_numpy(), mean["label"].to_numpy(), weight)
+    mean = calibrated(mean, calibration)
+    scores = {
+        protocol: validator_metrics(
+            part["label"].to_numpy(),
+            part["prob"].to_numpy(),
+            n=config.bootstrap,
+            groups=part["group"].to_numpy(),
+        )
+        for (protocol,), part in mean.group_by("protocol", maintain_order=True)
+    }
+    choice = {
         "members": {name: round(value, 6) for name, value in ranking},
         "chosen": chosen,
         "served": served,
         "calibration": calibration.to_dict(),
-        "val": score(calibrated(mean, calibration), config.threshold, n),
+        "max_side": route.max_side,
+        "protocols": list(route.protocols),
+        "val_challenges": scores,
+    }
+    return choice, calibration
+
+
+def validator_routes(
+    paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig, small_side: int
+) -> dict[str, dict[str, Any]]:
+    """Each route's choice on the validation challenges (no metadata), by route name."""
+    table, tokens = read_val_challenges(Path(paths.challenge), Path(paths.challenge_tokens))
+    frames = challenge_frames(Path(paths.heads), list(ensemble.members), table, tokens)
+    return {
+        spec.name: route_choice(frames, spec, ensemble, config)[0] for spec in route_specs(config, small_side)
+    }
+
+
+def plain_files_scores(paths: Paths, route: dict[str, Any], config: SubmitConfig) -> dict[str, Any]:
+    """The route that answers full-size images, on the validation and test rows as plain files (no
+    metadata): what `roadwork predict` answers a folder of the test images."""
+    pred, calibration = Path(paths.predictions), Calibration(**route["calibration"])
+    val, test = (
+        average_logits([read_predictions(pred, m, f"{part}_{IMAGE_ONLY}") for m in route["served"]])
+        for part in ("val", "test")
+    )
+    n = config.bootstrap
+    return {
+        "served": route["served"],
+        "val": score(calibrated(val, calibration), config.threshold, n),
         "test": score(calibrated(test, calibration), config.threshold, n),
     }
 
@@ -133,35 +187,42 @@ def calibrated(frame: pl.DataFrame, calibration: Calibration) -> pl.DataFrame:
     return frame.with_columns(prob=pl.Series(calibration.probability(frame["logit"].to_numpy())))
 
 
-def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig) -> dict[str, Any]:
+def submit(paths: Paths, ensemble: EnsembleConfig, config: SubmitConfig, small_side: int) -> dict[str, Any]:
     """Write `submission.csv`, the served choice, `scores.json` and `final.json`; returns the scores."""
     natix, rows = natix_choice(paths, ensemble, config)
-    validator, calibration = validator_choice(paths, ensemble, config)
+    routes = validator_routes(paths, ensemble, config, small_side)
     if config.target == "validator" and config.use not in SERVED_VARIANTS:
         raise ValueError(
             f"submit.use={config.use!r} with submit.target=validator: DoRA and TTA refine the NATIX "
             f"choice; serve one of {list(SERVED_VARIANTS)}"
         )
-    chosen = validator["chosen"] if config.target == "validator" else natix["chosen"]
-    served = served_members(chosen, config.use)
-    calibration = calibration if config.target == "validator" else IDENTITY
-    if config.target == "validator":
+    full_size = routes[list(routes)[-1]]  # the route without a size limit: full-size images
+    if config.target == "validator":  # NATIX rows are full-size images: the full-size route answers
+        served, calibration = full_size["served"], Calibration(**full_size["calibration"])
         test = average_logits([read_predictions(Path(paths.predictions), m, "test") for m in served])
     else:
-        test = rows[config.use]
+        served, calibration, test = served_members(natix["chosen"], config.use), IDENTITY, rows[config.use]
     test = calibrated(test, calibration)
-    image_only = image_only_choice(paths, ensemble, config)
     out = Path(paths.submission)
     out.mkdir(parents=True, exist_ok=True)
     labels = test.with_columns(label_pred=(pl.col("prob") > config.threshold).cast(pl.Int8))
     labels.select("image_id", probability="prob", label="label_pred").write_csv(out / "submission.csv")
-    choice = {"members": served, "use": config.use, "threshold": config.threshold, "target": config.target}
-    full_size = {"members": image_only["served"], "calibration": image_only["calibration"]}
-    save_json(choice | {"calibration": calibration.to_dict(), IMAGE_ONLY: full_size}, out / CHOICE_FILE)
+    keys = ("max_side", "protocols", "calibration")
+    choice = {
+        "members": served,
+        "use": config.use,
+        "threshold": config.threshold,
+        "target": config.target,
+        "calibration": calibration.to_dict(),
+        "routes": [
+            {"name": name, "members": r["served"]} | {k: r[k] for k in keys} for name, r in routes.items()
+        ],
+    }
+    save_json(choice, out / CHOICE_FILE)
     scores = natix | {
         "target": config.target,
-        "validator": validator,
-        IMAGE_ONLY: image_only,
+        "routes": routes,
+        IMAGE_ONLY: plain_files_scores(paths, full_size, config),
         "served": {"members": served, "test": score(test, config.threshold, config.bootstrap)},
     }
     save_json(scores, out / SCORES_FILE)
@@ -182,10 +243,14 @@ def headline(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def member_rows(scores: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each member's validation MCC in the mode of the target (with metadata for natix, on the
-    validation challenges for validator): the DVC plot `dvc plots diff` compares across experiments."""
-    members = scores["validator"]["members"] if scores["target"] == "validator" else scores["members"]
-    return [{"member": name, "val_mcc": round(value, 4)} for name, value in members.items()]
+    """Each member's validation MCC with metadata and on each route's validation challenges: the DVC
+    plot `dvc plots diff` compares across experiments."""
+    rows = [{"member": f"{name} (natix)", "val_mcc": round(v, 4)} for name, v in scores["members"].items()]
+    for route, choice in scores["routes"].items():
+        rows += [
+            {"member": f"{name} ({route})", "val_mcc": round(v, 4)} for name, v in choice["members"].items()
+        ]
+    return rows
 
 
 def read_choice(submission_dir: Path) -> dict[str, Any]:

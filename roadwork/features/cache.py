@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from zarr.codecs import BloscCodec
 from roadwork.config import Paths
 from roadwork.features.manifest import read_manifest
 from roadwork.views.plan import read_plan
+from roadwork.views.protocols import check_protocol
 
 TOKENS = ("cls", "patch_mean", "patch_max")
 # Bump when the meaning or layout of the stored arrays changes (pooling, preprocessing, storage): old
@@ -64,8 +65,16 @@ class ExtractConfig(CacheKey):
     device: str  # auto | cpu | cuda
     splits: tuple[str, ...]  # index splits to extract; only "train" rows get augmented copies
     compile: bool  # torch.compile the backbone, run in fixed-size batches (one compilation per run)
-    challenge_copies: int = 0  # validator-style copies of a training image (a level 0-3 each, 224 px
-    # JPEG), cut into views by the rule for small images: the inputs a StreetVision validator sends
+    challenge_copies: int = 0  # validator-style copies of a training image (a protocol and a level 0-3
+    # drawn each, a JPEG of quality 75), cut into views as the served model cuts a query
+    challenge_protocols: dict[str, float] = field(default_factory=lambda: {"crop": 1.0})  # the share of
+    # copies drawn per protocol (crop | letterbox | native: shared VALIDATOR.md)
+
+    def __post_init__(self) -> None:
+        for protocol in self.challenge_protocols:
+            check_protocol(protocol)
+        if self.challenge_copies and not any(v > 0 for v in self.challenge_protocols.values()):
+            raise ValueError(f"extract.challenge_protocols={self.challenge_protocols}: no positive share")
 
 
 def expected_attrs(config: CacheKey, *, backbone: dict[str, Any], plan_meta: dict[str, Any]) -> dict:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from roadwork.config import Paths
-from roadwork.data.images import ShardReader, displayed_size
+from roadwork.data.images import ShardReader
 from roadwork.device import resolve_device
 from roadwork.distributed import SINGLE, Ranks, plan_for_rank, rank_device
 from roadwork.features.backbone import load_backbone, pooled_tokens
@@ -31,9 +31,9 @@ from roadwork.features.cache import CacheKey, ExtractConfig, FeatureCache, Shard
 from roadwork.features.manifest import read_manifest
 from roadwork.progress import progress
 from roadwork.views.augment import augment_views, build_augment
-from roadwork.views.crops import load_views
-from roadwork.views.plan import ViewsConfig, boxes_by_image, read_plan, view_boxes
-from roadwork.views.protocols import TRANSFORMS_VERSION, challenge_rng, challenge_views
+from roadwork.views.crops import load_views, served_views
+from roadwork.views.plan import ViewsConfig, boxes_by_image, read_plan
+from roadwork.views.protocols import LEVELS, TRANSFORMS_VERSION, challenge_rng, draw_protocol, protocol_jpeg
 
 
 class ViewDataset(Dataset):
@@ -75,9 +75,21 @@ class ViewDataset(Dataset):
                     clean, transform=self.augment, seed=self.config.seed, image_id=job["image_id"], copy=copy
                 )
             else:
-                rng = challenge_rng(self.config.seed, f"{job['image_id']}/{copy}")
-                out[copy] = challenge_views(data, size, rng=rng, views=self.views, side=self.config.side)
+                key = f"{job['image_id']}/{copy}"
+                out[copy] = challenge_copy(data, size, key=key, config=self.config, views=self.views)
         return job["cache_row"], torch.from_numpy(out)
+
+
+def challenge_copy(
+    data: bytes, size: tuple[int, int], *, key: str, config: ExtractConfig, views: ViewsConfig
+) -> np.ndarray:
+    """A validator-style copy's views `[V, side, side, 3]`: a protocol drawn by its share, a level 0-3,
+    the protocol's JPEG, cut as the served model cuts a query (seeded by `key`: image and copy)."""
+    rng = challenge_rng(config.seed, key)
+    protocol = draw_protocol(rng, config.challenge_protocols)
+    level = int(rng.integers(0, len(LEVELS)))
+    jpeg = protocol_jpeg(data, size, protocol=protocol, level=level, rng=rng)
+    return served_views(jpeg, views=views, side=config.side)
 
 
 def _collate(items: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
@@ -161,21 +173,12 @@ def embed_views(
     return once_per_view(lambda v: pooled_views(model, v, config))(views).cpu().numpy()
 
 
-def image_view_pixels(
-    data: bytes, *, views: ViewsConfig, side: int, size: tuple[int, int] | None = None
-) -> np.ndarray:
-    """uint8 `[V, side, side, 3]`: one image's clean views, its boxes from its own displayed size
-    (`size`, when the caller has read it already)."""
-    size = size or displayed_size(data)
-    return load_views(data, view_boxes(*size, views), side, size=size)
-
-
 def image_features(
     model: torch.nn.Module, data: bytes, *, views: ViewsConfig, config: CacheKey
 ) -> np.ndarray:
     """`[V, 3, D]` pooled tokens of one image's clean views, rounded to float16 as the cache stores
     them: what the served model sees of an image."""
-    pixels = image_view_pixels(data, views=views, side=config.side)
+    pixels = served_views(data, views=views, side=config.side)
     return embed_views(model, pixels, config).astype(np.float16)
 
 
@@ -279,7 +282,11 @@ def run_extract(
             chunk_rows=config.chunk_rows,
             shard_rows=config.shard_rows,
             attrs=expected_attrs(config, backbone=manifest, plan_meta=plan_meta)
-            | {"challenge_copies": config.challenge_copies, "validator_transforms": TRANSFORMS_VERSION},
+            | {
+                "challenge_copies": config.challenge_copies,
+                "challenge_protocols": config.challenge_protocols,
+                "validator_transforms": TRANSFORMS_VERSION,
+            },
         )
         return cache, plan_jobs(index, cache, config)
 

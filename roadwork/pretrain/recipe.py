@@ -135,7 +135,8 @@ def distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.Te
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     if op == 3:
         ycc = torch.einsum("ij,bjhw->bihw", _YCC, x)
-        ycc = ycc + math.sqrt(protocols.NOISE_VARIANCE[k]) * torch.randn(ycc.shape, generator=g)
+        scale = torch.tensor([protocols.NOISE_SCALE[0], *[protocols.NOISE_SCALE[1]] * 2]).view(1, 3, 1, 1)
+        ycc = ycc + math.sqrt(protocols.NOISE_VARIANCE[k]) * scale * torch.randn(ycc.shape, generator=g)
         return torch.einsum("ij,bjhw->bihw", _RGB, ycc)
     kernel = protocols.BLUR_KERNEL[k]
     return TF.gaussian_blur(x, [kernel, kernel], [kernel / 6, kernel / 6])

@@ -4,10 +4,11 @@ Loads what `submit` chose (its members' heads), the backbone and the view rule, 
 pipeline's clean path: decode (EXIF orientation applied), 12 view boxes from the image's own size,
 views resized to the extraction side, pooled backbone tokens rounded to float16 as the cache stores
 them, each member's head, logits averaged over members. Images without metadata (files, base64) get
-NULL metadata, as a StreetVision validator's images do; NATIX parquet rows bring their own. Who answers
-(`Predictor.route`): rows with metadata and small images (a validator's 224 px queries) get the model
-submit chose for its target; full-size images without metadata get the image-only choice, ranked and
-calibrated on the validation rows without their metadata. Each result names its `model`. Every input
+NULL metadata, as a StreetVision validator's images do; NATIX parquet rows bring their own. Who answers:
+rows with metadata get the model submit chose for its target; an image without metadata gets the route
+for its size (`Predictor.route`: a validator's 224 px crops and letterboxes one, images at their own
+size another), each chosen and calibrated on the validation challenges of its protocols. Each result
+names its `model` (the route). Every input
 gets one result, in input order: a failure is an error result in its place. An image that would decode
 to more than `roadwork.data.images.MAX_PIXELS` pixels is refused from its header.
 """
@@ -24,19 +25,19 @@ import numpy as np
 import polars as pl
 import torch
 
-from roadwork.config import load_paths, section
+from roadwork.config import load_paths, section, subset
 from roadwork.data.images import ImageDecodeError, ShardReader, displayed_size
 from roadwork.data.ingest import IngestConfig, IngestError, IngestResult, ingest
 from roadwork.device import resolve_device
 from roadwork.ensemble.calibrate import Calibration
-from roadwork.ensemble.submit import CHOICE_FILE, read_choice
-from roadwork.features.backbone import BackboneConfig, load_backbone
-from roadwork.features.cache import ExtractConfig
-from roadwork.features.extract import embed_views, image_view_pixels
+from roadwork.ensemble.submit import read_choice
+from roadwork.features.backbone import BackboneDtype, load_backbone
+from roadwork.features.cache import CacheKey
+from roadwork.features.extract import embed_views
 from roadwork.features.text import embed_texts, load_encoder
-from roadwork.predictions import IMAGE_ONLY
 from roadwork.train.checkpoint import load_head
 from roadwork.train.data import metadata_arrays, null_metadata
+from roadwork.views.crops import served_views
 from roadwork.views.plan import ViewsConfig
 
 SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `predict` reproduces
@@ -44,54 +45,82 @@ SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `pre
 
 @dataclass(frozen=True)
 class Route:
-    """One of submit's choices as served: which members answer, and the probability they are served at."""
+    """One of submit's choices as served: which members answer, the probability they are served at, and
+    (for images without metadata) the largest longer side it answers."""
 
-    name: str  # the target (natix | validator) or image_only
+    name: str  # natix | validator (rows with metadata), or the route's name (small, large, all)
     members: tuple[str, ...]
     calibration: Calibration
+    max_side: int | None = None  # images whose longer side is at most this; None: any size
 
 
-def served_routes(choice: dict[str, Any], source: Path) -> tuple[Route, Route]:
-    """The target's choice (rows with metadata, small images) and the image-only one (full-size images
-    without metadata) from `ensemble.json`."""
-    if IMAGE_ONLY not in choice:
-        raise ValueError(
-            f"{source}: no {IMAGE_ONLY!r} choice (written by an older `submit`): run `dvc repro`"
-        )
+def served_routes(choice: dict[str, Any], source: Path) -> tuple[Route, list[Route]]:
+    """The route for rows with metadata, and the routes for images without it, smallest first (the
+    last answers any size), from `ensemble.json`."""
+    if "routes" not in choice or not choice["routes"] or choice["routes"][-1]["max_side"] is not None:
+        raise ValueError(f"{source}: no routes for images of every size (an older `submit`): run `dvc repro`")
     target = Route(choice["target"], tuple(choice["members"]), Calibration(**choice["calibration"]))
-    plain = choice[IMAGE_ONLY]
-    return target, Route(IMAGE_ONLY, tuple(plain["members"]), Calibration(**plain["calibration"]))
+    routes = [
+        Route(r["name"], tuple(r["members"]), Calibration(**r["calibration"]), r["max_side"])
+        for r in choice["routes"]
+    ]
+    return target, routes
+
+
+@dataclass(frozen=True)
+class Served:
+    """Everything that answers a query, as files and settings: what `roadwork export` copies."""
+
+    backbone: Path  # the saved backbone folder (`from_pretrained`)
+    heads: Path  # <member>/ folders of the saved heads
+    choice: dict[str, Any]  # `ensemble.json`: members, routes, calibrations
+    extract: CacheKey  # view side and normalisation
+    views: ViewsConfig  # the view rule
+    dtype: str  # the backbone's weights dtype
+
+    @classmethod
+    def of_project(cls, params: dict[str, Any]) -> Served:
+        """What a trained project serves (`params`: its params.yaml + config.yaml)."""
+        paths = load_paths(params)
+        return cls(
+            backbone=Path(paths.backbone),
+            heads=Path(paths.heads),
+            choice=read_choice(Path(paths.submission)),
+            extract=subset(CacheKey, params, "extract"),
+            views=section(ViewsConfig, params, "views"),
+            dtype=subset(BackboneDtype, params, "backbone").dtype,
+        )
+
+    def members(self) -> list[str]:
+        """Every member any route serves, in first-served order."""
+        target, routes = served_routes(self.choice, self.heads)
+        return list(dict.fromkeys(target.members + sum((r.members for r in routes), ())))
 
 
 class Predictor:
     """The chosen ensembles over the backbone; `predict` maps images to roadwork probabilities."""
 
-    def __init__(self, params: dict[str, Any], device: str = "auto"):
-        paths = load_paths(params)
-        choice = read_choice(Path(paths.submission))
+    def __init__(self, params: dict[str, Any] | Served, device: str = "auto"):
+        served = params if isinstance(params, Served) else Served.of_project(params)
+        choice = served.choice
         if choice.get("use", "ensemble") not in SERVED:
             raise NotImplementedError(
-                f"{paths.submission}: submit.use={choice['use']!r}; `roadwork predict` serves "
-                f"{sorted(SERVED)} (the DoRA fold models and TTA are applied by the pipeline's stages only)"
+                f"submit.use={choice['use']!r}; `roadwork predict` serves {sorted(SERVED)} (the DoRA fold "
+                "models and TTA are applied by the pipeline's stages only)"
             )
         self.threshold = float(choice["threshold"])
-        # The target's choice answers rows with metadata and small images (calibrated on the validation
-        # challenges when submit targets a validator); full-size images without metadata get the
-        # image-only choice, calibrated on the validation rows without their metadata.
-        self.target, self.image_only = served_routes(choice, Path(paths.submission) / CHOICE_FILE)
+        # Rows with metadata get the target's choice; images without it the route for their size.
+        self.target, self.routes = served_routes(choice, served.heads)
         self.device = resolve_device(device)
-        self.extract = section(ExtractConfig, params, "extract")
-        self.views = section(ViewsConfig, params, "views")
-        backbone = section(BackboneConfig, params, "backbone")
-        self.backbone = load_backbone(Path(paths.backbone), backbone.dtype, self.device)
-        names = dict.fromkeys(self.target.members + self.image_only.members)
-        self.heads = {name: load_head(Path(paths.heads) / name, self.device) for name in names}
+        self.extract, self.views = served.extract, served.views
+        self.backbone = load_backbone(served.backbone, served.dtype, self.device)
+        self.heads = {name: load_head(served.heads / name, self.device) for name in served.members()}
         self._text_encoder = None
 
     def route(self, size: tuple[int, int]) -> Route:
-        """Who answers an image without metadata of `size` (width, height): the target's choice when it
-        is small (`views.small_side`: a validator's 224 px query), else the image-only choice."""
-        return self.target if max(size) <= self.views.small_side else self.image_only
+        """Who answers an image without metadata of `size` (width, height): the first route whose
+        `max_side` it fits (a validator's 224 px queries: the small images' route)."""
+        return next(r for r in self.routes if r.max_side is None or max(size) <= r.max_side)
 
     def embed(self, views: np.ndarray) -> np.ndarray:
         """`[V, 3, D]` pooled backbone tokens of one image's views, rounded to float16 like the cache."""
@@ -101,7 +130,7 @@ class Predictor:
         """`[V, 3, D]` pooled tokens of one image's clean views (ImageTooLargeError over MAX_PIXELS), as
         `features.extract.image_features` embeds them for the challenge stage, and the image's size."""
         size = displayed_size(data)
-        return self.embed(image_view_pixels(data, views=self.views, side=self.extract.side, size=size)), size
+        return self.embed(served_views(data, views=self.views, side=self.extract.side, size=size)), size
 
     def _text(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         if all(t is None for t in texts):

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from roadwork.data.schema import HF_METADATA, RAW_SCHEMA, TRUTH_FILE, shard_name
-from roadwork.synth.scene import DrawnObject, SceneSpec, render_frames
-from roadwork.synth.style import draw_style
+from roadwork.synth.scene import DrawnObject, Frame, SceneSpec, render_frames
+from roadwork.synth.style import Style, draw_style
 from roadwork.synth.text import describe
 
 SCHEMA = RAW_SCHEMA.with_metadata(HF_METADATA)
@@ -53,6 +53,7 @@ _GPS_SIGMA_KM = 3.0
 _KM_PER_DEG = 111.32
 _ROW_GROUP = 100  # rows per parquet row group, as the hub writes image datasets
 _ID_STRIDE = 10_000_000  # ids of split k are k * stride + position: unique across splits
+_BAD_INDEX = 1_000_000  # unit numbers of the bad rows start here (their own seeds)
 _EPOCH_RANGE = (1_704_067_200, 1_761_955_200)  # 2024-01-01 .. 2025-11-01 UTC
 _BAD_GPS = ("[123.0, -86.1]", "[39.7, -186.2]")
 _SEED_PLAN, _SEED_RENDER, _SEED_EXTRA, _SEED_STYLE = 1, 2, 3, 4
@@ -185,6 +186,25 @@ def plan_split(cfg: SynthConfig, split: str) -> list[Unit]:
     return units
 
 
+def bad_unit(cfg: SynthConfig, split: str, i: int) -> Unit:
+    """The unit of a split's i-th bad row: a single frame or photo, numbered apart from the regular units."""
+    label = int(_rng(cfg, split, _BAD_INDEX + i, _SEED_PLAN).random() < cfg.positive_rate)
+    return Unit(split, _BAD_INDEX + i, "phone" if i % 2 else "frame", 1, label)
+
+
+def row_units(cfg: SynthConfig, split: str) -> list[tuple[Unit, int]]:
+    """(unit, frame number) of each rendered row of a split, by position: the regular rows, then the bad
+    rows. The duplicates after them copy other rows' bytes and have no unit of their own."""
+    regular = [(u, j) for u in plan_split(cfg, split) for j in range(u.frames)]
+    return regular + [(bad_unit(cfg, split, i), 0) for i in range(cfg.bad_rows)]
+
+
+def row_position(cfg: SynthConfig, row_id: int) -> tuple[str, int] | None:
+    """(split, position in the split) of a row by its dataset `id`; None for an id no split of `cfg` has."""
+    k, position = divmod(int(row_id), _ID_STRIDE)
+    return (list(cfg.rows)[k - 1], position) if 1 <= k <= len(cfg.rows) else None
+
+
 WEATHER_SHARES = {"sunny": 0.35, "cloudy": 0.28, "rain": 0.15, "fog": 0.10, "snow": 0.12}
 DAYTIME_SHARES = {"Light": 0.70, "Dusk": 0.12, "Dark": 0.18}
 ENVIRONMENT_SHARES = {"Urban": 0.35, "Suburban": 0.25, "Rural": 0.12, "Highway": 0.18, "Industrial": 0.10}
@@ -230,24 +250,38 @@ def _distractors(cfg: SynthConfig, rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(dict.fromkeys(pick_weighted(rng, _DISTRACTOR_KIND) for _ in range(n)))
 
 
-def _scene_spec(cfg: SynthConfig, unit: Unit, rng: np.random.Generator) -> SceneSpec:
-    width, height = frame_size(cfg.scale, unit.kind == "phone")
-    objects: tuple[str, ...] = ()
+def scene_spec(
+    cfg: SynthConfig,
+    label: int,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    objects: tuple[str, ...] | None = None,
+    weather: str | None = None,
+    daytime: str | None = None,
+    environment: str | None = None,
+) -> SceneSpec:
+    """What a scene of `size` (width, height) shows, drawn as the dataset draws it: roadwork objects for
+    a roadwork scene, look-alikes, weather, daytime, environment. A value given is used instead of its
+    draw (`objects` only for a roadwork scene: a label-0 scene never shows one)."""
+    drawn: tuple[str, ...] = ()
     distractors: tuple[str, ...] = ()
-    if unit.label:
-        n = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
-        objects = tuple(pick_weighted(rng, OBJECT_KIND_SHARES) for _ in range(n))
+    if label:
+        if objects is None:
+            n = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
+            drawn = tuple(pick_weighted(rng, OBJECT_KIND_SHARES) for _ in range(n))
+        else:
+            drawn = tuple(objects)
         if cfg.positive_distractor_rate and rng.random() < cfg.positive_distractor_rate:
             distractors = _distractors(cfg, rng)
     elif rng.random() < cfg.distractor_rate:
         distractors = _distractors(cfg, rng)
     return SceneSpec(
-        width,
-        height,
-        pick_weighted(rng, WEATHER_SHARES),
-        pick_weighted(rng, DAYTIME_SHARES),
-        pick_weighted(rng, ENVIRONMENT_SHARES),
-        objects,
+        *size,
+        weather or pick_weighted(rng, WEATHER_SHARES),
+        daytime or pick_weighted(rng, DAYTIME_SHARES),
+        environment or pick_weighted(rng, ENVIRONMENT_SHARES),
+        drawn,
         distractors,
         cfg.object_scale,
     )
@@ -273,14 +307,26 @@ def _encode(image: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def _render(
+    cfg: SynthConfig, unit: Unit, style: Style | None
+) -> tuple[SceneSpec, list[Frame], np.random.Generator]:
+    """A unit's scene and frames, and its generator, which the unit's metadata draws continue."""
+    rng = _rng(cfg, unit.split, unit.index, _SEED_RENDER)
+    spec = scene_spec(cfg, unit.label, frame_size(cfg.scale, unit.kind == "phone"), rng)
+    return spec, render_frames(spec, rng.spawn(1)[0], unit.frames, style=style), rng
+
+
+def unit_frames(cfg: SynthConfig, unit: Unit, style: Style | None = None) -> list[Frame]:
+    """The frames of one unit, as the dataset renders them; with a `style`, re-drawn in it."""
+    return _render(cfg, unit, style)[1]
+
+
 def render_unit(job: tuple[SynthConfig, Unit, tuple[tuple[str, float, float], ...], bool]) -> list[SynthRow]:
     """Render one unit's frames and their metadata (ids and image paths are assigned later); `styled`:
     the same scene and metadata, re-drawn in the second style drawn for the unit."""
     cfg, unit, cities, styled = job
-    rng = _rng(cfg, unit.split, unit.index, _SEED_RENDER)
-    spec = _scene_spec(cfg, unit, rng)
     style = draw_style(_rng(cfg, unit.split, unit.index, _SEED_STYLE)) if styled else None
-    frames = render_frames(spec, rng.spawn(1)[0], unit.frames, style=style)
+    spec, frames, rng = _render(cfg, unit, style)
     lab = 0 if unit.label else 1  # index into the [roadwork, none] rates
     informative = bool(unit.label) and rng.random() < cfg.informative_text
     text = describe(spec, frames[0].objects, informative, rng)
@@ -378,15 +424,13 @@ def generate(cfg: SynthConfig, workers: int = 1, *, styled: bool = False) -> dic
     jobs = [(cfg, u, split_cities(cfg, split), styled) for split, units in plans.items() for u in units]
     for split in cfg.rows if not styled else ():
         for i in range(cfg.bad_rows):
-            kind = "phone" if i % 2 else "frame"
-            label = int(_rng(cfg, split, 1_000_000 + i, _SEED_PLAN).random() < cfg.positive_rate)
-            jobs.append((cfg, Unit(split, 1_000_000 + i, kind, 1, label), split_cities(cfg, split), False))
+            jobs.append((cfg, bad_unit(cfg, split, i), split_cities(cfg, split), False))
     rendered = _render_all(jobs, workers)
     regular: dict[str, list[SynthRow]] = {split: [] for split in cfg.rows}
     bad: dict[str, list[SynthRow]] = {split: [] for split in cfg.rows}
     for (_, unit, _, _), rows in zip(jobs, rendered, strict=True):
-        if unit.index >= 1_000_000:
-            _break_row(rows, unit.index - 1_000_000, list(cfg.rows).index(unit.split))
+        if unit.index >= _BAD_INDEX:
+            _break_row(rows, unit.index - _BAD_INDEX, list(cfg.rows).index(unit.split))
             bad[unit.split].extend(rows)
         else:
             regular[unit.split].extend(rows)

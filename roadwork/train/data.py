@@ -192,6 +192,14 @@ def labelled_train_rows(index: pl.DataFrame) -> pl.DataFrame:
     return labelled
 
 
+@dataclass(frozen=True)
+class ValidationSplit:
+    """The keys of `train:` that cut the validation rows every member holds out."""
+
+    val_fraction: float  # of the labelled train split, grouped by video / GPS cell
+    split_seed: int  # shared by all members, so their validation MCCs compare
+
+
 def train_val_rows(index: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The labelled train split cut into the rows heads fit on and the validation rows every member
     holds out (`train.val_fraction`, `train.split_seed`: shared, so validation MCCs compare)."""

@@ -1,17 +1,20 @@
-"""Validator-style challenge sets: balanced labels, one level per image, 224 px JPEG, no metadata.
+"""Validator-style challenge sets: balanced labels, one JPEG per image and protocol, no metadata.
 
 A challenge set has two parts: `val` (cut from the validation rows: for choosing members, ensemble,
 threshold and calibration) and `test` (cut from the labelled test split: for scoring only). Each part
 has up to two domains: `real` (the dataset's own images) and `generated` (re-drawn images of the same
 kinds of scene: on real data a folder or NATIX-schema dataset the user supplies, on the embedded default
 the synthetic world's second style, a stand-in for the validator's SDXL half). Within each (part, domain)
-the labels are balanced by drawing as many images of the rarer label from the commoner one; each image
-gets one level, uniform over 0-3, and is transformed exactly as `roadwork.views.protocols` says.
-Everything is a function of `challenge.seed` and the image ids: the same inputs give the same files.
+the labels are balanced by drawing as many images of the rarer label from the commoner one; the same
+images are cut under every protocol of `validate.protocols` (crop, letterbox, native: shared
+VALIDATOR.md), so protocols compare on paired images. Under `crop` and `letterbox` each image gets one
+level, uniform over 0-3; `native` has none. Everything is a function of `challenge.seed` and the image
+ids: the same inputs give the same files.
 
 The table (`challenges.parquet`) has one row per challenge: `file` (relative to the challenge folder),
-`part`, `domain`, `image_id` (of the source image), `source_id`, `level`, `label`, `group` (the source's
-video / GPS group: frames of one video are resampled together in bootstraps).
+`part`, `protocol`, `domain`, `image_id` (of the source image), `source_id`, `level` (null under
+`native`), `label`, `group` (the source's video / GPS group: frames of one video are resampled together
+in bootstraps).
 """
 
 from __future__ import annotations
@@ -27,15 +30,14 @@ import numpy as np
 import polars as pl
 
 from roadwork.config import ConfigError
-from roadwork.data.images import ShardReader, decode
+from roadwork.data.images import ShardReader, displayed_size
 from roadwork.data.ingest import IngestConfig, ingest
-from roadwork.views.protocols import LEVELS, challenge, challenge_rng, to_jpeg
+from roadwork.views.protocols import LEVELS, challenge_rng, check_protocol, protocol_jpeg
 
 PARTS = ("val", "test")
 TABLE_FILE = "challenges.parquet"
-VAL_FEATURES = "val_features.npy"  # the validation challenges' pooled tokens [n, V, 3, D], table order
 LABEL_DIRS = {"roadwork": 1, "none": 0}  # a generated folder: <root>/<part>/<roadwork|none>/*.jpg
-COLUMNS = ("file", "part", "domain", "image_id", "source_id", "level", "label", "group")
+COLUMNS = ("file", "part", "protocol", "domain", "image_id", "source_id", "level", "label", "group")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,23 +62,33 @@ def balanced(rows: pl.DataFrame, cap: int | None, rng: np.random.Generator) -> p
     return pl.concat(pick).sort("image_id")
 
 
-def challenge_rows(rows: pl.DataFrame, *, part: str, domain: str, config: ChallengeConfig) -> pl.DataFrame:
-    """The challenges of one (part, domain): balanced rows, a level each, their file names."""
-    rng = challenge_rng(config.seed, f"sample/{part}/{domain}")
-    picked = balanced(rows, config.max_per_domain, rng)
-    levels = rng.integers(0, len(LEVELS), len(picked))
-    return picked.with_columns(
-        file=pl.format("{}/{}/{}.jpg", pl.lit(part), pl.lit(domain), pl.col("image_id")),
-        part=pl.lit(part),
-        domain=pl.lit(domain),
-        level=pl.Series(levels, dtype=pl.Int8),
-        label=pl.col("label").cast(pl.Int8),
-    ).select(COLUMNS)
+def challenge_rows(
+    rows: pl.DataFrame, *, part: str, domain: str, protocols: tuple[str, ...], config: ChallengeConfig
+) -> pl.DataFrame:
+    """The challenges of one (part, domain): balanced rows (the same under every protocol), a level each
+    under `crop` and `letterbox`, their file names."""
+    picked = balanced(rows, config.max_per_domain, challenge_rng(config.seed, f"sample/{part}/{domain}"))
+    tables = []
+    for protocol in map(check_protocol, protocols):
+        levels = challenge_rng(config.seed, f"levels/{part}/{protocol}/{domain}").integers(
+            0, len(LEVELS), len(picked)
+        )
+        tables.append(
+            picked.with_columns(
+                file=pl.format("{}/{}/{}/{}.jpg", pl.lit(part), pl.lit(protocol), pl.lit(domain), "image_id"),
+                part=pl.lit(part),
+                protocol=pl.lit(protocol),
+                domain=pl.lit(domain),
+                level=pl.Series([None] * len(picked) if protocol == "native" else levels, dtype=pl.Int8),
+                label=pl.col("label").cast(pl.Int8),
+            ).select(COLUMNS)
+        )
+    return pl.concat(tables)
 
 
-def _challenge_jpeg(data: bytes, file: str, level: int, seed: int) -> bytes:
-    image, _ = decode(data)
-    return to_jpeg(challenge(image, level, challenge_rng(seed, f"transform/{file}")))
+def _challenge_jpeg(data: bytes, file: str, protocol: str, level: int | None, seed: int) -> bytes:
+    rng = challenge_rng(seed, f"transform/{file}")
+    return protocol_jpeg(data, displayed_size(data), protocol=protocol, level=level or 0, rng=rng)
 
 
 def write_challenges(
@@ -86,13 +98,13 @@ def write_challenges(
     are read in order, 32 at a time (readers cache row groups unlocked, and full-size photos are large);
     the transforms run on `workers` threads (decoding, torch, OpenCV and JPEG encoding release the GIL),
     each challenge with its own generator, so the files are the same bytes whatever the order."""
-    rows = table.select("file", "image_id", "level").rows()
+    rows = table.select("file", "image_id", "protocol", "level").rows()
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for start in range(0, len(rows), 32):
             chunk = rows[start : start + 32]
-            sources = [read(image_id) for _, image_id, _ in chunk]
-            files, levels = [f for f, _, _ in chunk], [int(v) for _, _, v in chunk]
-            jpegs = pool.map(_challenge_jpeg, sources, files, levels, repeat(seed))
+            sources = [read(image_id) for _, image_id, _, _ in chunk]
+            files, protocols, levels = ([row[k] for row in chunk] for k in (0, 2, 3))
+            jpegs = pool.map(_challenge_jpeg, sources, files, protocols, levels, repeat(seed))
             for file, jpeg in zip(files, jpegs, strict=True):
                 path = out_dir / file
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,17 +174,24 @@ def folder_source(root: Path) -> Source:
     return Source(parts, lambda image_id: files[image_id].read_bytes())
 
 
-def part_files(table: pl.DataFrame, part: str, out_dir: Path) -> list[Path]:
-    """The JPEG files of one part, in table order."""
-    return [Path(out_dir) / f for f in table.filter(pl.col("part") == part)["file"]]
+def read_table(challenge_dir: Path, part: str) -> pl.DataFrame:
+    """The challenges of one part (`val` or `test`), in table order."""
+    path = Path(challenge_dir) / TABLE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no challenges yet; run `dvc repro challenge`")
+    return pl.read_parquet(path).filter(pl.col("part") == part)
 
 
-def build_challenges(sources: dict[str, Source], out_dir: Path, config: ChallengeConfig) -> pl.DataFrame:
-    """Every (part, domain) challenge set written under `out_dir` with `challenges.parquet`; the table."""
+def build_challenges(
+    sources: dict[str, Source], out_dir: Path, *, protocols: tuple[str, ...], config: ChallengeConfig
+) -> pl.DataFrame:
+    """Every (part, domain) challenge set under each of `protocols`, written under `out_dir` with
+    `challenges.parquet`; the table."""
     tables = []
     for domain, source in sources.items():
         for part in PARTS:
-            table = challenge_rows(source.parts[part], part=part, domain=domain, config=config)
+            rows = source.parts[part]
+            table = challenge_rows(rows, part=part, domain=domain, protocols=protocols, config=config)
             write_challenges(table, source.read, out_dir, config.seed)
             tables.append(table)
     table = pl.concat(tables) if tables else pl.DataFrame(schema=dict.fromkeys(COLUMNS, pl.String))
@@ -208,9 +227,9 @@ def challenge_sources(
 
 
 def summary_lines(table: pl.DataFrame) -> list[str]:
-    """Challenges per part and domain, and how many show roadwork."""
-    counts = table.group_by("part", "domain").agg(n=pl.len(), roadwork=pl.col("label").sum())
+    """Challenges per part, protocol and domain, and how many show roadwork."""
+    counts = table.group_by("part", "protocol", "domain").agg(n=pl.len(), roadwork=pl.col("label").sum())
     return [
-        f"{part}/{domain}: {n} challenges ({roadwork} roadwork)"
-        for part, domain, n, roadwork in counts.sort("part", "domain").iter_rows()
+        f"{part}/{protocol}/{domain}: {n} challenges ({roadwork} roadwork)"
+        for part, protocol, domain, n, roadwork in counts.sort("part", "protocol", "domain").iter_rows()
     ]

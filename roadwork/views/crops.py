@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from roadwork.data.images import decode, pixel_view
+from roadwork.data.images import decode, displayed_size, pixel_view
+from roadwork.views.plan import ViewsConfig, view_boxes
 
 
 def _check_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -90,3 +91,46 @@ def load_views(
                 f"expected {expected[0]}x{expected[1]} for a planned size of {size[0]}x{size[1]}"
             )
     return cut_views(image, boxes, scale, side)
+
+
+# A letterboxed query (the validator's April 2026 protocol) is a frame centred on black bands. A band
+# row (column) is one whose pixels are nearly all black: JPEG quality 75 leaves a few grey levels of
+# ringing on black, and a rotated letterbox brings a corner of the frame into the band's edge rows.
+BAND_LEVEL = 24  # a band pixel: every channel at most this
+BAND_SHARE = 0.95  # a band row or column: at least this share of band pixels
+MIN_BAND = 2  # a band on each side at least this thick (pixels), or no band: letterboxes are centred
+
+
+def _band(dark_lines: np.ndarray) -> int:
+    """How many lines from the start are band lines."""
+    not_band = np.flatnonzero(~dark_lines)
+    return len(dark_lines) if len(not_band) == 0 else int(not_band[0])
+
+
+def content_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a uint8 [H, W, 3] image inside letterbox bands: black bands on both sides
+    (top and bottom, or left and right) are cut off; an image without such a pair keeps its whole box."""
+    dark = pixels.max(axis=2) <= BAND_LEVEL
+    h, w = dark.shape
+    box = [0, 0, w, h]
+    for axis, (start, end) in ((1, (1, 3)), (0, (0, 2))):  # rows (top, bottom), then columns
+        lines = dark.mean(axis=axis) >= BAND_SHARE
+        first, last = _band(lines), _band(lines[::-1])
+        if min(first, last) >= MIN_BAND and first + last < len(lines):
+            box[start], box[end] = first, len(lines) - last
+    return box[0], box[1], box[2], box[3]
+
+
+def served_views(
+    data: bytes, *, views: ViewsConfig, side: int, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """uint8 `[V, side, side, 3]`: an image's views as the served model sees them, its boxes from its own
+    displayed size (`size`, when the caller has read it already). A small image (a validator's 224 px
+    query) with `views.trim_bands` is cut inside its letterbox bands (`content_box`), if it has any."""
+    size = size or displayed_size(data)
+    if views.trim_bands and max(size) <= views.small_side:
+        image, _ = decode(data)  # small: a full decode costs nothing
+        x0, y0, x1, y1 = content_box(np.asarray(image))
+        boxes = view_boxes(x1 - x0, y1 - y0, views) + np.array([x0, y0, x0, y0], dtype=np.int32)
+        return cut_views(image, boxes, 1.0, side)
+    return load_views(data, view_boxes(*size, views), side, size=size)

@@ -27,6 +27,13 @@ SMALL_RULES = ("tiles", "half", "global")
 
 
 @dataclasses.dataclass(frozen=True)
+class SmallSide:
+    """The key of `views:` that tells a small image (a validator's 224 px query) from a full-size one."""
+
+    small_side: int  # an image whose longer side is at most this is small
+
+
+@dataclasses.dataclass(frozen=True)
 class ViewsConfig:
     """params.yaml `views:`."""
 
@@ -37,6 +44,8 @@ class ViewsConfig:
     small_rule: str = "tiles"  # views of a small image: tiles (the same rule as any image) | half
     # (the grid's tiles at half the image's side, a 2x2 grid's tile size, overlapping to keep every slot
     # in its place) | global (every view is the whole image: no upsampled tiles)
+    trim_bands: bool = False  # views of a small image inside its letterbox bands, when it has any
+    # (`views.crops.content_box`: the validator's April 2026 protocol pads the frame with black)
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 1:
@@ -157,6 +166,7 @@ def plan_fingerprint(plan: pl.DataFrame) -> str:
 def rule_fingerprint(config: ViewsConfig) -> str:
     """sha256 of the boxes the rule gives a fixed set of sizes: stable when images are added."""
     digest = hashlib.sha256(json.dumps(view_names(config)).encode())
+    digest.update(b"trim_bands" if config.trim_bands else b"")  # which pixels the boxes are laid on
     for width, height in _RULE_SIZES:
         digest.update(view_boxes(width, height, config).astype("<i4").tobytes())
     return digest.hexdigest()
