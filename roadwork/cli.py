@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import datetime
+import dataclasses
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -189,45 +188,51 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
-
-
 def card(args: argparse.Namespace) -> int:
     """Write the `model_card.json` a StreetVision miner publishes with its model (shared VALIDATOR.md)."""
-    if not VERSION_RE.match(args.version):
-        print(f"--version {args.version!r}: expected X.Y.Z", file=sys.stderr)
-        return 2
-    if not args.name.strip() or not args.hotkey.strip():
-        print("--name and --hotkey must not be empty", file=sys.stderr)
-        return 2
+    from roadwork.serve.card import CardError, model_card, served_description
+
     paths = load_paths(load_params(args.params))
-    description = args.description or served_description(Path(paths.submission), Path(paths.metrics))
-    when = args.time or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    model_card = {
-        "model_name": args.name,
-        "description": description,
-        "version": args.version,
-        "submitted_by": args.hotkey,
-        "submission_time": when,
-    }
-    Path(args.out).write_text(json.dumps(model_card, indent=2) + "\n")
+    try:
+        description = args.description or served_description(*_served_records(paths))
+        model = model_card(
+            name=args.name, hotkey=args.hotkey, version=args.version, description=description, time=args.time
+        )
+    except CardError as e:
+        print(e, file=sys.stderr)
+        return 2
+    Path(args.out).write_text(json.dumps(model, indent=2) + "\n")
     print(f"card: {args.out}")
     return 0
 
 
-def served_description(submission: Path, metrics: Path) -> str:
-    """What is served, in one sentence, with the validator-mode score when it has been measured."""
-    choice = json.loads((submission / "ensemble.json").read_text())
-    routes = "; ".join(f"{r['name']}: {', '.join(r['members'])}" for r in choice["routes"])
-    text = f"roadwork: frozen DINOv3 features of 12 views per image, heads by input size ({routes})"
-    validator = metrics / "validator.json"
-    if validator.is_file():
-        scores = json.loads(validator.read_text())
-        text += (
-            f"; validator-style challenges of every protocol: MCC {scores['v_mcc']:.3f} on average, "
-            f"{scores['v_worst']:.3f} at worst"
-        )
-    return text
+def _served_records(paths: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What `submit` chose to serve (ensemble.json) and its validator-style scores, when measured."""
+    choice = json.loads((Path(paths.submission) / "ensemble.json").read_text())
+    validator = Path(paths.metrics) / "validator.json"
+    return choice, json.loads(validator.read_text()) if validator.is_file() else None
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write the served model as one self-contained folder (`roadwork.serve.export`)."""
+    from roadwork.config import ConfigError, from_dict
+    from roadwork.serve.card import CardError
+    from roadwork.serve.export import ExportConfig, export_project
+
+    params = load_params(args.params)
+    given = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v is not None}
+    try:  # the command line over the project's `export:` section
+        config = from_dict(ExportConfig, params.get("export", {}) | given, "export")
+        files = export_project(params, Path(args.out), config)
+    except (CardError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"roadwork export: {e}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in files)
+    print(f"export: {len(files)} files, {size / 1e6:.1f} MB -> {args.out}")
+    return 0
+
+
+EXPORT_OPTIONS = ("name", "hotkey", "version", "backbone", "hub_id", "revision", "description", "time")
 
 
 def pretrain(args: argparse.Namespace) -> int:
@@ -239,8 +244,12 @@ def pretrain(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     tiny = section(TinyBackboneConfig, params["backbone"], "tiny")
     extract = params["extract"]
+    config = PretrainConfig()
+    if args.styles:  # ways of drawing the corpus's scenes, with their shares: "photo=0.5,flat=0.5"
+        styles = tuple((name, float(share)) for name, share in (s.split("=") for s in args.styles.split(",")))
+        config = dataclasses.replace(config, corpus=dataclasses.replace(config.corpus, styles=styles))
     model, record = pretrain(
-        PretrainConfig(),
+        config,
         tiny,
         mean=tuple(extract["mean"]),
         std=tuple(extract["std"]),
@@ -281,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--steps", type=int, default=None, help="stop after this many steps (default: the recipe's)"
     )
+    p.add_argument(
+        "--styles", default=None, help="ways of drawing the corpus, e.g. photo=0.5,painted=0.25,flat=0.25"
+    )
     p.set_defaults(func=pretrain)
     p = commands.add_parser(
         "card",
@@ -295,6 +307,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", default=None, help="submission_time (default: now, UTC, ISO 8601)")
     p.add_argument("--out", default="model_card.json", help="where to write it (default model_card.json)")
     p.set_defaults(func=card)
+    p = commands.add_parser(
+        "export",
+        help="write the served model as one self-contained folder (transformers pipeline, RoadworkDetector)",
+        description="Heads (safetensors), the ensemble's choice, the view rule, the backbone (copied, or a "
+        "public checkpoint's hub id and revision), the code transformers' image-classification pipeline "
+        "loads with trust_remote_code, model_card.json and a README. Options default to the `export:` "
+        "section of the configuration, when it has one.",
+    )
+    p.add_argument("out", help="the folder to write (made afresh; a folder holding other files is refused)")
+    p.add_argument("--name", default=None, help="model_name, unique across miners")
+    p.add_argument("--hotkey", default=None, help="submitted_by: the miner's hotkey")
+    p.add_argument("--version", default=None, help="X.Y.Z (default 1.0.0)")
+    p.add_argument("--backbone", choices=["copy", "hub"], default=None, help="copy (default) | hub")
+    p.add_argument("--hub-id", dest="hub_id", default=None, help="the backbone's hub id (--backbone hub)")
+    p.add_argument("--revision", default=None, help="the backbone's revision, a commit (--backbone hub)")
+    p.add_argument("--description", default=None, help="default: what is served, with its validator score")
+    p.add_argument("--time", default=None, help="submission_time (default: now, UTC, ISO 8601)")
+    p.set_defaults(func=export)
     args = parser.parse_args(argv)
     if args.command == "predict" and args.batch < 1:
         parser.error(f"--batch: must be >= 1, got {args.batch}")

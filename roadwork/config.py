@@ -88,6 +88,7 @@ _CACHE_KEYS = ("extract.side", "extract.mean", "extract.std", "extract.seed")  #
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
     "ingest": ("ingest",),
+    "generate": ("generate", "synth", "ingest"),
     "backbone": ("backbone",),
     "gps": ("gps",),
     "views": ("views",),
@@ -276,6 +277,7 @@ class Paths:
     )
     challenge: str  # validator-style challenges: <part>/<protocol>/<domain>/*.jpg, challenges.parquet
     challenge_tokens: str  # the validation challenges' pooled backbone tokens (val.npy)
+    generated_train: str  # `generate`: the generated domain as training data (NATIX schema + provenance)
     validation: str  # the served model on the test challenges: details.json, answers.parquet, levels.json
 
 

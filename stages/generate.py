@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.feather as feather
+
 from roadwork.config import load_paths, load_stage_params, section
 from roadwork.data.index import read_index
+from roadwork.data.ingest import IngestConfig
 from roadwork.device import resolve_device
 from roadwork.distributed import barrier, init_ranks
 from roadwork.generate.config import MODEL_SYNTHETIC, GenerateConfig
-from roadwork.generate.run import run_generate
+from roadwork.generate.run import INDEX_FILE, index_generated, run_generate
 from roadwork.synth.dataset import SynthConfig
 
 
@@ -25,15 +28,19 @@ def main() -> None:
     config = section(GenerateConfig, params, "generate")
     synth = section(SynthConfig, params, "synth") if config.model == MODEL_SYNTHETIC else None
     ranks = init_ranks(resolve_device(config.device))
+    index, out = read_index(Path(paths.prepared)), Path(paths.generated_train)
     counts = run_generate(
-        index=read_index(Path(paths.prepared)),
+        index=index,
         raw_root=Path(paths.raw),
-        out_root=Path(paths.generated_train),
+        out_root=out,
         config=config,
         synth=synth,
         ranks=ranks,
     )
     barrier(ranks)  # every rank's shards are written before the stage counts as done
+    if ranks.rank == 0:  # the rows as the index has them: what `extract` and `train` read
+        rows = index_generated(out, index, section(IngestConfig, params, "ingest"))
+        feather.write_feather(rows.to_arrow(), out / INDEX_FILE)
     where = f"generate[{ranks.rank}/{ranks.world}]" if ranks.world > 1 else "generate"
     print(
         f"{where}: {counts['planned']} rows planned ({counts['i2i']} i2i, {counts['t2i']} t2i) in "

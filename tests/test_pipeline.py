@@ -362,19 +362,48 @@ def test_validate_scores_what_roadwork_predict_answers(project: Path) -> None:
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] and latency["n"] == len(answers)
 
 
+def query_files(project: Path, tmp_path: Path) -> list[Path]:
+    """A 224 px crop challenge, a letterboxed one, a test image of the dataset at its own size (a phone
+    photo when there is one) and the same image enlarged to 1600x1200 (decoded at 1/8 scale)."""
+    answers = pl.read_parquet(project / "validation/answers.parquet")
+    files = [
+        project / "data/challenge" / answers.filter(pl.col("protocol") == p)["file"][0]
+        for p in ("crop", "letterbox")
+    ]
+    shard = next((project / "data/raw/synthetic/data").glob("test-*.parquet"))
+    images = [b["bytes"] for b in pl.read_parquet(shard)["image"] if b["bytes"] and decodes(b["bytes"])]
+    small_side = tiny_params()["views"]["small_side"]
+    photo = next((d for d in images if max(Image.open(io.BytesIO(d)).size) > small_side), images[0])
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    Image.open(io.BytesIO(photo)).convert("RGB").resize((1600, 1200)).save(
+        tmp_path / "photo_1600.jpg", quality=75
+    )
+    return [*files, tmp_path / "photo.jpg", tmp_path / "photo_1600.jpg"]
+
+
+def decodes(data: bytes) -> bool:
+    """Whether the bytes decode (the dataset's broken rows do not)."""
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.e2e
 def test_the_miner_detector_answers_like_predict_and_refuses_bad_input(project: Path, tmp_path: Path) -> None:
     from roadwork.serve.detector import InvalidImageError, RoadworkDetector
 
-    file = pl.read_parquet(project / "validation/answers.parquet")["file"][0]
-    image = Image.open(project / "data/challenge" / file)
-    # The same pixels for both: the detector gets a decoded image, so predict gets them losslessly too
-    # (on JPEG bytes predict may decode at a reduced JPEG scale, which gives other pixels).
-    image.convert("RGB").save(tmp_path / "challenge.png")
-    _, records = predict(project, str(tmp_path / "challenge.png"))
+    # The detector gets the JPEG as a miner has it (`Image.open` of the bytes, not decoded yet), predict
+    # the same file: the same pixels, a full-size JPEG decoded at the same reduced scale by both.
+    files = query_files(project, tmp_path)
+    _, records = predict(project, "--batch", "1", *map(str, files))
+    assert [r["model"] for r in records[:2]] + [records[-1]["model"]] == ["small", "small", "large"]
     detector = RoadworkDetector(project, device="cpu")
-    assert detector(image) == pytest.approx(records[0]["probability"], abs=1e-6)
-    data = (project / "data/challenge" / file).read_bytes()
+    for file, record in zip(files, records, strict=True):
+        answer = detector(Image.open(io.BytesIO(file.read_bytes())))
+        assert answer == pytest.approx(record["probability"], abs=1e-6), file.name
+    data = files[0].read_bytes()
     truncated = io.BytesIO(data[: len(data) // 2])  # the header opens, the pixels do not decode
     with pytest.raises(InvalidImageError, match="cannot read the image"):
         detector(Image.open(truncated))
@@ -393,11 +422,65 @@ def test_card_writes_the_fields_a_validator_backend_checks(project: Path) -> Non
     assert (
         card["model_name"] == "rw-miner-1" and card["submitted_by"] == "5Fkey" and card["version"] == "1.0.0"
     )
-    assert "validator-style challenges: MCC" in card["description"]
+    assert "validator-style challenges of every protocol: MCC" in card["description"]
     bad = subprocess.run(
         [sys.executable, "-m", "roadwork.cli", "card", "--name", "x", "--hotkey", "y", "--version", "1.0"],
         cwd=project,
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "expected X.Y.Z" in bad.stderr
+    assert bad.returncode == 2 and "field 'version' is '1.0': expected X.Y.Z" in bad.stderr
+
+
+@pytest.mark.e2e
+def test_the_exported_folder_answers_like_predict_in_a_fresh_process(project: Path, tmp_path: Path) -> None:
+    from tests.test_export import answer_in_fresh_process, files_under
+
+    out = tmp_path / "export"
+    cli = [sys.executable, "-m", "roadwork.cli", "export"]
+    run(
+        project,
+        *cli,
+        str(out),
+        "--name",
+        "rw-e2e",
+        "--hotkey",
+        "5Fe2e",
+        "--time",
+        "2026-05-01T12:00:00+00:00",
+    )
+    choice = json.loads((project / "submission/ensemble.json").read_text())
+    members = set(choice["members"]) | {m for route in choice["routes"] for m in route["members"]}
+    heads = [f"heads/{m}/{f}" for m in members for f in ("head.json", "model.safetensors")]
+    top = ["README.md", "config.json", "ensemble.json", "model_card.json", "modeling_roadwork.py"]
+    expected = [
+        *top,
+        "preprocessor_config.json",
+        "backbone/config.json",
+        "backbone/model.safetensors",
+        *heads,
+    ]
+    assert files_under(out) == sorted(expected)  # exactly what answers: no caches, logs or optimiser state
+    # Every loader, in a new interpreter outside the project (the folder and the installed package only),
+    # answers what `roadwork predict` answers in the project (which also asserts there that serving
+    # imported neither the training loop nor DVC).
+    files = query_files(project, tmp_path)
+    _, records = predict(project, "--batch", "1", *map(str, files))
+    answers = answer_in_fresh_process(out, files, cwd=tmp_path)
+    for loader in ("detector", "predictor", "pipeline"):
+        np.testing.assert_allclose(
+            answers[loader], [r["probability"] for r in records], atol=1e-6, err_msg=loader
+        )
+    readme = (out / "README.md").read_text()
+    details = json.loads((project / "validation/details.json").read_text())
+    for protocol, block in details["protocols"].items():
+        for half, scores in block["domains"].items():
+            assert f"| {protocol} | {half} | {scores['n']} | {scores['mcc']:.3f} [" in readme
+    bad = subprocess.run(
+        [*cli, str(tmp_path / "bad"), "--name", "rw e2e", "--hotkey", "5Fe2e"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "field 'model_name' must not hold white space" in bad.stderr
+    assert not (tmp_path / "bad").exists()

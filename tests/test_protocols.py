@@ -188,3 +188,12 @@ def test_protocol_draws_follow_their_shares_and_bad_names_are_refused():
         V.challenge(frame(), 0, np.random.default_rng(0), "square")
     with pytest.raises(ValueError, match="distinct"):
         V.ValidateConfig(protocols=("crop", "crop"))
+
+
+def test_stratified_draws_give_an_image_s_copies_one_protocol_each_in_their_shares():
+    rng = np.random.default_rng(1)
+    shares = {"crop": 1.0, "letterbox": 1.0}
+    pairs = [tuple(V.draw_protocol(rng, shares, (j, 2)) for j in range(2)) for _ in range(200)]
+    assert set(pairs) == {("crop", "letterbox")}  # two copies at equal shares: one of each
+    thirds = [V.draw_protocol(rng, {"crop": 2.0, "native": 1.0}, (j, 3)) for j in range(3) for _ in range(50)]
+    assert thirds.count("crop") == 100 and thirds.count("native") == 50

@@ -8,7 +8,16 @@ import torch
 from roadwork.config import ConfigError, load_params
 from roadwork.models import build_model
 from roadwork.train.config import member_config
-from roadwork.train.data import NULL, Table, Vocab, metadata_arrays, null_metadata, split_train_val
+from roadwork.train.data import (
+    NULL,
+    Table,
+    Vocab,
+    generated_flags,
+    metadata_arrays,
+    null_metadata,
+    split_train_val,
+    with_generated,
+)
 from roadwork.train.loop import epoch_order, lr_factor, predict_with_model, train_with_model
 
 
@@ -164,6 +173,31 @@ def test_gps_weighting_switch():
     uniform = epoch_order(table, config(gps_weighting=False), rng)
     assert table.near[weighted].mean() > 0.9
     assert sorted(uniform.tolist()) == list(range(1000))
+
+
+def test_generated_images_take_their_share_of_the_draws_and_follow_their_sources():
+    table = toy_table(1000, 0)
+    table.generated = np.arange(1000) >= 800  # 200 generated images
+    rng = np.random.default_rng(0)
+    assert epoch_order(table, config(generated_share=None), rng).tolist() != list(range(1000))
+    natural = epoch_order(table, config(generated_share=None), rng)
+    assert sorted(natural.tolist()) == list(range(1000))  # null: every row once, as any row
+    half = epoch_order(table, config(generated_share=0.5), rng)
+    assert 0.45 < table.generated[half].mean() < 0.55
+    gps_too = epoch_order(table, config(generated_share=0.2, gps_weighting=True), rng)
+    assert 0.15 < table.generated[gps_too].mean() < 0.25 and table.near[gps_too].mean() > 0.9
+    rows = pl.DataFrame({"image_id": ["a", "b"], "label": [1, 0]})
+    generated = pl.DataFrame({"image_id": ["ga", "gc"], "label": [1, 1], "source_image_id": ["a", "c"]})
+    both = with_generated(rows, generated, config())
+    assert both["image_id"].to_list() == ["a", "b", "ga"] and both["generated"].to_list() == [
+        False,
+        False,
+        True,
+    ]
+    assert len(with_generated(rows, generated, config(generated_share=0.0))) == 2
+    assert generated_flags(rows).tolist() == [False, False]
+    with pytest.raises(ConfigError, match="generated_share"):
+        config(generated_share=1.0)
 
 
 def test_batch_draws_copies_per_view():

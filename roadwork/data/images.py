@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_COLUMN = "image"
 EXIF_ORIENTATION = 0x0112
@@ -36,12 +36,14 @@ class ImageTooLargeError(ImageDecodeError):
     """An image that would decode to more than MAX_PIXELS pixels (refused from its header)."""
 
 
-def check_pixels(image: Image.Image, n_bytes: int) -> None:
-    """Refuse an opened, not yet loaded image whose decode (at its current draft size) exceeds MAX_PIXELS."""
+def check_pixels(image: Image.Image, n_bytes: int | None = None) -> None:
+    """Refuse an opened, not yet loaded image whose decode (at its current draft size) exceeds MAX_PIXELS
+    (`n_bytes`: the size of its encoded bytes, named in the message when known)."""
     width, height = image.size
     if width * height > MAX_PIXELS:
+        what = f"{image.format or 'image'} of {n_bytes} bytes" if n_bytes is not None else _what(image)
         raise ImageTooLargeError(
-            f"{image.format or 'image'} of {n_bytes} bytes, {width}x{height} ({width * height / 1e6:.1f} MP "
+            f"{what}, {width}x{height} ({width * height / 1e6:.1f} MP "
             f"to decode): over the limit of {MAX_PIXELS / 1e6:g} MP (roadwork.data.images.MAX_PIXELS)"
         )
 
@@ -131,21 +133,32 @@ class ShardReader:
         return value.as_py()
 
 
-def displayed_size(data: bytes) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the header alone (no pixels decoded, except PNG: see
-    below). A format without reduced-scale decode over MAX_PIXELS raises ImageTooLargeError."""
+def displayed_size(source: bytes | Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation of image bytes or of an opened PIL image, from the header
+    alone (no pixels decoded, except PNG: see below). A format without reduced-scale decode over
+    MAX_PIXELS raises ImageTooLargeError."""
+    if isinstance(source, Image.Image):
+        try:
+            return _displayed(source, None)
+        except ImageTooLargeError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ImageDecodeError(f"{_what(source)} has no readable header: {e}") from e
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if image.format not in REDUCED_SCALE_FORMATS:  # PIL looks for a PNG's EXIF by decoding it all
-            check_pixels(image, len(data))
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        return _displayed(Image.open(io.BytesIO(source)), len(source))
     except ImageTooLargeError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(
-            f"image of {len(data)} bytes has no readable header: {_reason(e, data)}"
+            f"image of {len(source)} bytes has no readable header: {_reason(e, source)}"
         ) from e
+
+
+def _displayed(image: Image.Image, n_bytes: int | None) -> tuple[int, int]:
+    width, height = image.size
+    if image.format not in REDUCED_SCALE_FORMATS:  # PIL looks for a PNG's EXIF by decoding it all
+        check_pixels(image, n_bytes)
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
@@ -158,25 +171,89 @@ def decode(data: bytes, *, min_side_scale: float = 1.0) -> tuple[Image.Image, fl
     (decoded size / full displayed size; 1.0 for other formats). An image that would decode to more
     than MAX_PIXELS pixels raises ImageTooLargeError before any pixel is decoded.
     """
+    _check_scale(min_side_scale)
+    try:
+        return _decode_opened(Image.open(io.BytesIO(data)), min_side_scale, len(data), owned=True)
+    except ImageTooLargeError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"image of {len(data)} bytes does not decode: {_reason(e, data)}") from e
+
+
+def decode_image(
+    image: Image.Image, *, min_side_scale: float = 1.0, n_bytes: int | None = None
+) -> tuple[Image.Image, float]:
+    """`decode` of an opened PIL image (`Image.open` of the bytes, as a StreetVision miner has it).
+
+    An image not loaded yet is decoded exactly as `decode` decodes its bytes: refused over MAX_PIXELS
+    from its header, and a JPEG / MPO at reduced scale. The caller's image object is left as it was (a
+    JPEG is decoded through a copy of its header state: drafting it in place would shrink the caller's
+    image; another format is loaded in place, as any read of its pixels would). An image already loaded
+    is used as it is (scale 1.0: its pixels exist, no draft is possible) and is never modified: EXIF
+    orientation and RGB conversion make new images when they change anything. `n_bytes`, the size of the
+    encoded image when known, goes into error messages.
+    """
+    _check_scale(min_side_scale)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"decode_image: expected a PIL image, got {type(image).__name__}")
+    try:
+        return _decode_opened(image, min_side_scale, n_bytes, owned=False)
+    except ImageTooLargeError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        what = _what(image) if n_bytes is None else f"{image.format or 'image'} of {n_bytes} bytes"
+        raise ImageDecodeError(f"{what} does not decode: {e}") from e
+
+
+def _check_scale(min_side_scale: float) -> None:
     if not 0.0 < min_side_scale <= 1.0:
         raise ValueError(f"decode: min_side_scale must be in (0, 1], got {min_side_scale!r}")
-    try:
-        image = Image.open(io.BytesIO(data))
-        scale = 1.0
-        if min_side_scale < 1.0 and image.format in REDUCED_SCALE_FORMATS:
+
+
+def _decode_opened(
+    image: Image.Image, min_side_scale: float, n_bytes: int | None, *, owned: bool
+) -> tuple[Image.Image, float]:
+    """The one decode: size checked from the header, draft (an unloaded JPEG / MPO), load, EXIF
+    orientation, RGB. `owned`: the image was opened here, so it may be changed in place."""
+    scale = 1.0
+    if _unloaded(image) and image.format in REDUCED_SCALE_FORMATS:
+        if not owned:
+            image = _header_copy(image)
+        if min_side_scale < 1.0:
             w, h = image.size
             want = (max(1, math.ceil(w * min_side_scale)), max(1, math.ceil(h * min_side_scale)))
             drafted = image.draft("RGB", want)
             if drafted is not None:
                 scale = drafted[1][2] / w  # the decoder's box is (0, 0, w / k, h / k)
-        check_pixels(image, len(data))  # from the header (size after draft): before any pixel is decoded
-        image.load()
+    check_pixels(image, n_bytes)  # from the header (size after draft): before any pixel is decoded
+    image.load()
+    if owned:
         ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to do
-        return _to_rgb(image), scale
-    except ImageTooLargeError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"image of {len(data)} bytes does not decode: {_reason(e, data)}") from e
+    elif image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+        # A new image: the caller's (or a twin sharing its `info` and EXIF) is not rewritten.
+        image = ImageOps.exif_transpose(image)
+    return _to_rgb(image), scale
+
+
+def _unloaded(image: Image.Image) -> bool:
+    """An image opened from a file whose pixels are not decoded yet (its tiles are still to read)."""
+    return isinstance(image, ImageFile.ImageFile) and bool(image.tile)
+
+
+def _header_copy(image: Image.Image) -> Image.Image:
+    """An unloaded JPEG's twin that reads the same stream: drafting and loading it leaves the original
+    as it was (size, draft state, open file). `copy()` would decode the original instead. The draft and
+    load only rebind the twin's own attributes; its `info` and EXIF are read, never written (the EXIF
+    rotation of a twin makes a new image)."""
+    twin = object.__new__(type(image))
+    twin.__dict__.update(image.__dict__)
+    twin._exclusive_fp = False  # loading the twin must not close the caller's file
+    return twin
+
+
+def _what(image: Image.Image) -> str:
+    """An opened image in messages, by its format (there are no bytes to count)."""
+    return f"{image.format or 'unknown format'} image"
 
 
 def pixel_view(image: Image.Image) -> np.ndarray:

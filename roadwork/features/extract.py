@@ -29,11 +29,15 @@ from roadwork.distributed import SINGLE, Ranks, plan_for_rank, rank_device
 from roadwork.features.backbone import load_backbone, pooled_tokens
 from roadwork.features.cache import CacheKey, ExtractConfig, FeatureCache, ShardWriter, expected_attrs
 from roadwork.features.manifest import read_manifest
+from roadwork.generate.run import read_generated
 from roadwork.progress import progress
 from roadwork.views.augment import augment_views, build_augment
 from roadwork.views.crops import load_views, served_views
-from roadwork.views.plan import ViewsConfig, boxes_by_image, read_plan
+from roadwork.views.plan import ViewsConfig, boxes_by_image, read_plan, view_boxes
 from roadwork.views.protocols import LEVELS, TRANSFORMS_VERSION, challenge_rng, draw_protocol, protocol_jpeg
+
+RAW, GENERATED = "raw", "generated"  # the datasets an image comes from
+DATASET = "dataset"  # the job column naming it
 
 
 class ViewDataset(Dataset):
@@ -42,7 +46,7 @@ class ViewDataset(Dataset):
 
     def __init__(
         self,
-        raw_root: Path,
+        raw_root: Path | dict[str, Path],
         jobs: pl.DataFrame,
         boxes: dict[str, np.ndarray],
         config: ExtractConfig,
@@ -50,9 +54,14 @@ class ViewDataset(Dataset):
     ):
         if config.challenge_copies and views is None:
             raise ValueError("extract.challenge_copies needs the view rule (views) to cut 224 px copies")
-        self.reader = ShardReader(raw_root)
+        # One reader per dataset root: the raw data and, when there is any, the generated training data
+        # (a job's `dataset` names its root; jobs without the column are the raw data's).
+        roots = raw_root if isinstance(raw_root, dict) else {RAW: raw_root}
+        self.readers = {name: ShardReader(root) for name, root in roots.items()}
+        if DATASET not in jobs.columns:
+            jobs = jobs.with_columns(pl.lit(RAW).alias(DATASET))
         self.jobs = jobs.select(
-            "image_id", "shard", "row", "width", "height", "cache_row", "copies"
+            "image_id", DATASET, "shard", "row", "width", "height", "cache_row", "copies"
         ).to_dicts()
         self.boxes = boxes
         self.config = config
@@ -64,7 +73,7 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         job = self.jobs[i]
-        data = self.reader.read(job["shard"], job["row"])
+        data = self.readers[job[DATASET]].read(job["shard"], job["row"])
         size = (job["width"], job["height"])  # the plan's size: a mismatching image fails loudly
         clean = load_views(data, self.boxes[job["image_id"]], self.config.side, size=size)
         out = np.empty((job["copies"], *clean.shape), dtype=np.uint8)
@@ -76,17 +85,27 @@ class ViewDataset(Dataset):
                 )
             else:
                 key = f"{job['image_id']}/{copy}"
-                out[copy] = challenge_copy(data, size, key=key, config=self.config, views=self.views)
+                stratum = (copy - 1 - self.config.aug_copies, self.config.challenge_copies)
+                out[copy] = challenge_copy(
+                    data, size, key=key, stratum=stratum, config=self.config, views=self.views
+                )
         return job["cache_row"], torch.from_numpy(out)
 
 
 def challenge_copy(
-    data: bytes, size: tuple[int, int], *, key: str, config: ExtractConfig, views: ViewsConfig
+    data: bytes,
+    size: tuple[int, int],
+    *,
+    key: str,
+    config: ExtractConfig,
+    views: ViewsConfig,
+    stratum: tuple[int, int] = (0, 1),
 ) -> np.ndarray:
-    """A validator-style copy's views `[V, side, side, 3]`: a protocol drawn by its share, a level 0-3,
-    the protocol's JPEG, cut as the served model cuts a query (seeded by `key`: image and copy)."""
+    """A validator-style copy's views `[V, side, side, 3]`: a protocol drawn by its share (the j-th of n
+    copies of an image in stratum (j, n), so an image's copies cover the protocols), a level 0-3, the
+    protocol's JPEG, cut as the served model cuts a query (seeded by `key`: image and copy)."""
     rng = challenge_rng(config.seed, key)
-    protocol = draw_protocol(rng, config.challenge_protocols)
+    protocol = draw_protocol(rng, config.challenge_protocols, stratum)
     level = int(rng.integers(0, len(LEVELS)))
     jpeg = protocol_jpeg(data, size, protocol=protocol, level=level, rng=rng)
     return served_views(jpeg, views=views, side=config.side)
@@ -223,7 +242,7 @@ def extract_with_model(
     model: torch.nn.Module,
     cache: FeatureCache,
     jobs: pl.DataFrame,
-    raw_root: Path,
+    raw_root: Path | dict[str, Path],
     boxes: dict[str, np.ndarray],
     config: ExtractConfig,
     views: ViewsConfig | None = None,
@@ -273,6 +292,15 @@ def run_extract(
     plan, plan_meta = read_plan(Path(paths.views))
     manifest = read_manifest(Path(paths.backbone), "backbone")
 
+    rows, roots = index.with_columns(pl.lit(RAW).alias(DATASET)), {RAW: Path(paths.raw)}
+    generated = read_generated(Path(paths.generated_train))
+    if generated is not None:  # the generated training images: cached as training rows of their own
+        rows = pl.concat(
+            [rows, generated.with_columns(pl.lit(GENERATED).alias(DATASET))], how="diagonal_relaxed"
+        )
+        roots[GENERATED] = Path(paths.generated_train)
+    views = ViewsConfig(**plan_meta["config"])  # the rule the plan was made with
+
     def open_and_plan() -> tuple[FeatureCache, pl.DataFrame]:
         cache = FeatureCache.create(
             Path(paths.features),
@@ -288,22 +316,20 @@ def run_extract(
                 "validator_transforms": TRANSFORMS_VERSION,
             },
         )
-        return cache, plan_jobs(index, cache, config)
+        return cache, plan_jobs(rows, cache, config)
 
     cache, jobs = plan_for_rank(open_and_plan, ranks)
     counts: dict[str, Any] = {"todo": len(jobs), "skipped": len(cache.row_of) - len(jobs)}
     if len(jobs):
         device = rank_device(resolve_device(config.device), ranks)
         model = load_backbone(Path(paths.backbone), dtype, device)
-        boxes = boxes_by_image(plan)
+        boxes = boxes_by_image(plan)  # the plan's images; a generated image's boxes follow from its size
+        for image_id, w, h in (
+            jobs.filter(pl.col(DATASET) == GENERATED).select("image_id", "width", "height").iter_rows()
+        ):
+            boxes[image_id] = view_boxes(w, h, views)
         counts |= extract_with_model(
-            model=model,
-            cache=cache,
-            jobs=jobs,
-            raw_root=Path(paths.raw),
-            boxes=boxes,
-            config=config,
-            views=ViewsConfig(**plan_meta["config"]),  # the rule the plan was made with
+            model=model, cache=cache, jobs=jobs, raw_root=roots, boxes=boxes, config=config, views=views
         )
     return counts
 

@@ -39,6 +39,7 @@ from PIL import Image
 
 from roadwork.config import save_resolved, to_dict
 from roadwork.data.images import ShardReader, decode
+from roadwork.data.ingest import IngestConfig, IngestError, ingest
 from roadwork.data.schema import RAW_SCHEMA, shard_name
 from roadwork.device import resolve_device
 from roadwork.distributed import SINGLE, Ranks, rank_device
@@ -254,3 +255,36 @@ def run_generate(
         counts["seconds_per_image"] = round((time.perf_counter() - drawing) / counts["images"], 4)
     counts["seconds"] = round(time.perf_counter() - started, 2)
     return counts
+
+
+INDEX_FILE = "index.arrow"  # the generated rows as the prepared index has them (not parquet: see PLAN_FILE)
+
+
+def index_generated(out_root: Path, index: pl.DataFrame, config: IngestConfig) -> pl.DataFrame:
+    """The generated dataset under `out_root` indexed by the project's own ingest (empty when nothing
+    was generated), each row with its source's `source_image_id` and `group`: a generated image goes
+    wherever its source goes (never into a validation fold its source is held out of)."""
+    columns = {**dict.fromkeys(index.columns), "source_image_id": None}
+    if not any((Path(out_root) / DATA_DIR).glob("*.parquet")):
+        return pl.DataFrame(schema={**index.schema, "source_image_id": pl.String}).select(list(columns))
+    result = ingest(Path(out_root), config, require_rows=False)
+    if len(result.quarantine):
+        first = result.quarantine.row(0, named=True)
+        raise IngestError(f"{out_root}: {len(result.quarantine)} generated row(s) quarantined, e.g. {first}")
+    plan = pl.from_arrow(feather.read_table(Path(out_root) / PLAN_FILE)).select("id", "source_image_id")
+    groups = index.select(pl.col("image_id").alias("source_image_id"), "group")
+    rows = result.index.drop("group").join(plan, left_on="source_id", right_on="id", how="left")
+    missing = rows.filter(pl.col("source_image_id").is_null())
+    if len(missing):
+        raise IngestError(f"{out_root}: generated id {missing['source_id'][0]} is not in {PLAN_FILE}")
+    return rows.join(groups, on="source_image_id", how="left").select(list(columns))
+
+
+def read_generated(out_root: Path) -> pl.DataFrame | None:
+    """The generated rows' index written by the `generate` stage; None when there is none."""
+    path = Path(out_root) / INDEX_FILE
+    if not path.is_file():
+        return None
+    frame = pl.from_arrow(feather.read_table(path))
+    assert isinstance(frame, pl.DataFrame)
+    return frame if len(frame) else None

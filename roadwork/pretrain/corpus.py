@@ -42,6 +42,7 @@ from roadwork.synth.scene import (
     SceneSpec,
     render_frames,
 )
+from roadwork.synth.style import draw_style
 from roadwork.views.crops import load_views
 from roadwork.views.plan import ViewsConfig, view_boxes
 from roadwork.views.protocols import LEVELS, SIZE, challenge_pair, to_jpeg
@@ -73,6 +74,41 @@ class CorpusConfig:
     side: int = 112  # view side in pixels (`extract.side`)
     grid: int = 3  # the planned views' rule (`views.grid`, `views.overlap`)
     overlap: float = 0.25
+    # Ways of drawing a scene, with their shares: photo (the dataset's renderer), painted (the synthetic
+    # world's second style, each scene its own draw: roadwork.synth.style) and flat (posterised colours,
+    # inked edges). A real DINOv3 saw photographs, renders and paintings; the tiny one sees more than one
+    # way of drawing the same objects, never the dataset's scenes.
+    styles: tuple[tuple[str, float], ...] = (("photo", 1.0),)
+
+
+STYLES = ("photo", "painted", "flat")
+
+
+def flat(image: np.ndarray, levels: int = 5) -> np.ndarray:
+    """A uint8 RGB frame drawn flat: smoothed, each channel posterised to `levels` values, dark ink
+    along the strong edges (a cartoon's look; cheap enough to draw per scene)."""
+    smooth = cv2.medianBlur(image, 5)
+    step = 256 / levels
+    out = (np.floor(smooth / step) * step + step / 2).astype(np.uint8)
+    edges = cv2.Canny(cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY), 60, 140)
+    out[cv2.dilate(edges, np.ones((2, 2), np.uint8)) > 0] = (25, 25, 25)
+    return out
+
+
+def draw_frame(config: CorpusConfig, spec: SceneSpec, rng: np.random.Generator) -> Frame:
+    """The scene rendered in a way of drawing drawn by `config.styles`' shares (a photo by default)."""
+    names = [name for name, _ in config.styles]
+    weights = np.array([share for _, share in config.styles], np.float64)
+    style = names[int(rng.choice(len(names), p=weights / weights.sum()))] if len(names) > 1 else names[0]
+    if style not in STYLES:
+        raise ValueError(f"corpus style {style!r}: expected one of {STYLES}")
+    painted = draw_style(rng) if style == "painted" else None
+    frame = render_frames(spec, rng.spawn(1)[0], 1, style=painted)[0]
+    return (
+        Frame(flat(frame.image), frame.objects, frame.distractors, frame.scenery)
+        if style == "flat"
+        else frame
+    )
 
 
 def scene_rng(config: CorpusConfig, index: int) -> np.random.Generator:
@@ -176,7 +212,7 @@ def scene(config: CorpusConfig, index: int) -> dict[str, np.ndarray]:
     test that no dataset image is in the corpus)."""
     rng = scene_rng(config, index)
     spec = draw_spec(config, rng)
-    frame = render_frames(spec, rng.spawn(1)[0], 1)[0]
+    frame = draw_frame(config, spec, rng)
     buffer = io.BytesIO()
     Image.fromarray(frame.image).save(buffer, format="JPEG", quality=config.jpeg_quality)
     boxes = crop_boxes(config, frame, spec, rng)

@@ -11,12 +11,18 @@ size another), each chosen and calibrated on the validation challenges of its pr
 names its `model` (the route). Every input
 gets one result, in input order: a failure is an error result in its place. An image that would decode
 to more than `roadwork.data.images.MAX_PIXELS` pixels is refused from its header.
+
+What is served (`Served`) comes from a trained project (`Served.of_project`) or from the folder
+`roadwork export` writes (`Served.from_export`: no params.yaml, no caches, no DVC). An image may come as
+its bytes (`predict`, `probability`) or opened with PIL (`probability_of`): the same JPEG gives the same
+answer either way, decoded at the same reduced scale.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +30,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+from PIL import Image
 
-from roadwork.config import load_paths, section, subset
+from roadwork.config import from_dict, load_paths, section, subset
 from roadwork.data.images import ImageDecodeError, ShardReader, displayed_size
 from roadwork.data.ingest import IngestConfig, IngestError, IngestResult, ingest
 from roadwork.device import resolve_device
@@ -34,10 +41,12 @@ from roadwork.ensemble.submit import read_choice
 from roadwork.features.backbone import BackboneDtype, load_backbone
 from roadwork.features.cache import CacheKey
 from roadwork.features.extract import embed_views
+from roadwork.features.manifest import DTYPES
 from roadwork.features.text import embed_texts, load_encoder
-from roadwork.train.checkpoint import load_head
+from roadwork.metrics import sigmoid
+from roadwork.serve.heads import load_served_head
 from roadwork.train.data import metadata_arrays, null_metadata
-from roadwork.views.crops import served_views
+from roadwork.views.crops import Source, served_views
 from roadwork.views.plan import ViewsConfig
 
 SERVED = ("best_single", "ensemble")  # submit.use values whose predictions `predict` reproduces
@@ -67,16 +76,29 @@ def served_routes(choice: dict[str, Any], source: Path) -> tuple[Route, list[Rou
     return target, routes
 
 
+# The files of an exported folder (`roadwork.serve.export` writes them, `Served.from_export` reads them).
+EXPORT_CONFIG = "config.json"  # transformers' config, holding the serving settings under "serving"
+EXPORT_CHOICE = "ensemble.json"
+EXPORT_HEADS = "heads"
+EXPORT_BACKBONE = "backbone"
+
+
 @dataclass(frozen=True)
 class Served:
     """Everything that answers a query, as files and settings: what `roadwork export` copies."""
 
-    backbone: Path  # the saved backbone folder (`from_pretrained`)
+    backbone: Path | None  # the saved backbone folder (`from_pretrained`); None: `backbone_id` on the hub
     heads: Path  # <member>/ folders of the saved heads
     choice: dict[str, Any]  # `ensemble.json`: members, routes, calibrations
     extract: CacheKey  # view side and normalisation
     views: ViewsConfig  # the view rule
     dtype: str  # the backbone's weights dtype
+    backbone_id: str | None = None  # a public checkpoint's hub id, when there is no folder ...
+    revision: str | None = None  # ... and its revision (a commit: the weights the heads were trained on)
+
+    def __post_init__(self) -> None:
+        if (self.backbone is None) == (self.backbone_id is None):
+            raise ValueError("Served: give the backbone as a folder or as a hub id, exactly one of them")
 
     @classmethod
     def of_project(cls, params: dict[str, Any]) -> Served:
@@ -91,10 +113,61 @@ class Served:
             dtype=subset(BackboneDtype, params, "backbone").dtype,
         )
 
+    @classmethod
+    def from_export(cls, folder: str | Path, revision: str | None = None) -> Served:
+        """What an exported folder (`roadwork export`) serves: its own files only. `folder` may be a
+        Hugging Face repository id the folder was published to (fetched at `revision`)."""
+        folder = exported_folder(folder, revision)
+        path = folder / EXPORT_CONFIG
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; is {folder} a folder written by `roadwork export`?")
+        serving = json.loads(path.read_text()).get("serving")
+        if not isinstance(serving, dict):
+            raise ValueError(f"{path}: no 'serving' settings; not a folder written by `roadwork export`")
+        source = serving["backbone"]
+        return cls(
+            backbone=folder / source["folder"] if "folder" in source else None,
+            heads=folder / EXPORT_HEADS,
+            choice=json.loads((folder / EXPORT_CHOICE).read_text()),
+            extract=from_dict(CacheKey, serving["extract"], f"{path} serving.extract"),
+            views=from_dict(ViewsConfig, serving["views"], f"{path} serving.views"),
+            dtype=serving["dtype"],
+            backbone_id=source.get("hub_id"),
+            revision=source.get("revision"),
+        )
+
     def members(self) -> list[str]:
         """Every member any route serves, in first-served order."""
         target, routes = served_routes(self.choice, self.heads)
         return list(dict.fromkeys(target.members + sum((r.members for r in routes), ())))
+
+    def load_backbone(self, device: str | torch.device) -> torch.nn.Module:
+        """The backbone in eval mode, frozen: from its folder, or from the hub at the pinned revision."""
+        if self.backbone is not None:
+            return load_backbone(self.backbone, self.dtype, str(device))
+        from transformers import DINOv3ViTModel
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"backbone dtype {self.dtype!r}: expected one of {sorted(DTYPES)}")
+        model = DINOv3ViTModel.from_pretrained(
+            self.backbone_id, revision=self.revision, dtype=DTYPES[self.dtype]
+        )
+        return model.to(device).eval().requires_grad_(False)
+
+
+def exported_folder(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local exported folder as it is; otherwise a Hugging Face repository id, fetched (at `revision`)
+    into the hub's cache."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision))
+    except Exception as e:  # the hub's errors are many (offline, not found, gated): all mean "no folder"
+        raise FileNotFoundError(
+            f"{name_or_path}: not a local folder, and not fetched from the Hugging Face hub ({e})"
+        ) from e
 
 
 class Predictor:
@@ -113,8 +186,8 @@ class Predictor:
         self.target, self.routes = served_routes(choice, served.heads)
         self.device = resolve_device(device)
         self.extract, self.views = served.extract, served.views
-        self.backbone = load_backbone(served.backbone, served.dtype, self.device)
-        self.heads = {name: load_head(served.heads / name, self.device) for name in served.members()}
+        self.backbone = served.load_backbone(self.device)
+        self.heads = {name: load_served_head(served.heads / name, self.device) for name in served.members()}
         self._text_encoder = None
 
     def route(self, size: tuple[int, int]) -> Route:
@@ -126,9 +199,10 @@ class Predictor:
         """`[V, 3, D]` pooled backbone tokens of one image's views, rounded to float16 like the cache."""
         return embed_views(self.backbone, views, self.extract).astype(np.float16)
 
-    def view_features(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+    def view_features(self, data: Source) -> tuple[np.ndarray, tuple[int, int]]:
         """`[V, 3, D]` pooled tokens of one image's clean views (ImageTooLargeError over MAX_PIXELS), as
-        `features.extract.image_features` embeds them for the challenge stage, and the image's size."""
+        `features.extract.image_features` embeds them for the challenge stage, and the image's size.
+        `data`: the image's bytes or the image opened with PIL (the same views either way)."""
         size = displayed_size(data)
         return self.embed(served_views(data, views=self.views, side=self.extract.side, size=size)), size
 
@@ -158,6 +232,26 @@ class Predictor:
             raise ValueError(result["error"])
         return float(result["probability"])
 
+    def probability_of(self, image: Image.Image) -> float:
+        """The served probability of an image opened with PIL (no metadata, no re-encoding): `predict`'s
+        answer for the same JPEG's bytes. An unloaded JPEG is decoded at reduced scale; ImageDecodeError
+        (ImageTooLargeError: refused from its header) when it cannot be read."""
+        features, size = self.view_features(image)
+        return float(sigmoid(self.log_odds(features[None], [size])[0]))
+
+    def log_odds(self, features: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Calibrated float64 log-odds `[n]` of images without metadata, given as pooled tokens
+        `[n, V, 3, D]` and their sizes (which pick the route): sigmoid of it is the served probability,
+        computed as `predict` computes it."""
+        out = np.empty(len(features), dtype=np.float64)
+        by_route: dict[Route, list[int]] = {}
+        for k, size in enumerate(sizes):
+            by_route.setdefault(self.route(tuple(size)), []).append(k)
+        for route, rows in by_route.items():
+            logit = self.logits(features[rows], null_metadata(len(rows)), route)
+            out[rows] = calibrated_log_odds(route.calibration, logit)
+        return out
+
     def _score(
         self, items: list[tuple[Any, bytes]], meta_rows: pl.DataFrame, *, metadata: bool
     ) -> list[dict[str, Any]]:
@@ -176,7 +270,7 @@ class Predictor:
             features = np.stack([f for _, f in scored])
             logit = self.logits(features, meta_rows[[k for k, _ in scored]], route)
             for (k, _), value in zip(scored, logit, strict=True):
-                prob = float(route.calibration.probability(value))
+                prob = float(sigmoid(calibrated_log_odds(route.calibration, value)))
                 results[k] |= {"probability": prob, "label": int(prob > self.threshold), "model": route.name}
         return results
 
@@ -215,6 +309,12 @@ class Predictor:
                 out = outcome[r]
                 yield out | answers[out["image_id"]] if "image_id" in out else out
             pending = []
+
+
+def calibrated_log_odds(calibration: Calibration, logit: Any) -> np.ndarray:
+    """The served log-odds of ensemble logits: `calibration.probability` is sigmoid of it (the same
+    float64 arithmetic, so the probability is the same to the last bit)."""
+    return calibration.slope * (np.asarray(logit, dtype=np.float64) - calibration.threshold)
 
 
 def _row_outcomes(result: IngestResult) -> list[dict[str, Any]]:

@@ -45,6 +45,8 @@ class TrainConfig:
     challenge_rate: float  # share of draws of a training row that take a validator-style copy (224 px
     # JPEG of a random level, no metadata), when the feature cache has them (`extract.challenge_copies`)
     gps_near_weight: float | None  # sampling weight of rows in the first GPS bracket (null: gps stage's)
+    generated_share: float | None  # share of an epoch's draws that are generated images (the `generate`
+    # stage's, of training sources only); null: as many as there are, drawn like any row; 0: none
     hidden: int  # hidden width of the MLP baseline (0: linear, a logistic regression)
     pool: str  # the MLP's view pooling: meanmax (mean and max over views) | views (concatenated in order)
     dropout: float
@@ -85,6 +87,10 @@ class TrainConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction={self.val_fraction}: expected a fraction in (0, 1)")
+        if self.generated_share is not None and not 0.0 <= self.generated_share < 1.0:
+            raise ConfigError(
+                f"train.generated_share={self.generated_share}: expected null or a share in [0, 1)"
+            )
         for name in ("meta_dropout", "challenge_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: expected a probability in [0, 1]")

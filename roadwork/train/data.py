@@ -18,7 +18,9 @@ import torch
 from roadwork.config import load_paths, subset
 from roadwork.data.gps import read_weights
 from roadwork.features.cache import TOKENS, CacheKey, FeatureCache, open_features
+from roadwork.features.text import DIM as TEXT_DIM
 from roadwork.features.text import read_text
+from roadwork.generate.run import read_generated
 from roadwork.masks.cache import MaskCache, open_masks
 from roadwork.masks.config import MaskKey
 from roadwork.predictions import predictions_frame
@@ -72,6 +74,8 @@ class Table:
     masks: np.ndarray | None = None  # [n, V, P, G, G] float16: SAM 3 pseudo-masks per view and prompt
     challenge_copies: int = 0  # the last copies of a full row are validator-style (224 px, no metadata)
     fold: np.ndarray | None = None  # [n] the fold that held each row out (a cross-fitted member); -1: none
+    generated: np.ndarray | None = None  # [n] bool: a generated image (the `generate` stage's), not a photo
+    mask_valid: np.ndarray | None = None  # [n] bool: the row has pseudo-masks (generated images have none)
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -138,7 +142,8 @@ class Table:
             out["fold"] = torch.from_numpy(self.fold[idx])
         if self.masks is not None:
             out["masks"] = torch.from_numpy(self.masks[idx].astype(np.float32))
-            out["mask_valid"] = torch.ones(len(idx), dtype=torch.bool)
+            valid = np.ones(len(idx), bool) if self.mask_valid is None else self.mask_valid[idx]
+            out["mask_valid"] = torch.from_numpy(valid)
         return out
 
 
@@ -236,6 +241,7 @@ class TrainInputs:
     near_km: float = 100.0  # radius of the "near a test cluster" statistic
     first_bracket_km: float = 50.0  # the first GPS bracket (the strongest weight)
     masks: MaskCache | None = None  # SAM 3 pseudo-masks: the full head's Dice target; None: none
+    generated: pl.DataFrame | None = None  # generated training rows (index columns + source_image_id)
 
     def table(self, rows: pl.DataFrame, *, vocab: Vocab, config: TrainConfig, train: bool) -> Table:
         """`load_table` of `rows` from these inputs; GPS and masks only for `train` rows (a training
@@ -243,7 +249,7 @@ class TrainInputs:
         return load_table(
             rows,
             cache=self.cache,
-            text=read_text(self.text_path, rows["image_id"].to_list()),
+            text=self.text(rows),
             vocab=vocab,
             config=config,
             gps=self.gps if train else None,
@@ -251,6 +257,24 @@ class TrainInputs:
             first_bracket_km=self.first_bracket_km,
             masks=self.masks if train else None,
         )
+
+    def text(self, rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' description embeddings and mask; a generated image has none (no metadata, as a
+        validator's generated queries)."""
+        real = ~generated_flags(rows)
+        embedding, mask = np.zeros((len(rows), TEXT_DIM), np.float32), np.zeros(len(rows), bool)
+        if real.any():
+            embedding[real], mask[real] = read_text(self.text_path, rows["image_id"].filter(real).to_list())
+        return embedding, mask
+
+
+def generated_flags(rows: pl.DataFrame) -> np.ndarray:
+    """[n] bool: the rows that are generated images (`with_generated`); none without the column."""
+    return (
+        rows["generated"].to_numpy().astype(bool)
+        if "generated" in rows.columns
+        else np.zeros(len(rows), bool)
+    )
 
 
 def open_inputs(params: dict[str, Any], *, masks: bool) -> TrainInputs:
@@ -265,6 +289,7 @@ def open_inputs(params: dict[str, Any], *, masks: bool) -> TrainInputs:
         near_km=float(gps["near_km"]),
         first_bracket_km=float(gps["brackets_km"][0]),
         masks=open_masks(paths, subset(MaskKey, params, "masks")) if masks else None,
+        generated=read_generated(Path(paths.generated_train)),
     )
 
 
@@ -289,9 +314,13 @@ def load_table(
     label = rows["label"].fill_null(-1).to_numpy().astype(np.int64)
     table = Table(ids, features, copies, label, metadata_arrays(rows, vocab, text), rows["group"].to_list())
     table.challenge_copies = cache.challenge_copies if config.aug else 0
-    if masks is not None:
-        view_masks = masks.read(ids)["view_masks"]
-        table.masks = view_masks if views is None else view_masks[:, views]
+    table.generated = generated_flags(rows)
+    real = ~table.generated
+    if masks is not None and real.any():  # pseudo-masks exist for the dataset's images only
+        found = masks.read([i for i, r in zip(ids, real, strict=True) if r])["view_masks"]
+        view_masks = np.zeros((len(ids), *found.shape[1:]), found.dtype)
+        view_masks[real] = found
+        table.masks, table.mask_valid = (view_masks if views is None else view_masks[:, views]), real
     if gps is not None:
         joined = rows.select("image_id").join(gps, on="image_id", how="left", maintain_order="left")
         table.weight = joined["weight"].fill_null(1.0).to_numpy().astype(np.float64)
@@ -301,13 +330,26 @@ def load_table(
     return table
 
 
+def with_generated(rows: pl.DataFrame, generated: pl.DataFrame | None, config: TrainConfig) -> pl.DataFrame:
+    """Training `rows` and the generated images drawn from them (never from a held-out row: a generated
+    image goes where its source goes); with `generated` (bool) marking which is which."""
+    rows = rows.with_columns(generated=pl.lit(False))
+    if generated is None or config.generated_share == 0:
+        return rows
+    mine = generated.filter(pl.col("source_image_id").is_in(rows["image_id"].implode()))
+    return pl.concat([rows, mine.with_columns(generated=pl.lit(True))], how="diagonal_relaxed").select(
+        rows.columns
+    )
+
+
 def prepare_tables(
     index: pl.DataFrame, *, inputs: TrainInputs, config: TrainConfig
 ) -> tuple[dict[str, Table], Vocab]:
     """train / val (from the labelled train split, grouped) and test Tables, and the training vocabulary."""
     fit, val = train_val_rows(index, config.val_fraction, config.split_seed)
-    parts = {"train": fit, "val": val, "test": index.filter(pl.col("split") == "test")}
     vocab = Vocab.fit(fit)
+    fit = with_generated(fit, inputs.generated, config)
+    parts = {"train": fit, "val": val, "test": index.filter(pl.col("split") == "test")}
     tables = {
         name: inputs.table(rows, vocab=vocab, config=config, train=name == "train")
         for name, rows in parts.items()
@@ -324,11 +366,13 @@ def prepare_folds(
     labelled = labelled_train_rows(index)
     split = grouped_folds(labelled, config.val_fraction, config.split_seed)
     vocab = Vocab.fit(split[0][0])
-    pool = inputs.table(labelled, vocab=vocab, config=config, train=True)
+    pool_rows = with_generated(labelled, inputs.generated, config)
+    pool = inputs.table(pool_rows, vocab=vocab, config=config, train=True)
     test = inputs.table(index.filter(pl.col("split") == "test"), vocab=vocab, config=config, train=False)
     position = {image_id: k for k, image_id in enumerate(pool.image_id)}
     folds = []
     for k, (fit, held) in enumerate(split):
+        fit = with_generated(fit, inputs.generated, config)  # generated images of this fold's sources only
         fit_idx, held_idx = ([position[i] for i in rows["image_id"]] for rows in (fit, held))
         val = pool.take(held_idx)
         val.fold = np.full(len(val), k, dtype=np.int64)  # the fold models ignore it; `FoldMean` reads it

@@ -68,12 +68,22 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
 
 
 def row_draw_weights(table: Table, config: TrainConfig) -> np.ndarray | None:
-    """The GPS weights of the rows, with the first bracket re-weighted when the member asks for it."""
-    if not config.gps_weighting or table.weight is None:
+    """How often each row is drawn: its GPS weight (the first bracket re-weighted when the member asks
+    for it), and the generated images as `generated_share` of all draws; None: uniformly."""
+    gps = config.gps_weighting and table.weight is not None
+    share = config.generated_share
+    generated = table.generated if table.generated is not None and table.generated.any() else None
+    if not gps and (share is None or generated is None):
         return None
-    weight = table.weight
-    if config.gps_near_weight is not None:
+    weight = table.weight if gps else np.ones(len(table))
+    if gps and config.gps_near_weight is not None:
         weight = np.where(table.first_bracket, config.gps_near_weight, weight)
+    if share is not None and generated is not None:  # each part's draws in its share, GPS-weighted within
+        weight = np.where(
+            generated,
+            share * weight / weight[generated].sum(),
+            (1 - share) * weight / weight[~generated].sum(),
+        )
     return weight / weight.sum()
 
 

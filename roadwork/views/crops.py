@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from roadwork.data.images import decode, displayed_size, pixel_view
+from roadwork.data.images import decode, decode_image, displayed_size, pixel_view
 from roadwork.views.plan import ViewsConfig, view_boxes
 
 
@@ -74,15 +74,27 @@ def cut_views(image: Image.Image, boxes: np.ndarray, scale: float, side: int) ->
     return out
 
 
+Source = bytes | Image.Image  # encoded image bytes, or an opened PIL image (a miner's `Image.open`)
+
+
+def decode_source(source: Source, *, min_side_scale: float = 1.0) -> tuple[Image.Image, float]:
+    """`decode` of image bytes or `decode_image` of an opened PIL image: the same pixels for the same
+    JPEG either way (an unloaded image is decoded at the same reduced scale as its bytes would be)."""
+    if isinstance(source, Image.Image):
+        return decode_image(source, min_side_scale=min_side_scale)
+    return decode(source, min_side_scale=min_side_scale)
+
+
 def load_views(
-    data: bytes, boxes: np.ndarray, side: int, *, size: tuple[int, int] | None = None
+    data: Source, boxes: np.ndarray, side: int, *, size: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Decode `data` at the scale the boxes need and cut the views: uint8 [V, side, side, 3].
+    """Decode `data` (bytes or an opened PIL image) at the scale the boxes need and cut the views:
+    uint8 [V, side, side, 3].
 
     `size`, the displayed (width, height) the boxes were planned for, is checked against the image
     when given, so a plan made for another image fails loudly instead of cutting the wrong pixels.
     """
-    image, scale = decode(data, min_side_scale=required_scale(boxes, side))
+    image, scale = decode_source(data, min_side_scale=required_scale(boxes, side))
     if size is not None:
         expected = (math.ceil(size[0] * scale - 1e-9), math.ceil(size[1] * scale - 1e-9))
         if image.size != expected:
@@ -122,14 +134,15 @@ def content_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def served_views(
-    data: bytes, *, views: ViewsConfig, side: int, size: tuple[int, int] | None = None
+    data: Source, *, views: ViewsConfig, side: int, size: tuple[int, int] | None = None
 ) -> np.ndarray:
     """uint8 `[V, side, side, 3]`: an image's views as the served model sees them, its boxes from its own
-    displayed size (`size`, when the caller has read it already). A small image (a validator's 224 px
-    query) with `views.trim_bands` is cut inside its letterbox bands (`content_box`), if it has any."""
+    displayed size (`size`, when the caller has read it already). `data` is the image's bytes or the
+    image opened with PIL: the same views either way. A small image (a validator's 224 px query) with
+    `views.trim_bands` is cut inside its letterbox bands (`content_box`), if it has any."""
     size = size or displayed_size(data)
     if views.trim_bands and max(size) <= views.small_side:
-        image, _ = decode(data)  # small: a full decode costs nothing
+        image, _ = decode_source(data)  # small: a full decode costs nothing
         x0, y0, x1, y1 = content_box(np.asarray(image))
         boxes = view_boxes(x1 - x0, y1 - y0, views) + np.array([x0, y0, x0, y0], dtype=np.int32)
         return cut_views(image, boxes, 1.0, side)

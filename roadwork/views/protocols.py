@@ -272,13 +272,20 @@ def challenge_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def draw_protocol(rng: np.random.Generator, shares: Mapping[str, float]) -> str:
-    """One protocol drawn with probability proportional to its share (zero shares never drawn)."""
+def draw_protocol(
+    rng: np.random.Generator, shares: Mapping[str, float], stratum: tuple[int, int] = (0, 1)
+) -> str:
+    """One protocol drawn with probability proportional to its share (zero shares never drawn).
+    `stratum` (j, n): the j-th of n draws for one image, stratified, so that n copies cover the
+    protocols in their shares (two copies at equal crop and letterbox shares: one of each)."""
     names = [name for name in PROTOCOLS if shares.get(name, 0) > 0]
     if not names:
         raise ValueError(f"protocol shares {dict(shares)}: none is positive")
     weights = np.array([shares[name] for name in names], dtype=np.float64)
-    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    u = (stratum[0] + rng.random()) / stratum[1]
+    return names[
+        min(int(np.searchsorted(np.cumsum(weights / weights.sum()), u, side="right")), len(names) - 1)
+    ]
 
 
 def protocol_jpeg(
