@@ -31,6 +31,15 @@ def summary(args: argparse.Namespace) -> int:
     if not scores_path.is_file():
         print(f"{scores_path}: not found; run `dvc repro` first", file=sys.stderr)
         return 1
+    if args.markdown:  # docs/results.md: the same numbers as markdown, from the outputs alone
+        from roadwork.report.results import results_markdown
+
+        text = results_markdown(paths)
+        if args.markdown == "-":
+            print(text, end="")
+        else:
+            Path(args.markdown).write_text(text)
+        return 0
     scores = json.loads(scores_path.read_text())
     validator = Path(paths.validation) / "details.json"
     if validator.is_file():  # what a StreetVision validator would pay for, per protocol
@@ -235,6 +244,21 @@ def export(args: argparse.Namespace) -> int:
 EXPORT_OPTIONS = ("name", "hotkey", "version", "backbone", "hub_id", "revision", "description", "time")
 
 
+def config_apply(args: argparse.Namespace) -> int:
+    """Merge a recipe overlay (configs/*.yaml) into config.yaml; print the keys it changes."""
+    from roadwork.config import CONFIG_FILE, ConfigError, apply_overlay
+
+    target = Path(args.params).parent / CONFIG_FILE
+    try:
+        changed = apply_overlay(args.overlay, target, write=not args.dry_run)
+    except (ConfigError, OSError) as e:
+        print(f"roadwork config apply: {e}", file=sys.stderr)
+        return 2
+    verb = "would change" if args.dry_run else "changed"
+    print(f"{target}: {verb} {len(changed)} key(s)" + "".join(f"\n  {key}" for key in changed))
+    return 0
+
+
 def pretrain(args: argparse.Namespace) -> int:
     """Pretrain the tiny DINOv3 on the synthetic corpus and save it (the embedded default's backbone)."""
     from roadwork.config import section
@@ -265,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roadwork", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("summary", help="print the final metrics and the output locations").set_defaults(
-        func=summary
+    p = commands.add_parser("summary", help="print the final metrics and the output locations")
+    p.add_argument(
+        "--markdown", metavar="FILE", default=None, help="write the results as markdown to FILE ('-': stdout)"
     )
+    p.set_defaults(func=summary)
     p = commands.add_parser(
         "predict",
         help="roadwork probability per image (JSON lines); exit status 1 if any input failed",
@@ -280,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass")
     p.set_defaults(func=predict)
+    p = commands.add_parser("config", help="apply a recipe overlay (configs/*.yaml) to config.yaml")
+    p.add_argument("action", choices=["apply"])
+    p.add_argument("overlay", help="a partial config.yaml, e.g. configs/natix-gpu.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the keys it would change, write nothing")
+    p.set_defaults(func=config_apply)
     p = commands.add_parser(
         "pretrain",
         help="pretrain the tiny DINOv3 on the synthetic corpus (reproduces assets/tiny-dinov3)",

@@ -11,6 +11,7 @@ being ignored) and saves the resolved config beside an output.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import shutil
 import types
@@ -315,3 +316,45 @@ def stage_shares(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for member in params.get("ensemble", {}).get("members", {}):
         shares[f"train-{member}"] = stage_params(params, "train", member)
     return shares
+
+
+OPEN_MAPPINGS = ("ensemble.members",)  # where an overlay may add keys (a member's name is free)
+
+
+def _merge_overlay(node: Any, overlay: dict[str, Any], where: str, changed: list[str]) -> None:
+    """Merge `overlay` into the round-trip mapping `node` in place: mappings recurse, anything else
+    replaces; a key the configuration does not have is an error, but under OPEN_MAPPINGS."""
+    for key, value in overlay.items():
+        at = f"{where}.{key}" if where else str(key)
+        if key not in node and not where.startswith(OPEN_MAPPINGS):
+            raise ConfigError(
+                f"{at}: not a key of {CONFIG_FILE} (a typo?); the overlay sets only existing keys"
+            )
+        if isinstance(value, dict) and isinstance(node.get(key), dict):
+            _merge_overlay(node[key], value, at, changed)
+        elif node.get(key) != value:
+            node[key] = value
+            changed.append(at)
+
+
+def apply_overlay(
+    overlay_path: str | Path, config_path: str | Path = CONFIG_FILE, *, write: bool = True
+) -> list[str]:
+    """Merge a recipe overlay (a partial config.yaml: configs/*.yaml) into `config_path`, keeping its
+    comments and order; returns the keys that changed. With `write` False, changes nothing."""
+    from ruamel.yaml import YAML  # round-trip YAML (comments kept); DVC's own dependency
+
+    yaml_rt = YAML()
+    yaml_rt.width = 110
+    config_path = Path(config_path)
+    document = yaml_rt.load(config_path.read_text())
+    overlay = _read_yaml(Path(overlay_path))
+    changed: list[str] = []
+    _merge_overlay(document, overlay, "", changed)
+    buffer = io.StringIO()
+    yaml_rt.dump(document, buffer)
+    merged = merge_disjoint(yaml.safe_load(buffer.getvalue()), _read_yaml(config_path.parent / PARAMS_FILE))
+    stage_shares(merged)  # every stage still finds its keys, before anything is written
+    if write and changed:
+        config_path.write_text(buffer.getvalue())
+    return changed

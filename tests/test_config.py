@@ -20,6 +20,8 @@ from roadwork.config import (
 from roadwork.ensemble import EnsembleConfig, SubmitConfig
 from roadwork.train.config import TrainConfig, member_config
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @dataclass(frozen=True)
 class Inner:
@@ -117,3 +119,28 @@ def test_a_stage_share_holds_only_the_keys_it_reads():
     assert {f"train-{m}" for m in params["ensemble"]["members"]} <= set(shares)
     with pytest.raises(ConfigError, match=r"ensemble.members.nope: missing"):
         stage_params(params, "train", "nope")
+
+
+def test_a_recipe_overlay_merges_into_config_yaml_keeping_its_comments(tmp_path):
+    import shutil
+
+    from roadwork.config import apply_overlay
+
+    for name in ("params.yaml", "config.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    before = (tmp_path / "config.yaml").read_text()
+    recipe = ROOT / "configs" / "natix-gpu.yaml"
+    changed = apply_overlay(recipe, tmp_path / "config.yaml", write=False)
+    assert "extract.side" in changed and "ensemble.members.wider" in changed
+    assert (tmp_path / "config.yaml").read_text() == before  # a dry run writes nothing
+    apply_overlay(recipe, tmp_path / "config.yaml")
+    merged = load_params(tmp_path / "params.yaml")
+    assert merged["extract"]["side"] == 512 and merged["backbone"]["dtype"] == "bfloat16"
+    assert {"mlp", "linear", "wider", "gps_strong"} <= set(merged["ensemble"]["members"])  # added, none lost
+    assert merged["extract"]["mean"] == load_params(ROOT / "params.yaml")["extract"]["mean"]  # untouched
+    text = (tmp_path / "config.yaml").read_text()
+    assert "# view side in pixels" in text and text.count("\n") >= before.count("\n")  # comments kept
+    assert apply_overlay(recipe, tmp_path / "config.yaml") == []  # applying it again changes nothing
+    (tmp_path / "typo.yaml").write_text("extract:\n  sidee: 512\n")
+    with pytest.raises(ConfigError, match=r"extract\.sidee: not a key of config\.yaml"):
+        apply_overlay(tmp_path / "typo.yaml", tmp_path / "config.yaml")

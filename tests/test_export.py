@@ -9,6 +9,7 @@ in tests/test_pipeline.py.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
+from PIL import Image
 
 from roadwork import cli
 from roadwork.config import STAGE_KEYS, Paths, load_params, write_params
@@ -50,7 +53,7 @@ folder, files = sys.argv[1], sys.argv[2:]
 detector = RoadworkDetector.from_pretrained(folder, device="cpu")
 predictor = Predictor(Served.from_export(folder), device="cpu")
 classify = pipeline("image-classification", model=folder, trust_remote_code=True, device="cpu")
-out = {"detector": [], "predictor": [], "pipeline": [], "labels": []}
+out = {"detector": [], "predictor": [], "pipeline": [], "pipeline_path": [], "labels": []}
 for name in files:
     data = open(name, "rb").read()
     out["detector"].append(detector(Image.open(io.BytesIO(data))))
@@ -58,6 +61,8 @@ for name in files:
     scores = classify(Image.open(io.BytesIO(data)), top_k=None)
     out["labels"].append(sorted(s["label"] for s in scores))
     out["pipeline"].append(next(s["score"] for s in scores if s["label"] == "Roadwork"))
+    by_path = classify(name, top_k=None)  # a path: opened, not decoded, as the image is
+    out["pipeline_path"].append(next(s["score"] for s in by_path if s["label"] == "Roadwork"))
 loaded = [m for m in FORBIDDEN if m in sys.modules]
 assert not loaded, f"serving the folder imported {loaded}"
 print(json.dumps(out))
@@ -79,6 +84,35 @@ def answer_in_fresh_process(folder: Path, files: list[Path], cwd: Path) -> dict[
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
+
+
+def query_files(project: Path, tmp_path: Path) -> list[Path]:
+    """Queries for an end-to-end project (tests/test_pipeline.py): a 224 px crop challenge, a letterboxed
+    one, a test image of the dataset at its own size (a phone photo when there is one) and the same image
+    enlarged to 1600x1200 (decoded at 1/8 scale)."""
+    answers = pl.read_parquet(project / "validation/answers.parquet")
+    files = [
+        project / "data/challenge" / answers.filter(pl.col("protocol") == p)["file"][0]
+        for p in ("crop", "letterbox")
+    ]
+    shard = next((project / "data/raw/synthetic/data").glob("test-*.parquet"))
+    images = [b["bytes"] for b in pl.read_parquet(shard)["image"] if b["bytes"] and decodes(b["bytes"])]
+    small_side = load_params(project / "params.yaml")["views"]["small_side"]
+    photo = next((d for d in images if max(Image.open(io.BytesIO(d)).size) > small_side), images[0])
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    Image.open(io.BytesIO(photo)).convert("RGB").resize((1600, 1200)).save(
+        tmp_path / "photo_1600.jpg", quality=75
+    )
+    return [*files, tmp_path / "photo.jpg", tmp_path / "photo_1600.jpg"]
+
+
+def decodes(data: bytes) -> bool:
+    """Whether the bytes decode (the dataset's broken rows do not)."""
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except OSError:
+        return False
+    return True
 
 
 def files_under(folder: Path) -> list[str]:
@@ -133,9 +167,16 @@ def test_the_folder_holds_what_answers_and_answers_like_the_project(
         for r in Predictor(served, device="cpu").predict([(str(f), f.read_bytes()) for f in queries])
     ]
     answers = answer_in_fresh_process(out, queries, cwd=tmp_path)
-    for loader in ("detector", "predictor", "pipeline"):
+    for loader in ("detector", "predictor", "pipeline", "pipeline_path"):
         np.testing.assert_allclose(answers[loader], expected, atol=1e-6, err_msg=loader)
     assert answers["labels"] == [["None", "Roadwork"]] * len(queries)
+    # another layout of the settings is refused, not misread
+    config = json.loads((out / "config.json").read_text())
+    config["serving"]["format"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "ensemble.json").write_text((out / "ensemble.json").read_text())
+    with pytest.raises(ValueError, match="serving format 2"):
+        Served.from_export(tmp_path)
     # the same folder again: the same bytes (the card's time is given)
     again = tmp_path / "again"
     export_model(served, again, card=CARD)
@@ -223,6 +264,7 @@ def configured_project(root: Path, served: Served, export: dict[str, Any] | None
         "raw": "data/raw/synthetic",
     }
     params["extract"] |= {"side": served.extract.side}
+    params.pop("export", None)  # the section the test gives, or none
     if export is not None:
         params["export"] = export
     root.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.timeout(1800)  # the module's fixture runs `dvc repro` 
 ROOT = Path(__file__).resolve().parents[1]
 # The metric and param columns of `dvc exp show`, before the dependencies' hashes.
 EXP_SHOW_COLUMNS = (
-    *("mcc", "accuracy", "roc_auc", "reward", "img_mcc", "img_auc", "v_mcc", "v_reward"),
+    *("mcc", "accuracy", "roc_auc", "reward", "img_mcc", "img_auc"),
+    *("v_mcc", "v_worst", "v_real", "v_gen", "v_reward"),
     *("train.seed", "train.metadata", "train.meta_dropout", "submit.target", "extract.side"),
 )
 GIT_ENV = {
@@ -143,7 +144,10 @@ def test_repro_end_to_end(project: Path) -> None:
     assert final["img_mcc"] == round(scores["image_only"]["test"]["mcc"], 4)
     assert scores["image_only"]["test"]["n"] == len(submission)
     members = json.loads((project / "metrics/members.json").read_text())
-    assert sorted(row["member"] for row in members) == ["head", "mlp"]
+    routes = ("natix", "small", "large")  # each member on each choice's validation rows or challenges
+    assert sorted(row["member"] for row in members) == sorted(
+        f"{m} ({r})" for m in ("head", "mlp") for r in routes
+    )
     assert all(-1 <= row["val_mcc"] <= 1 for row in members)
     page = (project / "reports/index.html").read_text()
     assert "<h2>" in page and "http://" not in page and "https://" not in page
@@ -228,7 +232,7 @@ def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) ->
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--all", "--json"))
     # the only DVC metrics: a handful of headline numbers each
     assert set(diff) <= {"metrics/final.json", "metrics/validator.json"}
-    assert sorted(diff.get("metrics/validator.json", {})) in ([], ["v_mcc", "v_reward"])
+    assert set(diff.get("metrics/validator.json", {})) <= {"v_mcc", "v_worst", "v_real", "v_gen", "v_reward"}
     changed = diff["metrics/final.json"]
     assert sorted(changed) == ["accuracy", "img_auc", "img_mcc", "mcc", "reward", "roc_auc"]
     assert all({"old", "new"} <= set(entry) for entry in changed.values())
@@ -313,23 +317,23 @@ def test_predict_matches_the_pipeline_and_survives_bad_inputs(project: Path, tmp
     assert rc == 1 and [r["id"] for r in records] == files and "error" in records[1]
     # another batch composition: equal up to float summation order
     assert records[0]["probability"] == pytest.approx(by_id[files[0]]["probability"], abs=1e-6)
-    # The tiny images are small (views.small_side): they, and the rows with metadata, get the target's
-    # choice; the same image at full size gets the image-only choice.
-    assert {by_id[str(tmp_path / n)]["model"] for n in names[:4]} == {"validator"}
+    # The tiny images are small (views.small_side): they get the small images' route (chosen on the crop
+    # and letterbox challenges); the same image at full size the route chosen on native-size challenges.
+    assert {by_id[str(tmp_path / n)]["model"] for n in names[:4]} == {"small"}
     image.resize((640, 360)).save(tmp_path / "f_full.png")
     rc, records = predict(project, str(tmp_path / "f_full.png"))
-    assert rc == 0 and records[0]["model"] == "image_only"
+    assert rc == 0 and records[0]["model"] == "large"
 
 
 @pytest.mark.e2e
-def test_the_image_only_choice_answers_a_file_as_the_members_answer_its_row_without_metadata(
+def test_the_full_size_route_answers_a_file_as_the_members_answer_its_row_without_metadata(
     project: Path,
 ) -> None:
     from roadwork.serve.detector import RoadworkDetector
     from roadwork.train.data import null_metadata
 
     predictor = RoadworkDetector(project, device="cpu").predictor
-    route = predictor.image_only
+    route = predictor.routes[-1]  # the route for images of any size
     members = [pl.read_parquet(project / f"predictions/{m}/test_image_only.parquet") for m in route.members]
     reader = ShardReader(project / "data/raw/synthetic")
     index = pl.read_parquet(project / "data/prepared/index.parquet").filter(pl.col("split") == "test")
@@ -343,56 +347,40 @@ def test_the_image_only_choice_answers_a_file_as_the_members_answer_its_row_with
 @pytest.mark.e2e
 def test_validate_scores_what_roadwork_predict_answers(project: Path) -> None:
     answers = pl.read_parquet(project / "validation/answers.parquet")
-    assert set(answers["level"].to_list()) <= {0, 1, 2, 3} and set(answers["domain"]) == {"real", "generated"}
-    for domain, frame in answers.group_by("domain"):
-        assert frame["label"].sum() * 2 == len(frame), domain  # balanced, like a validator's draws
+    assert set(answers["protocol"]) == {"crop", "letterbox", "native"}
+    assert set(answers["level"].to_list()) <= {0, 1, 2, 3, None} and set(answers["domain"]) == {
+        "real",
+        "generated",
+    }
+    assert (
+        answers.filter(pl.col("protocol") == "native")["level"].null_count()
+        == (answers["protocol"] == "native").sum()
+    )
+    for (protocol, domain), frame in answers.group_by("protocol", "domain"):
+        assert frame["label"].sum() * 2 == len(frame), (protocol, domain)  # balanced, like a validator's
     files = answers["file"].to_list()
     rc, records = predict(project, *(f"data/challenge/{f}" for f in files))
     assert rc == 0
     np.testing.assert_allclose([r["probability"] for r in records], answers["prob"].to_numpy(), atol=1e-6)
     details = json.loads((project / "validation/details.json").read_text())
     headline = json.loads((project / "metrics/validator.json").read_text())
-    assert headline == {
-        "v_mcc": round(details["all"]["mcc"], 4),
-        "v_reward": round(details["all"]["reward"], 4),
-    }
-    assert 0.0 <= headline["v_mcc"] <= 1.0
-    assert sorted(details["levels"]) == sorted(str(v) for v in set(answers["level"].to_list()))
+    mccs = [block["all"]["mcc"] for block in details["protocols"].values()]
+    assert headline["v_mcc"] == round(float(np.mean(mccs)), 4) and headline["v_worst"] == round(min(mccs), 4)
+    assert sorted(headline) == ["v_gen", "v_mcc", "v_real", "v_reward", "v_worst"]
+    assert 0.0 <= headline["v_worst"] <= headline["v_mcc"] <= 1.0
+    crop = answers.filter(pl.col("protocol") == "crop")
+    assert sorted(details["protocols"]["crop"]["levels"]) == sorted(
+        str(v) for v in set(crop["level"].to_list())
+    )
+    assert list(details["protocols"]["native"]["levels"]) == ["-"]  # no augmentation, no level
     latency = json.loads((project / "metrics/validator_latency.json").read_text())
     assert 0 < latency["p50_ms"] <= latency["p99_ms"] and latency["n"] == len(answers)
-
-
-def query_files(project: Path, tmp_path: Path) -> list[Path]:
-    """A 224 px crop challenge, a letterboxed one, a test image of the dataset at its own size (a phone
-    photo when there is one) and the same image enlarged to 1600x1200 (decoded at 1/8 scale)."""
-    answers = pl.read_parquet(project / "validation/answers.parquet")
-    files = [
-        project / "data/challenge" / answers.filter(pl.col("protocol") == p)["file"][0]
-        for p in ("crop", "letterbox")
-    ]
-    shard = next((project / "data/raw/synthetic/data").glob("test-*.parquet"))
-    images = [b["bytes"] for b in pl.read_parquet(shard)["image"] if b["bytes"] and decodes(b["bytes"])]
-    small_side = tiny_params()["views"]["small_side"]
-    photo = next((d for d in images if max(Image.open(io.BytesIO(d)).size) > small_side), images[0])
-    (tmp_path / "photo.jpg").write_bytes(photo)
-    Image.open(io.BytesIO(photo)).convert("RGB").resize((1600, 1200)).save(
-        tmp_path / "photo_1600.jpg", quality=75
-    )
-    return [*files, tmp_path / "photo.jpg", tmp_path / "photo_1600.jpg"]
-
-
-def decodes(data: bytes) -> bool:
-    """Whether the bytes decode (the dataset's broken rows do not)."""
-    try:
-        Image.open(io.BytesIO(data)).load()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.e2e
 def test_the_miner_detector_answers_like_predict_and_refuses_bad_input(project: Path, tmp_path: Path) -> None:
     from roadwork.serve.detector import InvalidImageError, RoadworkDetector
+    from tests.test_export import query_files
 
     # The detector gets the JPEG as a miner has it (`Image.open` of the bytes, not decoded yet), predict
     # the same file: the same pixels, a full-size JPEG decoded at the same reduced scale by both.
@@ -434,7 +422,7 @@ def test_card_writes_the_fields_a_validator_backend_checks(project: Path) -> Non
 
 @pytest.mark.e2e
 def test_the_exported_folder_answers_like_predict_in_a_fresh_process(project: Path, tmp_path: Path) -> None:
-    from tests.test_export import answer_in_fresh_process, files_under
+    from tests.test_export import answer_in_fresh_process, files_under, query_files
 
     out = tmp_path / "export"
     cli = [sys.executable, "-m", "roadwork.cli", "export"]
@@ -467,7 +455,7 @@ def test_the_exported_folder_answers_like_predict_in_a_fresh_process(project: Pa
     files = query_files(project, tmp_path)
     _, records = predict(project, "--batch", "1", *map(str, files))
     answers = answer_in_fresh_process(out, files, cwd=tmp_path)
-    for loader in ("detector", "predictor", "pipeline"):
+    for loader in ("detector", "predictor", "pipeline", "pipeline_path"):
         np.testing.assert_allclose(
             answers[loader], [r["probability"] for r in records], atol=1e-6, err_msg=loader
         )

@@ -163,6 +163,18 @@ def test_decode_image_gives_the_pixels_of_decode(scale: float) -> None:
     assert np.array_equal(np.asarray(image), np.asarray(expected))
 
 
+def test_an_mpo_decodes_its_first_frame_at_reduced_scale_from_the_opened_image() -> None:
+    first, second = Image.fromarray(scene(640, 480, seed=1)), Image.fromarray(scene(640, 480, seed=2))
+    buffer = io.BytesIO()
+    first.save(buffer, "MPO", save_all=True, append_images=[second], quality=90)
+    image = Image.open(io.BytesIO(buffer.getvalue()))
+    assert image.format == "MPO"
+    decoded, scale = decode_image(image, min_side_scale=0.5)
+    expected, _ = decode(buffer.getvalue(), min_side_scale=0.5)
+    assert scale == 0.5 and np.array_equal(np.asarray(decoded), np.asarray(expected))
+    assert image.size == (640, 480) and image.tile  # the caller's image: untouched
+
+
 def test_decode_image_leaves_the_callers_image_as_it_was(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[images.EXIF_ORIENTATION] = 6

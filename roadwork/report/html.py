@@ -17,6 +17,7 @@ import polars as pl
 
 from roadwork.report import analysis, figures
 from roadwork.report.gallery import GalleryItem
+from roadwork.scoring import NO_LEVEL
 
 SECTIONS = {
     "validator": "Validator challenges",
@@ -286,9 +287,15 @@ def validator_section(details: dict[str, Any] | None, worst: list[dict[str, Any]
     """The served model as a StreetVision validator scores it, and the challenges it got most wrong."""
     if details is None:
         return section("validator", note("The validate stage has not run: no validator-style scores."))
-    groups = {"all": details["all"], **{f"domain {k}": v for k, v in details["domains"].items()}}
-    groups |= {f"level {k}": v for k, v in details["levels"].items()}
-    groups |= {f"{k.replace('/', ', level ')}": v for k, v in details["cells"].items()}
+    groups = {}
+    for protocol, block in details["protocols"].items():  # crop, letterbox, native (shared VALIDATOR.md)
+        groups |= {protocol: block["all"], **{f"{protocol}, {k}": v for k, v in block["domains"].items()}}
+        groups |= {f"{protocol}, level {k}": v for k, v in block["levels"].items() if k != NO_LEVEL}
+        groups |= {
+            f"{protocol}, {k.replace('/', ', level ')}": v
+            for k, v in block["cells"].items()
+            if not k.endswith(f"/{NO_LEVEL}")
+        }
     rows = [
         [name, s["n"], with_ci(s, "mcc"), fmt(s["accuracy"]), with_ci(s, "reward")]
         for name, s in groups.items()

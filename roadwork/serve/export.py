@@ -32,7 +32,14 @@ from roadwork.config import fresh_dir, load_paths, to_dict
 from roadwork.features.manifest import MANIFEST
 from roadwork.serve.card import Evidence, model_card, readme, served_description, validate_card
 from roadwork.serve.heads import export_head, load_served_head
-from roadwork.serve.predictor import EXPORT_BACKBONE, EXPORT_CHOICE, EXPORT_CONFIG, EXPORT_HEADS, Served
+from roadwork.serve.predictor import (
+    EXPORT_BACKBONE,
+    EXPORT_CHOICE,
+    EXPORT_CONFIG,
+    EXPORT_FORMAT,
+    EXPORT_HEADS,
+    Served,
+)
 
 CARD = "model_card.json"
 README = "README.md"
@@ -40,7 +47,6 @@ PREPROCESSOR = "preprocessor_config.json"
 MODULE = "modeling_roadwork.py"
 OWNED = (EXPORT_CONFIG, PREPROCESSOR, MODULE, EXPORT_CHOICE, EXPORT_HEADS, EXPORT_BACKBONE, CARD, README)
 BACKBONES = ("copy", "hub")
-SERVING_FORMAT = 1  # the layout of config.json's "serving"
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def export_model(
         _copy_backbone(Path(served.backbone), out / EXPORT_BACKBONE)  # type: ignore[arg-type]
     (out / EXPORT_CHOICE).write_text(json.dumps(served.choice, indent=2, sort_keys=True) + "\n")
     serving = {
-        "format": SERVING_FORMAT,
+        "format": EXPORT_FORMAT,
         "views": to_dict(served.views),
         "extract": to_dict(served.extract),
         "dtype": served.dtype,

@@ -81,6 +81,7 @@ EXPORT_CONFIG = "config.json"  # transformers' config, holding the serving setti
 EXPORT_CHOICE = "ensemble.json"
 EXPORT_HEADS = "heads"
 EXPORT_BACKBONE = "backbone"
+EXPORT_FORMAT = 1  # the layout of config.json's "serving"; a reader refuses another
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ class Served:
         serving = json.loads(path.read_text()).get("serving")
         if not isinstance(serving, dict):
             raise ValueError(f"{path}: no 'serving' settings; not a folder written by `roadwork export`")
+        if serving.get("format") != EXPORT_FORMAT:
+            raise ValueError(
+                f"{path}: serving format {serving.get('format')!r}; this code reads format {EXPORT_FORMAT}"
+            )
         source = serving["backbone"]
         return cls(
             backbone=folder / source["folder"] if "folder" in source else None,
