@@ -54,4 +54,4 @@ lint: setup
 	. $(VENV)/bin/activate && ruff check . && ruff format --check .
 
 clean:
-	rm -rf data features models predictions predictions_dora predictions_tta live submission metrics reports params.d validation
+	rm -rf data features models predictions predictions_dora predictions_tta live submission metrics reports params.d validation export

@@ -122,6 +122,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "submit": ("ensemble", "submit", "views.small_side"),
     "validate": ("extract", "views", "backbone", "submit.threshold", "submit.bootstrap"),
     "report": ("report", "submit.threshold", *_CACHE_KEYS),
+    "export": ("export", "views", "extract", "backbone.dtype"),
 }
 
 
@@ -279,6 +280,7 @@ class Paths:
     challenge: str  # validator-style challenges: <part>/<protocol>/<domain>/*.jpg, challenges.parquet
     challenge_tokens: str  # the validation challenges' pooled backbone tokens (val.npy)
     generated_train: str  # `generate`: the generated domain as training data (NATIX schema + provenance)
+    export: str  # the served model as one self-contained folder (`roadwork export`)
     validation: str  # the served model on the test challenges: details.json, answers.parquet, levels.json
 
 

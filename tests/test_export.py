@@ -332,3 +332,19 @@ def test_the_stage_exports_into_its_path(
     stage.main()
     assert files_under(tmp_path / "exported") == EXPORTED
     assert json.loads((tmp_path / "exported/model_card.json").read_text())["model_name"] == "rw-stage"
+
+
+@pytest.mark.bench
+def test_the_detector_bench_runs_on_an_exported_folder(project: tuple[Path, Served], tmp_path: Path) -> None:
+    export_model(project[1], tmp_path / "export", card=CARD)
+    out = tmp_path / "bench.json"
+    args = ["--export", str(tmp_path / "export"), "--calls", "1", "--reencode", "1", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.detector", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [row["size"] for row in result["rows"]] == [[224, 224], [1920, 1080], [4032, 3024]]
+    assert [row["decode_scale"] for row in result["rows"]][1:] == [0.125, 0.125]  # 32 px views: 1/8
+    assert all(0 < row["p50_ms"] <= row["p99_ms"] and 0 <= row["probability"] <= 1 for row in result["rows"])
+    assert result["refusal"]["p50_ms"] > 0 and "| 4032x3024 photo |" in done.stdout

@@ -27,7 +27,7 @@ from roadwork.generate import run as run_module
 from roadwork.generate.config import GenerateConfig
 from roadwork.generate.plan import key_hash
 from roadwork.generate.prompts import named_objects, names_roadwork, prompt_for, remove_roadwork
-from roadwork.generate.run import CONFIG_FILE, DATA_DIR, PLAN_FILE, run_generate
+from roadwork.generate.run import CONFIG_FILE, DATA_DIR, PLAN_FILE, read_generated, run_generate
 from roadwork.generate.sdxl import build_tiny_sdxl, draw, fit_side, load_pipelines, model_fingerprint, redraw
 from roadwork.generate.synthetic import SyntheticWorld, read_scene
 from roadwork.synth import text as synth_text
@@ -353,16 +353,21 @@ def test_the_synthetic_redraw_is_the_same_scene_in_a_style_of_its_own(raw, synth
 def test_the_stage_runs_the_library(raw, synthetic_run, tmp_path, monkeypatch, capsys):
     from stages import generate as stage
 
-    paths = SimpleNamespace(
-        raw=str(raw[0]), prepared=str(tmp_path / "prepared"), generated_train=str(tmp_path)
-    )
+    out = tmp_path / "generated"
+    paths = SimpleNamespace(raw=str(raw[0]), prepared=str(tmp_path / "prepared"), generated_train=str(out))
     (tmp_path / "prepared").mkdir()
     raw[1].write_parquet(tmp_path / "prepared" / "index.parquet")
-    params = {"generate": to_dict(SYNTHETIC), "synth": to_dict(SYNTH), "paths": {}}
+    ingest = {"labelled_splits": ["train", "test"], "gps_cell_deg": 0.01, "workers": 1}
+    params = {"generate": to_dict(SYNTHETIC), "synth": to_dict(SYNTH), "ingest": ingest, "paths": {}}
     monkeypatch.setattr(stage, "load_stage_params", lambda name: params)
     monkeypatch.setattr(stage, "load_paths", lambda _: paths)
     stage.main()
-    assert "generate: " in capsys.readouterr().out and files(tmp_path) == files(synthetic_run[0])
+    assert "generate: " in capsys.readouterr().out
+    assert files(out) == files(synthetic_run[0])
+    rows = read_generated(out)  # the generated rows as the index has them, with their sources
+    plan = pl.from_arrow(feather.read_table(out / "plan.arrow"))
+    assert len(rows) == len(plan) and rows["source_image_id"].is_in(raw[1]["image_id"].implode()).all()
+    assert set(rows["split"]) == {"train"} and rows["group"].null_count() == 0
 
 
 def test_shards_carry_hub_features_for_every_column_and_their_digest(synthetic_run):

@@ -57,6 +57,7 @@ def tiny_params() -> dict:
     params["train"].update(epochs=3, patience=3)
     params["ingest"].update(workers=1)
     params["submit"].update(bootstrap=100)
+    params["export"].update(time="2026-12-06T00:00:00+00:00")  # a fixed card: the forced rerun's bytes match
     # Two members: the MLP baseline, cross-fitted, and a one-block full head (both take their seed from
     # train.seed).
     params["ensemble"].update(
@@ -228,7 +229,17 @@ def test_train_param_reruns_only_the_heads_and_what_reads_them(project: Path) ->
     # The caches (extract, sam, masks) stay; the heads retrain, and every stage reading a head reruns:
     # DoRA adapts the new heads, TTA re-predicts with them, submit and the report show the new numbers,
     # and validate scores the served heads again.
-    assert ran == {"config", "train@mlp", "train@head", "finetune", "tta", "submit", "validate", "report"}
+    assert ran == {
+        "config",
+        "train@mlp",
+        "train@head",
+        "finetune",
+        "tta",
+        "submit",
+        "validate",
+        "report",
+        "export",
+    }
     diff = json.loads(run(project, "dvc", "metrics", "diff", "--all", "--json"))
     # the only DVC metrics: a handful of headline numbers each
     assert set(diff) <= {"metrics/final.json", "metrics/validator.json"}

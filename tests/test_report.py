@@ -187,6 +187,7 @@ def build_world(root: Path) -> Path:
         "synthetic_generated": "generated",
         "challenge": "challenge",
         "challenge_tokens": "challenge_tokens",
+        "generated_train": "generated_train",
         "validation": "validation",
         "sam": "sam",
         "masks": "masks.zarr",  # absent: the page says so
