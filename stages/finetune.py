@@ -46,13 +46,10 @@ def main() -> None:
         n_boot=submit.bootstrap,
     )
     for name, result in summary["members"].items():
-        before, after = result["oof"]["before"]["mcc"], result["oof"]["after"]["mcc"]
-        print(
-            f"finetune@{name}: out-of-fold MCC {before:.3f} -> {after:.3f}, "
-            f"mean |Δlogit| {result['oof']['mean_abs_delta_logit']:.2e}"
-        )
-    for name, why in skipped.items():
-        print(f"finetune: skipped {name}: {why}")
+        oof = result["oof"]
+        print(f"finetune@{name}: out-of-fold MCC {oof['before']['mcc']:.3f} -> {oof['after']['mcc']:.3f}, "
+              f"mean |Δlogit| {oof['mean_abs_delta_logit']:.2e}")  # fmt: skip
+    print("".join(f"finetune: skipped {name}: {why}\n" for name, why in skipped.items()), end="")
     save_json(summary | {"skipped": skipped}, Path(paths.metrics) / "finetune.json")
     save_resolved(config, Path(paths.dora) / "finetune_config.json")
     Path(paths.dora_predictions).mkdir(parents=True, exist_ok=True)  # empty when no member is a full head

@@ -6,9 +6,8 @@
    `torchrun --nproc-per-node N -m stages.tta` the N processes split these passes by cache shard.
 2. Per member: each augmentation's head logit and embedding, its distance to the training distribution,
    the closest `keep` share weighted by softmax(-d / temperature), the weighted mean probability per image.
-Writes `<tta_predictions>/plain/<member>/<part>.parquet` (the trained head) and, for members `finetune`
-adapted, `<tta_predictions>/dora/<member>/<part>.parquet` (each row through its out-of-fold model), the
-weights per augmentation beside each (`<part>_weights.parquet`), and `<metrics>/tta.json`.
+Writes `<tta_predictions>/{plain,dora}/<member>/<part>.parquet` (the trained head; the `finetune` folds,
+each row through its out-of-fold model), each augmentation's weights beside them, `<metrics>/tta.json`.
 """
 
 from __future__ import annotations
@@ -32,24 +31,20 @@ def main() -> None:
     params = load_stage_params("tta")
     paths = load_paths(params)
     tta, submit = section(TtaConfig, params, "tta"), subset(Scoring, params, "submit")
-    ensemble = section(EnsembleConfig, params, "ensemble")
-    names = members_or_chosen(tta.members, ensemble, submit.threshold, Path(paths.predictions))
+    names = members_or_chosen(
+        tta.members, section(EnsembleConfig, params, "ensemble"), submit.threshold, Path(paths.predictions)
+    )
     heads, skipped = full_heads(Path(paths.heads), names)
     ranks = init_ranks(resolve_device(tta.device))
     views, summary = 0, {"skipped": skipped, "parts": {}}  # an MLP-only ensemble: nothing to augment
     if heads:
+        dtype = subset(BackboneDtype, params, "backbone").dtype
+        index = read_index(Path(paths.prepared))
         views, summary = run_tta(
-            heads,
-            paths=paths,
-            tta=tta,
-            extract=section(ExtractConfig, params, "extract"),
-            views=section(ViewsConfig, params, "views"),
-            dtype=subset(BackboneDtype, params, "backbone").dtype,
-            index=read_index(Path(paths.prepared)),
-            threshold=submit.threshold,
-            n_boot=submit.bootstrap,
-            ranks=ranks,
-        )
+            heads, paths=paths, tta=tta, extract=section(ExtractConfig, params, "extract"),
+            views=section(ViewsConfig, params, "views"), dtype=dtype, index=index,
+            threshold=submit.threshold, n_boot=submit.bootstrap, ranks=ranks,
+        )  # fmt: skip
     where = f"tta[{ranks.rank}/{ranks.world}]" if ranks.world > 1 else "tta"
     print(f"{where}: {views} views computed (all ranks); members {heads}, skipped {sorted(skipped)}")
     if summary is None:  # a rank other than 0: its backbone passes are done
