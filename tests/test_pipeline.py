@@ -483,3 +483,18 @@ def test_the_exported_folder_answers_like_predict_in_a_fresh_process(project: Pa
     )
     assert bad.returncode == 2 and "field 'model_name' must not hold white space" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.e2e
+def test_results_markdown_is_generated_from_the_outputs_byte_for_byte(project: Path, tmp_path: Path) -> None:
+    first, again = tmp_path / "results.md", tmp_path / "again.md"
+    for out in (first, again):
+        run(project, sys.executable, "-m", "roadwork.cli", "summary", "--markdown", str(out))
+    assert first.read_bytes() == again.read_bytes()
+    text = first.read_text()
+    details = json.loads((project / "validation/details.json").read_text())
+    for protocol, block in details["protocols"].items():  # every protocol's row, its numbers as scored
+        real = block["domains"]["real"]
+        assert f"| {protocol} | {real['mcc']:.3f} [{real['mcc_lo']:.3f}, {real['mcc_hi']:.3f}] |" in text
+    scores = json.loads((project / "submission/scores.json").read_text())
+    assert f"{scores['image_only']['test']['mcc']:.3f}" in text and "do not edit by hand" in text

@@ -19,7 +19,6 @@ from roadwork.masks.sam import (
     build_tiny_tokenizer,
     encode_prompts,
     fingerprint,
-    learn_bpe,
     load_sam,
     materialise,
     predict_masks,
@@ -27,6 +26,7 @@ from roadwork.masks.sam import (
     resolve,
     union_masks,
 )
+from roadwork.tiny_clip import learn_bpe
 
 PROMPTS = ("traffic cone", "construction barrier", "road work sign")
 TINY = TinySamConfig(

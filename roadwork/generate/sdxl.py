@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import itertools
 import json
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from PIL import Image
 
 from roadwork.generate.config import GenerateConfig
 from roadwork.generate.prompts import prompt_words
+from roadwork.tiny_clip import BOS, EOS, clip_vocab
 
 if TYPE_CHECKING:  # diffusers takes seconds to import: only the runs that draw load it
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
@@ -32,7 +31,6 @@ if TYPE_CHECKING:  # diffusers takes seconds to import: only the runs that draw 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MULTIPLE = 8  # SDXL's VAE downsamples by 8: image sides are multiples of it
 CONTEXT = 77  # CLIP's text context, in tokens (both SDXL text encoders)
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _SAMPLE = 1 << 20  # bytes read from each end of a checkpoint file for its fingerprint
 
 
@@ -147,39 +145,12 @@ def draw(pipes: Pipelines, prompt: str, seed: int, config: GenerateConfig) -> Im
     return out.images[0]
 
 
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out: list[str] = []
-    for s in symbols:
-        if out and (out[-1], s) == pair:
-            out[-1] += s
-        else:
-            out.append(s)
-    return out
-
-
-def learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
-    """BPE merges (most frequent pair first, ties by the pair) until every word is one symbol; symbols
-    as CLIP's: single characters, a word's last one marked with `</w>`."""
-    symbols = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
-    merges: list[tuple[str, str]] = []
-    while counts := Counter(pair for s in symbols.values() for pair in itertools.pairwise(s)):
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(pair)
-        symbols = {w: _merge(s, pair) for w, s in symbols.items()}
-    return merges
-
-
 def write_tokenizer(out_dir: Path, words: Sequence[str]) -> None:
     """A CLIP tokenizer's files as an SDXL checkpoint has them (vocab.json, merges.txt, config): every
     byte, every byte ending a word, and the merges that make each of `words` one token. Any other text
     still tokenises, down to single bytes."""
-    from tokenizers import pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = learn_merges(words)
-    tokens = [*alphabet, *(c + "</w>" for c in alphabet), *("".join(p) for p in merges), BOS, EOS]
+    vocab, merges = clip_vocab(words)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     config = {"model_max_length": CONTEXT, "bos_token": BOS, "eos_token": EOS, "unk_token": EOS,

@@ -14,27 +14,24 @@ The processor stretches the whole image to its square input, so a mask covers th
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tokenizers import pre_tokenizers
 
 from roadwork.features import manifest
 from roadwork.features.manifest import DTYPES, weights_fingerprint
 from roadwork.masks.config import MasksConfig, TinySamConfig
+from roadwork.tiny_clip import BOS, EOS, clip_vocab
 
 if TYPE_CHECKING:  # transformers takes seconds to import: readers of the mask cache skip it
     from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3Processor
     from transformers.models.sam3.modeling_sam3 import Sam3ImageSegmentationOutput, Sam3VisionEncoderOutput
 
 PROMPT_TOKENS = 32  # Sam3Processor pads every prompt to 32 tokens (SAM 3's text context length)
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Words the tiny tokenizer learns whole: those of the default prompts and nearby roadwork vocabulary.
 # Any other text still tokenises (into smaller pieces down to single bytes).
 TINY_WORDS = (
@@ -44,32 +41,6 @@ TINY_WORDS = (
 )
 
 
-def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    out: list[str] = []
-    for s in symbols:
-        if out and (out[-1], s) == pair:
-            out[-1] += s
-        else:
-            out.append(s)
-    return out
-
-
-def learn_bpe(words: Sequence[str]) -> list[tuple[str, str]]:
-    """BPE merges (most frequent pair first, ties by the pair itself) until every word is one symbol.
-
-    Symbols follow CLIP: single characters, the last one of a word marked with `</w>`.
-    """
-    symbols = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts = Counter(pair for s in symbols.values() for pair in itertools.pairwise(s))
-        if not counts:
-            return merges
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(pair)
-        symbols = {w: _merge(s, pair) for w, s in symbols.items()}
-
-
 def build_tiny_tokenizer(words: Sequence[str] = TINY_WORDS) -> CLIPTokenizer:
     """A CLIP byte-level BPE tokenizer made here: every byte, every byte ending a word, learnt merges."""
     from transformers import CLIPTokenizer
@@ -77,11 +48,7 @@ def build_tiny_tokenizer(words: Sequence[str] = TINY_WORDS) -> CLIPTokenizer:
     bad = [w for w in words if not (w.isascii() and w.isalpha() and w.islower())]
     if bad:
         raise ValueError(f"tiny tokenizer words must be lowercase ASCII letters, got {bad}")
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # byte-level symbols (ASCII letters as is)
-    tokens = [*alphabet, *(c + "</w>" for c in alphabet)]
-    merges = learn_bpe(words)
-    tokens += ["".join(pair) for pair in merges]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys([*tokens, BOS, EOS]))}
+    vocab, merges = clip_vocab(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS, pad_token=EOS)
 
 
