@@ -6,7 +6,7 @@ same caches (features, text, GPS, masks; the challenges' tokens), so a row costs
 not a `dvc repro`. Per row and seed it records:
 - full: the member with metadata, validation and test MCC (test ROC-AUC too);
 - image: the same member trained and evaluated without metadata (`train.metadata: false`);
-- validator: the image-only member on the test challenges' real half (224 px, levels 0-3, no
+- validator: the image-only member on the test challenges' real half (every protocol, no
   metadata), rounded at 0.5 after the calibration `submit` would fit on the validation challenges.
 The DoRA row adapts the row's full head K-fold on the test split (out-of-fold MCC); the TTA row
 re-scores it with FOODS over the TTA cache's augmentations; the truth-masks row rasterises the
@@ -292,7 +292,7 @@ def write_table(results: dict[str, dict[str, Any]], out: Path) -> None:
         "and, in brackets, the lowest and highest. MCC at threshold 0.5 (validator: rounded at 0.5 after",
         "the calibration fitted on the validation challenges). Validation = the grouped 20 % of the train",
         "split, test = the test split (never used for any choice), validator = the test challenges'",
-        "real half.",
+        "real half, averaged over the protocols of `validate.protocols`.",
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python "
         f"{platform.python_version()}, no GPU",
