@@ -78,7 +78,7 @@ class CorpusConfig:
     # world's second style, each scene its own draw: roadwork.synth.style) and flat (posterised colours,
     # inked edges). A real DINOv3 saw photographs, renders and paintings; the tiny one sees more than one
     # way of drawing the same objects, never the dataset's scenes.
-    styles: tuple[tuple[str, float], ...] = (("photo", 1.0),)
+    styles: tuple[tuple[str, float], ...] = (("photo", 0.5), ("painted", 0.25), ("flat", 0.25))
 
 
 STYLES = ("photo", "painted", "flat")
