@@ -188,6 +188,7 @@ def build_world(root: Path) -> Path:
         "challenge": "challenge",
         "challenge_tokens": "challenge_tokens",
         "generated_train": "generated_train",
+        "export": "export",
         "validation": "validation",
         "sam": "sam",
         "masks": "masks.zarr",  # absent: the page says so
