@@ -286,7 +286,7 @@ def table(results: dict[str, Any]) -> str:
         passes = f"{cost['passes']:,} ({cost['side']} px)" if cost else "both"
         wall = f"{cost['seconds']:.0f} s" if cost else "both"
         for protocol, c in r["challenges"]["protocols"].items():
-            domains = " / ".join(f"{c['domains'][d]['mcc']:.3f}" for d in c["domains"])
+            domains = " / ".join(f"{c['domains'][d]['mcc']:.3f}" for d in ("real", "generated"))
             ms = r["challenges"]["latency"]["protocols"][protocol]
             lines.append(
                 f"| {name} | {protocol} | {interval(c['all'], 'mcc')} | {domains} | {c['all']['reward']:.3f} "

@@ -103,7 +103,7 @@ def test_one_step_then_the_pipeline_answers_as_the_model(tmp_path: Path) -> None
 
 def test_table_names_every_side_and_protocol_with_intervals() -> None:
     scores = {"mcc": 0.5, "mcc_lo": 0.4, "mcc_hi": 0.6, "reward": 0.3, "reward_lo": 0.2, "reward_hi": 0.4}
-    block = {"all": scores, "domains": {"real": {"mcc": 0.6}, "generated": {"mcc": 0.4}}}
+    block = {"all": scores, "domains": {"generated": {"mcc": 0.4}, "real": {"mcc": 0.6}}}  # as scored
     latency = {"crop": {"p50_ms": 12.0, "p99_ms": 30.0}, "native": {"p50_ms": 40.0, "p99_ms": 90.0}}
     challenges = {"protocols": {"crop": block, "native": block}, "latency": {"protocols": latency}}
     side = {"challenges": challenges, "natix_plain": {"mcc": 0.55, "roc_auc": 0.8}}
