@@ -21,7 +21,7 @@ from PIL import Image, ImageFile
 from roadwork.config import load_params
 from roadwork.data import images
 from roadwork.data.images import ImageTooLargeError, decode, decode_image
-from roadwork.features.backbone import TinyBackboneConfig, build_tiny
+from roadwork.features.backbone import build_tiny
 from roadwork.features.cache import CacheKey
 from roadwork.features.manifest import weights_fingerprint, write_manifest
 from roadwork.models import build_model
@@ -33,6 +33,7 @@ from roadwork.train.config import TOKEN_SETS, member_config
 from roadwork.train.data import NULL, Vocab
 from roadwork.views.crops import served_views
 from roadwork.views.plan import ViewsConfig
+from tests.extract_job import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32  # view side: two patches of 16
@@ -43,17 +44,7 @@ def tiny_served(root: Path) -> Served:
     """A served model under `root` (backbone, heads, choice) with random weights, as a trained project
     lays it out: what `Served.of_project` would read."""
     params = load_params(ROOT / "params.yaml")
-    backbone = build_tiny(
-        TinyBackboneConfig(
-            seed=0,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_register_tokens=4,
-            patch_size=16,
-        )
-    )
+    backbone = build_tiny(TINY)
     backbone.save_pretrained(root / "backbone")
     write_manifest(root / "backbone", {"source": "tiny", "fingerprint": weights_fingerprint(backbone)})
     vocab = Vocab(
