@@ -286,7 +286,8 @@ def table(results: dict[str, Any]) -> str:
         passes = f"{cost['passes']:,} ({cost['side']} px)" if cost else "both"
         wall = f"{cost['seconds']:.0f} s" if cost else "both"
         for protocol, c in r["challenges"]["protocols"].items():
-            domains = " / ".join(f"{c['domains'][d]['mcc']:.3f}" for d in ("real", "generated"))
+            halves = [c["domains"].get(d) for d in ("real", "generated")]  # "-": a half not configured
+            domains = " / ".join(f"{h['mcc']:.3f}" if h else "-" for h in halves)
             ms = r["challenges"]["latency"]["protocols"][protocol]
             lines.append(
                 f"| {name} | {protocol} | {interval(c['all'], 'mcc')} | {domains} | {c['all']['reward']:.3f} "

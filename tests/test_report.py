@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -16,7 +17,7 @@ from PIL import Image
 
 import stages.report as report_stage
 from roadwork import config as roadwork_config
-from roadwork.config import write_params
+from roadwork.config import Paths, write_params
 from roadwork.data.gps import GpsConfig, build_gps, write_gps
 from roadwork.data.index import read_index
 from roadwork.data.ingest import IngestConfig, ingest, write_prepared
@@ -167,32 +168,15 @@ def build_world(root: Path) -> Path:
     )
     _write_curves(root / "live", "b", {"val/mcc": [0.2, 0.25], "train/ce": [0.7, 0.6]})
 
-    params["paths"] = {
+    # every path named after its key under `root` (new keys need no edit here), the few the world shares
+    # or names by kind spelled out
+    params["paths"] = {field.name: field.name for field in dataclasses.fields(Paths)} | {
         "synthetic": "raw",
-        "raw": "raw",
-        "prepared": "prepared",
-        "gps": "gps",
-        "views": "views",
-        "backbone": "backbone",
+        "synthetic_generated": "generated",
         "text": "text.zarr",
         "features": "features.zarr",
-        "heads": "heads",
-        "predictions": "predictions",
-        "live": "live",
-        "submission": "submission",
-        "metrics": "metrics",
-        "reports": "reports",
-        "params": "params.d",
-        "generated": "generated",
-        "synthetic_generated": "generated",
-        "challenge": "challenge",
-        "challenge_tokens": "challenge_tokens",
-        "generated_train": "generated_train",
-        "export": "export",
-        "validation": "validation",
-        "sam": "sam",
         "masks": "masks.zarr",  # absent: the page says so
-        "dora": "dora",
+        "params": "params.d",
         "dora_predictions": "predictions_dora",
         "tta": "tta.zarr",
         "tta_predictions": "predictions_tta",
