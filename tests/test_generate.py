@@ -153,7 +153,7 @@ def test_read_scene_reverses_the_synthetic_wordings():
 @pytest.mark.parametrize(
     ("key", "value"),
     [("i2i_fraction", 1.5), ("strength", 0.0), ("steps", 0), ("t2i_size", 100), ("device", "tpu"),
-     ("dtype", "int8"), ("shard_rows", 0), ("jpeg_quality", 101), ("model", " ")],
+     ("dtype", "int8"), ("shard_rows", 0), ("jpeg_quality", 101), ("model", " "), ("workers", 0)],
 )  # fmt: skip
 def test_a_bad_value_is_refused_naming_the_key(key, value):
     with pytest.raises(ValueError, match=rf"^generate\.{key}: "):
@@ -306,6 +306,12 @@ def test_ranks_split_the_shards_and_build_the_files_of_one_process(raw, sdxl_run
     shards = counts[0]["shards"]
     assert [c["shards_written"] for c in counts] == [(shards + 1) // 2, shards // 2]
     assert files(tmp_path) == files(sdxl_run[0])
+
+
+def test_worker_processes_draw_the_files_of_one_process(raw, synthetic_run, tmp_path):
+    counts = generated(raw, tmp_path, dataclasses.replace(SYNTHETIC, workers=2))
+    assert counts["shards_written"] == counts["shards"] > 1
+    assert files(tmp_path) == files(synthetic_run[0])
 
 
 def test_a_grown_plan_keeps_its_unchanged_shards(raw, synthetic_run, tmp_path):

@@ -32,6 +32,9 @@ class GenerateConfig:
     # Longest side of an image-to-image input (sides rounded down to multiples of 8): SDXL works at
     # 1024; a tiny test pipeline at 64. A smaller image is never enlarged.
     i2i_max_side: int = 1024
+    # Processes drawing the synthetic stand-in's shards (CPU work; SDXL runs one process per GPU under
+    # torchrun instead). The bytes drawn do not depend on it.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         def fail(key: str, why: str) -> None:
@@ -53,6 +56,8 @@ class GenerateConfig:
         for key in ("t2i_size", "i2i_max_side"):
             if getattr(self, key) < 8 or getattr(self, key) % 8:
                 fail(key, f"{getattr(self, key)}: expected a multiple of 8, at least 8")
+        if self.workers < 1:
+            fail("workers", f"{self.workers}: need at least 1 process")
         if self.shard_rows < 1:
             fail("shard_rows", f"{self.shard_rows}: need at least 1 row per shard")
         if not _DEVICE.match(self.device):

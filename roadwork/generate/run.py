@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ from roadwork.generate.plan import PLAN_SCHEMA, SOURCE_SPLIT, TASKS, build_plan
 from roadwork.generate.sdxl import draw, load_pipelines, model_fingerprint, redraw
 from roadwork.generate.synthetic import SyntheticWorld, scene_for
 from roadwork.progress import progress
-from roadwork.synth.dataset import SynthConfig
+from roadwork.synth.dataset import SynthConfig, init_worker
 
 DATA_DIR = "data"
 PLAN_FILE = "plan.arrow"
@@ -206,6 +208,30 @@ def synthetic_drawer(world: SyntheticWorld) -> Drawer:
     return draw_row
 
 
+def _draw_shard(
+    shard: Shard, drawer: Drawer, reader: ShardReader, data_dir: Path, config: GenerateConfig
+) -> int:
+    """Draw one shard's rows and write it; its row count."""
+    rows = [output_row(job, drawer(job, reader), config) for job in shard.rows.iter_rows(named=True)]
+    write_shard(rows, data_dir / shard.name, shard.digest)
+    return len(rows)
+
+
+def _synthetic_shard(job: tuple[Shard, ShardReader, Path, GenerateConfig, SynthConfig]) -> int:
+    shard, reader, data_dir, config, synth = job
+    return _draw_shard(shard, synthetic_drawer(SyntheticWorld(synth)), reader, data_dir, config)
+
+
+def _synthetic_pool(
+    todo: list[Shard], reader: ShardReader, data_dir: Path, config: GenerateConfig, synth: SynthConfig
+) -> Iterator[int]:
+    """The synthetic stand-in's shards drawn by `config.workers` processes, each writing its own shard
+    files; yields each shard's row count, in order."""
+    ctx = multiprocessing.get_context("spawn")  # safe whatever thread pools the parent has started
+    with ProcessPoolExecutor(config.workers, mp_context=ctx, initializer=init_worker) as pool:
+        yield from pool.map(_synthetic_shard, [(s, reader, data_dir, config, synth) for s in todo])
+
+
 def _write_outline(out_root: Path, plan: pl.DataFrame, config: GenerateConfig) -> None:
     """The plan and the resolved config (rank 0), each written whole or not at all."""
     tmp = out_root / f".{PLAN_FILE}.tmp"
@@ -245,13 +271,14 @@ def run_generate(
         drawer = synthetic_drawer(world) if world is not None else sdxl_drawer(config, device)
         drawing = time.perf_counter()
         counts["load_seconds"] = round(drawing - loading, 2)
-        reader = ShardReader(raw_root)
-        total = sum(s.rows.height for s in todo)
-        for shard in progress(todo, total=total, desc="generate", unit="img", count=lambda s: s.rows.height):
-            rows = [output_row(job, drawer(job, reader), config) for job in shard.rows.iter_rows(named=True)]
-            write_shard(rows, data_dir / shard.name, shard.digest)
+        total, reader = sum(s.rows.height for s in todo), ShardReader(raw_root)
+        if world is not None and config.workers > 1 and len(todo) > 1:
+            written = _synthetic_pool(todo, reader, data_dir, config, world.synth)
+        else:
+            written = (_draw_shard(s, drawer, reader, data_dir, config) for s in todo)
+        for rows in progress(written, total=total, desc="generate", unit="img", count=lambda n: n):
             counts["shards_written"] += 1
-            counts["images"] += len(rows)
+            counts["images"] += rows
         counts["seconds_per_image"] = round((time.perf_counter() - drawing) / counts["images"], 4)
     counts["seconds"] = round(time.perf_counter() - started, 2)
     return counts

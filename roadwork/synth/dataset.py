@@ -370,7 +370,7 @@ def render_unit(job: tuple[SynthConfig, Unit, tuple[tuple[str, float, float], ..
     return rows
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already: no nested threads
 
 
@@ -378,7 +378,7 @@ def _render_all(jobs: list, workers: int) -> list[list[SynthRow]]:
     if workers <= 1 or len(jobs) < 2:
         return [render_unit(job) for job in jobs]
     ctx = multiprocessing.get_context("spawn")  # safe whatever thread pools the parent has started
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker) as pool:
         return list(pool.map(render_unit, jobs, chunksize=2))
 
 
