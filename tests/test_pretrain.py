@@ -22,6 +22,8 @@ from roadwork.pretrain.recipe import (
     batch_order,
     distortion,
     pretrain,
+    turn,
+    turned,
 )
 from roadwork.synth.dataset import SynthConfig, generate
 from roadwork.views import protocols as V
@@ -110,3 +112,26 @@ def test_the_degraded_views_are_the_validator_s_distortions(op, strength):
     added = (got - pixels) @ ycc.T  # the noise, back in YCbCr: independent, of the validator's variance
     expected = 255 * V.NOISE_VARIANCE[strength] ** 0.5 * np.array([V.NOISE_SCALE[0], *[V.NOISE_SCALE[1]] * 2])
     assert np.allclose(added.std(axis=(0, 1)), expected, rtol=0.02) and abs(added.mean()) < 0.5
+
+
+@pytest.mark.parametrize("degrees", [-20.0, -7.5, 12.0, 20.0])
+def test_a_turned_view_is_the_validator_s_rotation(degrees):
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    got = turned(x, torch.full((2,), np.radians(degrees)), torch.ones(2), "nearest")
+    for view, out in zip(x, got, strict=True):
+        assert torch.equal(out, V.rotate(view, degrees))
+
+
+def test_turned_views_carry_their_cover_and_the_recipe_without_them_draws_nothing():
+    g = torch.Generator().manual_seed(0)
+    x, cover = torch.ones(64, 3, 112, 112), torch.full((64, 2, 7, 7), 255, dtype=torch.uint8)
+    state = g.get_state()
+    assert turn(x, cover, PretrainConfig(rotate=0.0), g) == (x, cover) and torch.equal(g.get_state(), state)
+    x_t, cover_t = turn(x, cover, PretrainConfig(rotate=1.0), g)
+    black = (x_t == 0).all(1).float()  # [B, H, W]: the fill
+    share = torch.nn.functional.avg_pool2d(black[:, None], 16)[:, 0]  # per 16 px patch
+    assert torch.allclose(1 - cover_t[:, 0].float() / 255, share, atol=0.2)
+    assert torch.equal(cover_t[:, 0], cover_t[:, 1])
+    cornered = black.flatten(1).amax(1) > 0
+    assert 10 < cornered.sum() < 54  # half keep black corners, half are magnified until none is left
+    assert black[:, 40:72, 40:72].sum() == 0  # the centre is never fill

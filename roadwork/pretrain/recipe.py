@@ -67,6 +67,8 @@ class PretrainConfig:
     jitter: float = 0.2  # brightness / contrast / saturation factors in [1 - j, 1 + j] (no hue: orange stays)
     noise: float = 0.03  # Gaussian pixel noise, std drawn in [0, noise]
     degrade: float = 0.5  # share of views given the validator's level-3 distortions (`degrade`)
+    rotate: float = 0.0  # share of views turned as a validator's level 1 turns a challenge (`turn`)
+    max_angle: float = 20.0  # ... by an angle uniform in [-max_angle, max_angle] degrees
     threads: int = 2  # torch threads: part of what makes a rerun bit-identical
     workers: int = 2  # processes rendering corpus scenes
 
@@ -140,6 +142,40 @@ def distortion(op: int, k: int, x: torch.Tensor, g: torch.Generator) -> torch.Te
         return torch.einsum("ij,bjhw->bihw", _RGB, ycc)
     kernel = protocols.BLUR_KERNEL[k]
     return TF.gaussian_blur(x, [kernel, kernel], [kernel / 6, kernel / 6])
+
+
+def turned(x: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor, mode: str) -> torch.Tensor:
+    """[B, C, H, W] each turned about its centre by `angle` [B] radians (counter-clockwise, as
+    `protocols.rotate` turns a challenge) and magnified by `zoom` [B]; black outside."""
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def turn(
+    x: torch.Tensor, cover: torch.Tensor, config: PretrainConfig, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A share `config.rotate` of the views `x` [B, 3, H, W] turned by an angle uniform in +-max_angle,
+    nearest-neighbour with black fill as the validator's level 1 turns a challenge, their cover grids
+    [B, K, g, g] turned alike. Half of the turned views are magnified until no black corner is left (a
+    tile inside a turned frame), the others keep their corners (a tile at its edge)."""
+    if config.rotate <= 0:  # draws nothing: the recipe without it is unchanged
+        return x, cover
+    b = len(x)
+    on = torch.rand(b, generator=g) < config.rotate
+    angle = (2 * torch.rand(b, generator=g) - 1) * math.radians(config.max_angle)
+    inside = torch.rand(b, generator=g) < 0.5
+    rows = on.nonzero().flatten()
+    if len(rows):
+        a = angle[rows]
+        zoom = torch.where(inside[rows], a.cos().abs() + a.sin().abs(), torch.ones_like(a))
+        x, cover = x.clone(), cover.clone()
+        x[rows] = turned(x[rows], a, zoom, "nearest")
+        share = turned(cover[rows].float(), a, zoom, "bilinear")
+        cover[rows] = share.round().clamp(0, 255).to(cover.dtype)
+    return x, cover
 
 
 def degrade(x: torch.Tensor, config: PretrainConfig, g: torch.Generator) -> torch.Tensor:
@@ -231,6 +267,7 @@ def pretrain(
         cover = torch.where(flip[:, None, None, None], cover.flip(-1), cover)
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, config)
+        x, cover = turn(x, cover, config, g)
         x = degrade(jitter(x, config, g), config, g)
         loss, parts = step_loss(model, heads, (x - mean_t) / std_t, cover, attrs, config)
         optimiser.zero_grad(set_to_none=True)
